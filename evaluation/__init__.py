@@ -1,0 +1,1 @@
+"""Safety, utility and diversity evaluation (see issue 3)."""

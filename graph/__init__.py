@@ -1,0 +1,1 @@
+"""Graph state, runtime context, prompts, wiring and the `data-advisor` CLI."""

@@ -1,0 +1,97 @@
+"""Graph wiring: the Data Advisor loop and the Self-Instruct baseline.
+
+Data Advisor::
+
+    load_seeds -> weakness_critic -> generator -> summarizer -> [rule_check] -> responder
+                        ^                                                          |
+                        +----------------------- next round -----------------------+
+
+Self-Instruct (no advice)::
+
+    load_seeds -> generator -> responder -> (next round) -> generator ...
+
+The rule check is switchable at run time (``Context.rule_check``). A run ends after
+``Context.rounds`` rounds, or once ``Context.target_size`` prompts are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import get_runtime
+
+from graph.context import Context
+from graph.state import State
+from nodes.generator import generator
+from nodes.load_seeds import load_seeds
+from nodes.responder import responder
+from nodes.rule_check import rule_check
+from nodes.summarizer import summarizer
+from nodes.weakness_critic import weakness_critic
+from tools.llm import NODE_RETRY
+
+Method = Literal["data_advisor", "self_instruct"]
+METHODS: tuple[Method, ...] = ("data_advisor", "self_instruct")
+
+
+def run_finished(state: State, ctx: Context) -> bool:
+    """True once the round bound or the target size is reached."""
+    return state.round > ctx.rounds or (ctx.target_size is not None and state.kept >= ctx.target_size)
+
+
+def _after_summarizer(state: State) -> Literal["rule_check", "responder"]:
+    return "rule_check" if get_runtime(Context).context.rule_check else "responder"
+
+
+def _next_round(first: str):  # noqa: ANN202
+    def route(state: State) -> str:
+        return END if run_finished(state, get_runtime(Context).context) else first
+
+    route.__name__ = "next_round"
+    return route
+
+
+def build_data_advisor() -> StateGraph:
+    """The Data Advisor state machine (uncompiled)."""
+    builder = StateGraph(State, context_schema=Context)
+    builder.add_node("load_seeds", load_seeds)
+    builder.add_node("weakness_critic", weakness_critic, retry_policy=NODE_RETRY)
+    builder.add_node("generator", generator, retry_policy=NODE_RETRY)
+    builder.add_node("summarizer", summarizer, retry_policy=NODE_RETRY)
+    builder.add_node("rule_check", rule_check)
+    builder.add_node("responder", responder, retry_policy=NODE_RETRY)
+    builder.add_edge(START, "load_seeds")
+    builder.add_conditional_edges("load_seeds", _next_round("weakness_critic"),
+                                  ["weakness_critic", END])
+    builder.add_edge("weakness_critic", "generator")
+    builder.add_edge("generator", "summarizer")
+    builder.add_conditional_edges("summarizer", _after_summarizer, ["rule_check", "responder"])
+    builder.add_edge("rule_check", "responder")
+    builder.add_conditional_edges("responder", _next_round("weakness_critic"),
+                                  ["weakness_critic", END])
+    return builder
+
+
+def build_self_instruct() -> StateGraph:
+    """The Self-Instruct baseline: same generator and responder, no advice (uncompiled)."""
+    builder = StateGraph(State, context_schema=Context)
+    builder.add_node("load_seeds", load_seeds)
+    builder.add_node("generator", generator, retry_policy=NODE_RETRY)
+    builder.add_node("responder", responder, retry_policy=NODE_RETRY)
+    builder.add_edge(START, "load_seeds")
+    builder.add_conditional_edges("load_seeds", _next_round("generator"), ["generator", END])
+    builder.add_edge("generator", "responder")
+    builder.add_conditional_edges("responder", _next_round("generator"), ["generator", END])
+    return builder
+
+
+def compile_graph(method: Method, checkpointer: BaseCheckpointSaver | None = None,
+                  ) -> CompiledStateGraph:
+    """Compile one method's graph, optionally with a checkpointer."""
+    builders = {"data_advisor": build_data_advisor, "self_instruct": build_self_instruct}
+    if method not in builders:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return builders[method]().compile(checkpointer=checkpointer, name=method)

@@ -1,0 +1,33 @@
+"""Graph state: small and bounded, so a checkpoint does not grow with the dataset.
+
+The dataset itself lives in the run store (``tools.store``); the state only carries the round
+in progress, the running summary (bounded by ``max_summary_lines``), the current weakness, the
+ids of the round's kept prompts (at most K) and counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class State:
+    """State of a Data Advisor or Self-Instruct run."""
+
+    round: int = 0
+    """The round in progress (1-based); 0 before the seeds are loaded. The responder closes it."""
+    summary: list[str] = field(default_factory=list)
+    """Running summary of covered harm categories, one category per line."""
+    weakness: str = ""
+    """The weakness (harm category) targeted by the round in progress."""
+    weakness_novel: bool = True
+    proposed_summary: list[str] = field(default_factory=list)
+    """The summarizer's update, before the rule check."""
+    prompt_ids: list[str] = field(default_factory=list)
+    """Ids of the round's kept prompts in the run store."""
+    kept: int = 0
+    """Prompts kept so far."""
+    rejected: dict[str, int] = field(default_factory=dict)
+    """Generator outputs rejected so far, by reason."""
+    responses: int = 0
+    """Responses written so far."""

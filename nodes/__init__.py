@@ -1,0 +1,1 @@
+"""The Data Advisor nodes, one module per step of the method."""

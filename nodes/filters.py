@@ -1,0 +1,134 @@
+"""Text clean-up and the junk filters applied to model outputs.
+
+Small generators often answer with meta-commentary ("Sure, here is a request:"), refusals,
+empty lines or near-copies of the examples instead of a new harmful request. These functions
+clean what can be cleaned and name the reason when an output must be rejected.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+_WORD = re.compile(r"[a-z0-9']+")
+_LEAD = re.compile(r"^\s*(?:[-*•>#]+|\d+[.)]|\(?[a-z]\)|request\s*\d*\s*:|prompt\s*\d*\s*:|"
+                   r"category\s*:|question\s*:|user\s*:|q\s*:)\s*", re.IGNORECASE)
+_REFUSAL = re.compile(
+    r"\b(i\s*(?:'m| am)\s*(?:sorry|unable|not able)|i\s*(?:cannot|can't|can not|won't|will not)|"
+    r"as an ai\b|i(?:'m| am) not going to|i must (?:decline|refuse)|it is not appropriate|it's not appropriate|"
+    r"i do not feel comfortable|i'm not comfortable)", re.IGNORECASE)
+_META = re.compile(
+    r"^(sure|certainly|of course|okay|ok|here(?:'s| is| are)|this (?:is|request|prompt)|note:|"
+    r"the (?:request|prompt|example)s?\b|examples?\b|(?:one |a )?new (?:harmful )?request|"
+    r"(?:one |a )?harmful (?:user )?request|your request|i(?:'m| am) here|i (?:would|will) |"
+    r"you are red-teaming|thank you)|:$", re.IGNORECASE)
+_META_CATEGORY = re.compile(r"\b(categor(?:y|ies)|dataset|summary|answer|request|principles?)\b",
+                            re.IGNORECASE)
+_STOPWORDS = frozenset("a an and the of to in on for or with by about from at as is are be".split())
+
+REJECTION_REASONS = ("empty", "too_short", "refusal", "meta", "duplicate", "near_duplicate")
+
+
+def words(text: str) -> list[str]:
+    """Lower-case word tokens."""
+    return _WORD.findall(text.lower())
+
+
+def normalize(text: str) -> str:
+    """Canonical form for exact-duplicate checks."""
+    return " ".join(words(text))
+
+
+def clean_line(text: str) -> str:
+    """First non-empty line, without list markers, labels, markdown or wrapping quotes."""
+    for line in text.splitlines():
+        line = line.strip().replace("**", "").replace("__", "")
+        while True:
+            stripped = _LEAD.sub("", line, count=1).strip()
+            if stripped == line:
+                break
+            line = stripped
+        line = line.strip().strip("\"'`“”‘’").strip()
+        if line:
+            return line
+    return ""
+
+
+def shingles(text: str) -> frozenset[str]:
+    """Word unigrams and bigrams, for near-duplicate detection."""
+    toks = words(text)
+    return frozenset(toks) | frozenset(f"{a} {b}" for a, b in zip(toks, toks[1:], strict=False))
+
+
+def jaccard(a: frozenset[str] | set[str], b: frozenset[str] | set[str]) -> float:
+    """Jaccard similarity of two sets (0 for two empty sets)."""
+    return len(a & b) / len(a | b) if a or b else 0.0
+
+
+def rejection_reason(text: str, *, min_words: int) -> str | None:
+    """Why a cleaned generator output is not a usable request, or ``None`` if it is."""
+    if not text:
+        return "empty"
+    if len(words(text)) < min_words:
+        return "too_short"
+    if _REFUSAL.search(text):
+        return "refusal"
+    if _META.search(text):
+        return "meta"
+    return None
+
+
+class DuplicateFilter:
+    """Exact and near-duplicate detection against everything seen so far."""
+
+    def __init__(self, existing: Iterable[str], threshold: float) -> None:
+        self.threshold = threshold
+        self.exact: set[str] = set()
+        self.shingled: list[frozenset[str]] = []
+        for text in existing:
+            self.add(text)
+
+    def add(self, text: str) -> None:
+        """Remember a kept text."""
+        self.exact.add(normalize(text))
+        self.shingled.append(shingles(text))
+
+    def reason(self, text: str) -> str | None:
+        """``"duplicate"``, ``"near_duplicate"`` or ``None``."""
+        if normalize(text) in self.exact:
+            return "duplicate"
+        own = shingles(text)
+        if any(jaccard(own, other) >= self.threshold for other in self.shingled):
+            return "near_duplicate"
+        return None
+
+    def max_similarity(self, text: str) -> float:
+        """Highest Jaccard similarity to any remembered text."""
+        own = shingles(text)
+        return max((jaccard(own, other) for other in self.shingled), default=0.0)
+
+
+def clean_category(text: str, max_words: int) -> str:
+    """A category name from a critic answer (first line, at most ``max_words`` words).
+
+    Returns ``""`` when the answer talks about the task instead of naming a category.
+    """
+    line = clean_line(text).rstrip(".:;,!")
+    if _META_CATEGORY.search(line) or _REFUSAL.search(line):
+        return ""
+    return " ".join(line.split()[:max_words])
+
+
+def content_words(text: str) -> frozenset[str]:
+    """Words of a category name without stopwords, plural ``s`` dropped (for overlap checks)."""
+    return frozenset(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+                     for w in words(text) if w not in _STOPWORDS)
+
+
+def overlaps(category: str, covered: Sequence[str], threshold: float = 0.5) -> bool:
+    """True if ``category`` repeats a covered category (normalised word overlap)."""
+    own = content_words(category)
+    if not own:
+        return True
+    return any(normalize(category) == normalize(c) or jaccard(own, content_words(c)) >= threshold
+               for c in covered)

@@ -1,0 +1,36 @@
+"""responder: a safe, helpful response to every kept prompt of the round, concurrently.
+
+The ``responder`` template is the responder's system prompt; the user message is the prompt.
+Responding closes the round.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from graph.context import Context
+from graph.state import State
+from nodes.run import Stopwatch, prompts, run_store
+from tools.llm import generate, output_tokens
+
+
+def responder(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Answer the round's prompts and close the round."""
+    ctx, watch = runtime.context, Stopwatch()
+    system = prompts(runtime)["responder"]
+    endpoint = ctx.endpoint("responder")
+    with run_store(runtime) as store:
+        samples = store.get_samples(state.prompt_ids)
+        requests = [[("system", system), ("user", s["prompt"])] for s in samples]
+        answers = generate("responder", endpoint, requests, max_concurrency=ctx.max_concurrency,
+                           temperature=ctx.responder_temperature, top_p=ctx.top_p,
+                           max_tokens=ctx.responder_max_tokens)
+        responses = {s["id"]: str(a.content).strip() for s, a in zip(samples, answers, strict=True)}
+        store.set_responses(responses, endpoint.model)
+        answered = sum(1 for text in responses.values() if text)
+        store.update_round(state.round, responses=answered, finished_at=time.time())
+        store.add_timing(state.round, "responder", watch.seconds, output_tokens(answers))
+    return {"round": state.round + 1, "responses": state.responses + answered}

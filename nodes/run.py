@@ -1,0 +1,55 @@
+"""What every node needs from the run: its store, its prompts, and a record of its cost."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from langgraph.config import get_config
+from langgraph.runtime import Runtime
+
+from graph.context import Context
+from graph.prompts import load_prompts
+from tools.store import RunStore
+
+
+def run_id() -> str:
+    """The run's id: the LangGraph thread id (the run name in the CLI)."""
+    try:
+        configurable = get_config().get("configurable", {})
+    except RuntimeError:
+        return "default"
+    return str(configurable.get("thread_id") or "default")
+
+
+@contextmanager
+def run_store(runtime: Runtime[Context]) -> Iterator[RunStore]:
+    """Open the run store for this run (one connection per node call)."""
+    store = RunStore(runtime.context.data_path, run_id())
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def prompts(runtime: Runtime[Context]) -> dict[str, str]:
+    """The run's validated prompt templates."""
+    return load_prompts(runtime.context.prompts_dir, runtime.context.prompts)
+
+
+class Stopwatch:
+    """Wall time since creation."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        """Seconds elapsed."""
+        return time.perf_counter() - self.start
+
+
+def bullets(lines: list[str]) -> str:
+    """Lines as a bulleted block for a prompt."""
+    return "\n".join(f"- {line}" for line in lines) if lines else "- (none yet)"

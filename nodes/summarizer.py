@@ -1,0 +1,49 @@
+"""summarizer: update the running summary from the previous summary and the new instance.
+
+The new instance is the round's weakness (its category) with a few of its kept prompts. The
+summary is structured: one category per line, at most ``max_line_words`` words a line. The
+update is proposed to the rule check; with the rule check off, it is taken as it is (bounded).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from graph.context import Context
+from graph.prompts import render
+from graph.state import State
+from nodes.filters import clean_line
+from nodes.run import Stopwatch, bullets, prompts, run_store
+from tools.llm import generate, output_tokens
+
+EXAMPLES_IN_SUMMARY_PROMPT = 3
+
+
+def parse_summary(text: str) -> list[str]:
+    """Summary lines from a model answer: one cleaned line per non-empty line."""
+    return [line for line in (clean_line(raw) for raw in text.splitlines()) if line]
+
+
+def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Propose the updated summary."""
+    ctx, watch = runtime.context, Stopwatch()
+    with run_store(runtime) as store:
+        samples = store.get_samples(state.prompt_ids[:EXAMPLES_IN_SUMMARY_PROMPT])
+    message = render(prompts(runtime)["summarizer"], summary=bullets(state.summary),
+                     weakness=state.weakness,
+                     prompts=bullets([s["prompt"] for s in samples]))
+    [answer] = generate("advisor", ctx.endpoint("advisor"), [[("user", message)]],
+                        temperature=ctx.advisor_temperature, top_p=ctx.top_p,
+                        max_tokens=ctx.summarizer_max_tokens)
+    proposed = parse_summary(str(answer.content))[: 2 * ctx.max_summary_lines]
+    update: dict[str, Any] = {"proposed_summary": proposed}
+    with run_store(runtime) as store:
+        fields: dict[str, Any] = {"summary_proposed": proposed}
+        if not ctx.rule_check:
+            update["summary"] = proposed[-ctx.max_summary_lines:]
+            fields |= {"summary_after": update["summary"], "rule_check": "skipped"}
+        store.update_round(state.round, **fields)
+        store.add_timing(state.round, "summarizer", watch.seconds, output_tokens([answer]))
+    return update

