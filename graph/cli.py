@@ -21,7 +21,7 @@ from tools.llm import EndpointError
 from tools.store import RunStore
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """Running a graph in a run folder: checkpoints, the embedded server, progress, clean stops.
 
 A run folder holds ``run.json`` (method and context, no secrets), ``run.sqlite`` (the data
-tables and LangGraph's checkpoints, thread id = run name) and ``vllm.log`` when the embedded
+tables), ``checkpoints.sqlite`` (LangGraph's checkpoints, thread id = run name) and ``vllm.log`` when the embedded
 server was used. ``start`` begins a run; ``resume`` continues it from its last checkpoint after
 a crash or Ctrl-C, restarting the embedded server if the run used one.
 """
@@ -31,6 +31,7 @@ from tools.store import RunStore
 
 RUN_FILE = "run.json"
 DB_FILE = "run.sqlite"
+CHECKPOINT_FILE = "checkpoints.sqlite"
 SERVER_LOG = "vllm.log"
 
 
@@ -58,6 +59,11 @@ class Run:
     def db_path(self) -> Path:
         """The run's SQLite file."""
         return self.folder / DB_FILE
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """LangGraph's checkpoint file."""
+        return self.folder / CHECKPOINT_FILE
 
     def config(self, recursion_limit: int | None = None) -> dict[str, Any]:
         """LangGraph config of the run's thread."""
@@ -111,7 +117,7 @@ def create_run(folder: str | Path, method: Method, ctx: Context, *, embedded: bo
 @contextmanager
 def checkpointer(run: Run) -> Iterator[SqliteSaver]:
     """LangGraph's SQLite checkpointer on the run's file."""
-    conn = sqlite3.connect(run.db_path, check_same_thread=False)
+    conn = sqlite3.connect(run.checkpoint_path, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     try:
         yield SqliteSaver(conn)

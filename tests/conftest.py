@@ -41,7 +41,8 @@ def context(stub: StubServer, tmp_path: Path) -> Callable[..., Context]:
 
 def run_graph(method: str, ctx: Context, thread_id: str = "t1") -> tuple[State, RunStore]:
     """Run a graph to its end with a SQLite checkpointer next to the data."""
-    conn = sqlite3.connect(ctx.data_path, check_same_thread=False)
+    conn = sqlite3.connect(Path(ctx.data_path).with_name("checkpoints.sqlite"),
+                           check_same_thread=False)
     graph = compile_graph(method, SqliteSaver(conn))  # type: ignore[arg-type]
     config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 200}
     final = graph.invoke({}, config, context=ctx)

@@ -127,7 +127,11 @@ def test_served_model_name_override(tmp_path: Path) -> None:
 def test_cpu_environment_and_dtype(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(server_mod, "is_cpu_build", lambda: True)
     monkeypatch.setattr(server_mod, "_cpu_list", lambda: "0-1")
-    for var in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
+    for var in (
+        "VLLM_CPU_OMP_THREADS_BIND",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU",
+        "VLLM_USE_AOT_COMPILE",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")  # the user's choice wins
     srv = EmbeddedServer("/models/x", log_path=tmp_path / "l.log")
@@ -136,6 +140,7 @@ def test_cpu_environment_and_dtype(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
     assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "4"
+    assert env["VLLM_USE_AOT_COMPILE"] == "0"
     assert env["PATH"] == os.environ["PATH"]
 
 
@@ -144,10 +149,12 @@ def test_gpu_environment_and_dtype(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     for var in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)
     srv = EmbeddedServer("/models/x", log_path=tmp_path / "l.log")
     assert srv.dtype == "auto"
     env = srv.environment()
     assert not any(k.startswith("VLLM_CPU_") for k in env)
+    assert "VLLM_USE_AOT_COMPILE" not in env
 
 
 def test_cpu_list_matches_affinity() -> None:

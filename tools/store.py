@@ -14,6 +14,7 @@ duplicates them. Tables (all keyed by ``run_id``, so one file may hold many runs
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -33,9 +34,14 @@ class RunStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run_id = run_id
         self.db = sqlite_utils.Database(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=30000")
-        self._create()
+        if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:  # WAL lets the checkpointer and the store share the file
+                self.db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:
+                pass  # another connection holds the file; rollback journal works too
+        if not self.db["rounds"].exists():
+            self._create()
 
     def _create(self) -> None:
         self.db["samples"].create(

@@ -1,0 +1,139 @@
+"""Resume after a kill, retries on transient errors, clear errors, and no secret on disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_graph
+
+from graph.cli import main
+from tools.llm import EndpointError
+from tools.store import RunStore
+from tools.stub_server import StubServer
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "graph.cli", *args]
+
+
+def _round_in_progress(db: Path) -> int | None:
+    if not db.exists():
+        return None
+    try:
+        conn = sqlite3.connect(db, timeout=5)
+        rows = conn.execute("select round from rounds where finished_at is null "
+                            "and round >= 2 and kept is not null").fetchall()
+        conn.close()
+    except sqlite3.OperationalError:
+        return None
+    return rows[0][0] if rows else None
+
+
+def test_resume_after_kill_mid_round(tmp_path):
+    run = tmp_path / "r"
+    with StubServer(latency=0.15) as stub:
+        proc = subprocess.Popen(
+            _cli("run", "--base-url", stub.base_url, "--model", "stub", "--rounds", "5",
+                 "-k", "4", "--run", str(run), "--no-progress"),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        killed_in = None
+        while time.time() < deadline and proc.poll() is None:
+            killed_in = _round_in_progress(run / "run.sqlite")
+            if killed_in:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait(30)
+        assert killed_in, proc.stdout.read().decode() if proc.stdout else ""
+        with RunStore(run / "run.sqlite", "r") as store:
+            before = list(store.samples())
+        assert any(s["round"] == killed_in for s in before)  # the round's prompts were written
+
+        done = subprocess.run(_cli("resume", str(run), "--no-progress"), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    with RunStore(run / "run.sqlite", "r") as store:
+        samples = list(store.samples())
+        rounds = store.rounds()
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
+    assert all(r["finished_at"] for r in rounds)
+    assert len(samples) == 20 and len({s["id"] for s in samples}) == 20
+    assert len({s["prompt"] for s in samples}) == 20
+    assert all(s["response"] for s in samples)
+    for r in rounds:
+        assert sum(1 for s in samples if s["round"] == r["round"]) == 4
+    # the rounds finished before the kill were not redone
+    kept_before = {s["id"]: s["prompt"] for s in before if s["round"] < killed_in}
+    assert all(any(s["id"] == i and s["prompt"] == p for s in samples)
+               for i, p in kept_before.items())
+    status = subprocess.run(_cli("status", str(run), "--json"), capture_output=True, text=True)
+    assert '"finished"' in status.stdout
+
+
+def test_transient_errors_are_retried(context, stub):
+    stub.failures.extend([503, 429, 502])
+    state, _ = run_graph("data_advisor", context(rounds=1))
+    assert state.kept == 4 and state.responses == 4
+    assert stub.status_counts.get(503) == 1 and stub.status_counts.get(429) == 1
+
+
+def test_client_error_fails_at_once_with_a_clear_message(context, stub):
+    stub.failures.append(400)
+    with pytest.raises(EndpointError, match="advisor endpoint .* 400"):
+        run_graph("data_advisor", context(rounds=1))
+    assert len(stub.requests) == 1  # no retry of a 4xx
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dead_endpoint_gives_a_clear_error(tmp_path, capsys):
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    code = main(["run", "--base-url", url, "--rounds", "1", "--run", str(tmp_path / "dead"),
+                 "--no-progress"])
+    assert code == 1
+    out = capsys.readouterr().err
+    assert "cannot reach the advisor endpoint" in out and url in out
+    assert "resume" in out
+
+
+def test_bad_input_fails_before_any_llm_call(tmp_path, stub, capsys):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "generator.txt").write_text("Examples: {examples}. Write a request about {weakness} {oops}")
+    code = main(["run", "--base-url", stub.base_url, "--rounds", "1", "--prompts", str(prompts),
+                 "--run", str(tmp_path / "bad"), "--no-progress"])
+    assert code == 2
+    assert "unknown placeholder(s) {oops}" in capsys.readouterr().err
+    assert stub.requests == []
+    code = main(["run", "--base-url", stub.base_url, "--seed-prompts", str(tmp_path / "nope.txt"),
+                 "--run", str(tmp_path / "bad2"), "--no-progress"])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "bad2").exists()
+
+
+def test_api_key_never_reaches_disk(tmp_path, stub, monkeypatch):
+    canary = "sk-canary-4b1d0c7e9f"
+    monkeypatch.setenv("OPENAI_API_KEY", canary)
+    run = tmp_path / "secret"
+    assert main(["run", "--base-url", stub.base_url, "--model", "stub", "--rounds", "2", "-k",
+                 "3", "--run", str(run), "--no-progress"]) == 0
+    assert main(["export", str(run)]) == 0
+    assert any(h.get("authorization") == f"Bearer {canary}" for h in stub.headers)
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert {"run.sqlite", "checkpoints.sqlite"} <= {p.name for p in files}
+    for path in files:
+        assert canary.encode() not in path.read_bytes(), path
+    del os.environ["OPENAI_API_KEY"]
