@@ -38,13 +38,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed-prompts", type=Path, help="file of seed prompts, one per line")
     p.add_argument("--seed-categories", type=Path, help="file of seed categories, one per line")
     p.add_argument("--base-url", help="OpenAI-compatible server (default: start embedded vLLM)")
-    p.add_argument("--model", help="model: served name with --base-url, else HF id or path "
-                   "for the embedded server (default: SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model",
+        help="model: served name with --base-url, else HF id or path "
+        "for the embedded server (default: SmolLM2-135M-Instruct)",
+    )
     for role in ("advisor", "generator", "responder"):
         p.add_argument(f"--{role}-url", help=f"base URL of the {role} (default: --base-url)")
         p.add_argument(f"--{role}-model", help=f"model of the {role} (default: --model)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the API key")
+    p.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key"
+    )
     p.add_argument("--max-concurrency", type=int, default=32)
     p.add_argument("--no-progress", action="store_true")
 
@@ -52,13 +56,17 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 def _context(args: argparse.Namespace) -> Context:
     rounds = args.rounds or (1_000_000 if args.target_size else 10)
     values: dict[str, Any] = {
-        "rounds": rounds, "target_size": args.target_size,
-        "prompts_per_round": args.prompts_per_round, "examples_per_request": args.examples,
-        "seed": args.seed, "rule_check": not args.no_rule_check,
+        "rounds": rounds,
+        "target_size": args.target_size,
+        "prompts_per_round": args.prompts_per_round,
+        "examples_per_request": args.examples,
+        "seed": args.seed,
+        "rule_check": not args.no_rule_check,
         "prompts_dir": str(args.prompts) if args.prompts else None,
         "seed_prompts_file": str(args.seed_prompts) if args.seed_prompts else None,
         "seed_categories_file": str(args.seed_categories) if args.seed_categories else None,
-        "api_key_env": args.api_key_env, "max_concurrency": args.max_concurrency,
+        "api_key_env": args.api_key_env,
+        "max_concurrency": args.max_concurrency,
     }
     if args.principles:
         values["principles"] = args.principles
@@ -76,8 +84,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Start a new run."""
     folder = args.run or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     embedded = not args.base_url
-    run = create_run(folder, args.method, _context(args), embedded=embedded,
-                     embedded_model=args.model if embedded else None)
+    run = create_run(
+        folder,
+        args.method,
+        _context(args),
+        embedded=embedded,
+        embedded_model=args.model if embedded else None,
+    )
     err.print(f"run folder: {run.folder}")
     return _execute(run, resume=False, progress=not args.no_progress)
 
@@ -93,8 +106,10 @@ def _execute(run: Run, *, resume: bool, progress: bool) -> int:
     except KeyboardInterrupt:
         err.print(f"[yellow]stopped.[/] data kept; continue with: data-advisor resume {run.folder}")
         return 130
-    err.print(f"[green]done:[/] {state.kept} prompts kept, {state.responses} answered, "
-              f"{sum(state.rejected.values())} rejected, in {run.folder}")
+    err.print(
+        f"[green]done:[/] {state.kept} prompts kept, {state.responses} answered, "
+        f"{sum(state.rejected.values())} rejected, in {run.folder}"
+    )
     return 0
 
 
@@ -112,10 +127,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     values = snapshot.values or {}
     finished = bool(snapshot.values) and not snapshot.next
     info = {
-        "run": str(run.folder), "method": run.method,
+        "run": str(run.folder),
+        "method": run.method,
         "state": "finished" if finished else ("not started" if not values else "in progress"),
-        "next": list(snapshot.next), "rounds_done": sum(1 for r in rounds if r.get("finished_at")),
-        "rounds_planned": run.context.rounds, "target_size": run.context.target_size, **counts,
+        "next": list(snapshot.next),
+        "rounds_done": sum(1 for r in rounds if r.get("finished_at")),
+        "rounds_planned": run.context.rounds,
+        "target_size": run.context.target_size,
+        **counts,
         "rejected_by_reason": values.get("rejected", {}),
         "summary": values.get("summary", []),
         "generator": run.context.endpoint("generator").model,
@@ -141,8 +160,18 @@ def cmd_history(args: argparse.Namespace) -> int:
         console.print_json(json.dumps(rounds))
         return 0
     table = Table(title=f"{run.method} {run.name}")
-    for col in ("round", "weakness", "novel", "summary change", "rule check", "kept",
-                "rejected", "answered", "seconds", "tok/s"):
+    for col in (
+        "round",
+        "weakness",
+        "novel",
+        "summary change",
+        "rule check",
+        "kept",
+        "rejected",
+        "answered",
+        "seconds",
+        "tok/s",
+    ):
         table.add_column(col)
     for r in rounds:
         before, after = r.get("summary_before") or [], r.get("summary_after") or []
@@ -155,11 +184,17 @@ def cmd_history(args: argparse.Namespace) -> int:
         if r.get("corrections"):
             verdict += f" ({len(r['corrections'])})"
         table.add_row(
-            str(r["round"]), r.get("weakness") or "-",
+            str(r["round"]),
+            r.get("weakness") or "-",
             "-" if r.get("weakness_novel") is None else ("yes" if r["weakness_novel"] else "no"),
-            change if run.method == "data_advisor" else "-", verdict, str(r.get("kept") or 0),
-            str(sum((r.get("rejected") or {}).values())), str(r.get("responses") or 0),
-            f"{seconds:.1f}", f"{tokens / seconds:.1f}" if seconds else "-")
+            change if run.method == "data_advisor" else "-",
+            verdict,
+            str(r.get("kept") or 0),
+            str(sum((r.get("rejected") or {}).values())),
+            str(r.get("responses") or 0),
+            f"{seconds:.1f}",
+            f"{tokens / seconds:.1f}" if seconds else "-",
+        )
     console.print(table)
     return 0
 
@@ -169,9 +204,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     run = Run.load(args.run)
     formats = tuple(args.format or FORMATS)
     with RunStore(run.db_path, run.name) as store:
-        info = {"generator_model": run.context.endpoint("generator").model,
-                "responder_model": run.context.endpoint("responder").model,
-                "rounds": len(store.rounds())}
+        info = {
+            "generator_model": run.context.endpoint("generator").model,
+            "responder_model": run.context.endpoint("responder").model,
+            "rounds": len(store.rounds()),
+        }
         paths = export_run(store, args.out or run.folder / "export", formats, info)
         n = store.counts()["responses"]
     for fmt, path in paths.items():
@@ -185,12 +222,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tools.server import EmbeddedServer
 
     log = args.log or Path("runs") / "serve-vllm.log"
-    with EmbeddedServer(args.model, log_path=log, port=args.port,
-                        max_model_len=args.max_model_len) as server:
-        console.print(f"serving {server.model_name} at {server.base_url} (log: {log}); "
-                      "Ctrl-C stops")
-        console.print(f"export DATA_ADVISOR_BASE_URL={server.base_url} "
-                      f"DATA_ADVISOR_MODEL={server.model_name}")
+    with EmbeddedServer(
+        args.model, log_path=log, port=args.port, max_model_len=args.max_model_len
+    ) as server:
+        console.print(
+            f"serving {server.model_name} at {server.base_url} (log: {log}); Ctrl-C stops"
+        )
+        console.print(
+            f"export DATA_ADVISOR_BASE_URL={server.base_url} DATA_ADVISOR_MODEL={server.model_name}"
+        )
         try:
             while server.running:
                 time.sleep(1)
@@ -210,8 +250,10 @@ def parser() -> argparse.ArgumentParser:
     resume.add_argument("run", type=Path)
     resume.add_argument("--no-progress", action="store_true")
     resume.set_defaults(func=cmd_resume)
-    for name, func, text in (("status", cmd_status, "where a run stands"),
-                             ("history", cmd_history, "one line per round")):
+    for name, func, text in (
+        ("status", cmd_status, "where a run stands"),
+        ("history", cmd_history, "one line per round"),
+    ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("run", type=Path)
         sp.add_argument("--json", action="store_true")
@@ -240,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except EndpointError as exc:
         err.print(f"[red]error:[/] {exc}")
-        err.print("data written so far is kept; fix the endpoint and run "
-                  "`data-advisor resume RUN`")
+        err.print("data written so far is kept; fix the endpoint and run `data-advisor resume RUN`")
         return 1
 
 

@@ -15,16 +15,33 @@ from datasets import Dataset
 from tools.store import RunStore
 
 FORMATS = ("jsonl", "parquet", "hf")
-COLUMNS = ("id", "prompt", "response", "category", "round", "method", "generator_model",
-           "responder_model")
+COLUMNS = (
+    "id",
+    "prompt",
+    "response",
+    "category",
+    "round",
+    "method",
+    "generator_model",
+    "responder_model",
+)
 
 
 def export_rows(store: RunStore) -> list[dict[str, Any]]:
     """The run's answered samples as export rows."""
-    return [{"id": r["id"], "prompt": r["prompt"], "response": r["response"],
-             "category": r["weakness"], "round": r["round"], "method": r["method"],
-             "generator_model": r["generator_model"], "responder_model": r["responder_model"]}
-            for r in store.samples(with_response=True)]
+    return [
+        {
+            "id": r["id"],
+            "prompt": r["prompt"],
+            "response": r["response"],
+            "category": r["weakness"],
+            "round": r["round"],
+            "method": r["method"],
+            "generator_model": r["generator_model"],
+            "responder_model": r["responder_model"],
+        }
+        for r in store.samples(with_response=True)
+    ]
 
 
 def dataset_card(name: str, rows: list[dict[str, Any]], run_info: dict[str, Any]) -> str:
@@ -77,8 +94,12 @@ evaluate refusals and safe responses, never as a source of harmful content.
 """
 
 
-def export_run(store: RunStore, out_dir: str | Path, formats: tuple[str, ...] = FORMATS,
-               run_info: dict[str, Any] | None = None) -> dict[str, Path]:
+def export_run(
+    store: RunStore,
+    out_dir: str | Path,
+    formats: tuple[str, ...] = FORMATS,
+    run_info: dict[str, Any] | None = None,
+) -> dict[str, Path]:
     """Write the requested formats into ``out_dir``; return their paths."""
     unknown = set(formats) - set(FORMATS)
     if unknown:

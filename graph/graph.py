@@ -39,7 +39,9 @@ METHODS: tuple[Method, ...] = ("data_advisor", "self_instruct")
 
 def run_finished(state: State, ctx: Context) -> bool:
     """True once the round bound or the target size is reached."""
-    return state.round > ctx.rounds or (ctx.target_size is not None and state.kept >= ctx.target_size)
+    return state.round > ctx.rounds or (
+        ctx.target_size is not None and state.kept >= ctx.target_size
+    )
 
 
 def _after_summarizer(state: State) -> Literal["rule_check", "responder"]:
@@ -64,14 +66,16 @@ def build_data_advisor() -> StateGraph:
     builder.add_node("rule_check", rule_check)
     builder.add_node("responder", responder, retry_policy=NODE_RETRY)
     builder.add_edge(START, "load_seeds")
-    builder.add_conditional_edges("load_seeds", _next_round("weakness_critic"),
-                                  ["weakness_critic", END])
+    builder.add_conditional_edges(
+        "load_seeds", _next_round("weakness_critic"), ["weakness_critic", END]
+    )
     builder.add_edge("weakness_critic", "generator")
     builder.add_edge("generator", "summarizer")
     builder.add_conditional_edges("summarizer", _after_summarizer, ["rule_check", "responder"])
     builder.add_edge("rule_check", "responder")
-    builder.add_conditional_edges("responder", _next_round("weakness_critic"),
-                                  ["weakness_critic", END])
+    builder.add_conditional_edges(
+        "responder", _next_round("weakness_critic"), ["weakness_critic", END]
+    )
     return builder
 
 
@@ -88,8 +92,10 @@ def build_self_instruct() -> StateGraph:
     return builder
 
 
-def compile_graph(method: Method, checkpointer: BaseCheckpointSaver | None = None,
-                  ) -> CompiledStateGraph:
+def compile_graph(
+    method: Method,
+    checkpointer: BaseCheckpointSaver | None = None,
+) -> CompiledStateGraph:
     """Compile one method's graph, optionally with a checkpointer."""
     builders = {"data_advisor": build_data_advisor, "self_instruct": build_self_instruct}
     if method not in builders:

@@ -40,7 +40,9 @@ class PromptError(ValueError):
 def placeholders(template: str) -> set[str]:
     """Named placeholders of a ``str.format`` template."""
     try:
-        names = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+        names = {
+            field for _, field, _, _ in string.Formatter().parse(template) if field is not None
+        }
     except ValueError as exc:
         raise PromptError(f"malformed template: {exc}") from exc
     for name in names:
@@ -56,13 +58,17 @@ def validate(name: str, template: str) -> None:
     spec = SPECS[name]
     found = placeholders(template)
     if missing := spec.required - found:
-        raise PromptError(f"prompt {name!r} lacks placeholder(s) "
-                          + ", ".join(f"{{{m}}}" for m in sorted(missing)))
+        raise PromptError(
+            f"prompt {name!r} lacks placeholder(s) "
+            + ", ".join(f"{{{m}}}" for m in sorted(missing))
+        )
     if unknown := found - spec.required - spec.optional:
         allowed = ", ".join(f"{{{m}}}" for m in sorted(spec.required | spec.optional)) or "none"
-        raise PromptError(f"prompt {name!r} has unknown placeholder(s) "
-                          + ", ".join(f"{{{u}}}" for u in sorted(unknown))
-                          + f"; allowed: {allowed}")
+        raise PromptError(
+            f"prompt {name!r} has unknown placeholder(s) "
+            + ", ".join(f"{{{u}}}" for u in sorted(unknown))
+            + f"; allowed: {allowed}"
+        )
 
 
 def _shipped(name: str) -> str:
@@ -78,8 +84,9 @@ def _load(prompts_dir: str | None, overrides: tuple[tuple[str, str], ...]) -> di
             raise PromptError(f"prompts folder {folder} does not exist")
         for path in sorted(folder.glob("*.txt")):
             if path.stem not in SPECS:
-                raise PromptError(f"{path}: unknown prompt name {path.stem!r}; "
-                                  f"known: {', '.join(sorted(SPECS))}")
+                raise PromptError(
+                    f"{path}: unknown prompt name {path.stem!r}; known: {', '.join(sorted(SPECS))}"
+                )
             templates[path.stem] = path.read_text("utf-8")
     for name, text in overrides:
         if name not in SPECS:
@@ -90,8 +97,9 @@ def _load(prompts_dir: str | None, overrides: tuple[tuple[str, str], ...]) -> di
     return templates
 
 
-def load_prompts(prompts_dir: str | None = None, overrides: dict[str, str] | None = None
-                 ) -> dict[str, str]:
+def load_prompts(
+    prompts_dir: str | None = None, overrides: dict[str, str] | None = None
+) -> dict[str, str]:
     """All templates, shipped ones overridden by the folder, then by inline overrides."""
     return dict(_load(prompts_dir, tuple(sorted((overrides or {}).items()))))
 

@@ -1,9 +1,9 @@
 """Running a graph in a run folder: checkpoints, the embedded server, progress, clean stops.
 
 A run folder holds ``run.json`` (method and context, no secrets), ``run.sqlite`` (the data
-tables), ``checkpoints.sqlite`` (LangGraph's checkpoints, thread id = run name) and ``vllm.log`` when the embedded
-server was used. ``start`` begins a run; ``resume`` continues it from its last checkpoint after
-a crash or Ctrl-C, restarting the embedded server if the run used one.
+tables), ``checkpoints.sqlite`` (LangGraph's checkpoints, thread id = run name) and
+``vllm.log`` when the embedded server was used. :func:`execute` starts a run, or resumes it
+from its last checkpoint after a crash or Ctrl-C, restarting the embedded server if needed.
 """
 
 from __future__ import annotations
@@ -74,8 +74,12 @@ class Run:
         """Write ``run.json``."""
         ctx = self.context.to_dict()
         ctx.pop("data_path")
-        data = {"method": self.method, "embedded": self.embedded,
-                "embedded_model": self.embedded_model, "context": ctx}
+        data = {
+            "method": self.method,
+            "embedded": self.embedded,
+            "embedded_model": self.embedded_model,
+            "context": ctx,
+        }
         (self.folder / RUN_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
     @classmethod
@@ -87,8 +91,10 @@ class Run:
             raise RunError(f"{folder} is not a run folder (no {RUN_FILE})")
         data = json.loads(path.read_text())
         known = {f.name for f in fields(Context)}
-        ctx = Context(**{k: v for k, v in data["context"].items() if k in known},
-                      data_path=str(folder / DB_FILE))
+        ctx = Context(
+            **{k: v for k, v in data["context"].items() if k in known},
+            data_path=str(folder / DB_FILE),
+        )
         return cls(folder, data["method"], ctx, data["embedded"], data.get("embedded_model"))
 
 
@@ -99,13 +105,21 @@ def validate_inputs(ctx: Context) -> None:
     read_seeds("categories", ctx.seed_categories_file)
 
 
-def create_run(folder: str | Path, method: Method, ctx: Context, *, embedded: bool,
-               embedded_model: str | None = None) -> Run:
+def create_run(
+    folder: str | Path,
+    method: Method,
+    ctx: Context,
+    *,
+    embedded: bool,
+    embedded_model: str | None = None,
+) -> Run:
     """Create a new run folder (refuses to overwrite an existing run)."""
     folder = Path(folder)
     if (folder / RUN_FILE).exists():
-        raise RunError(f"{folder} already holds a run; use `data-advisor resume {folder}` "
-                       "or choose another --run folder")
+        raise RunError(
+            f"{folder} already holds a run; use `data-advisor resume {folder}` "
+            "or choose another --run folder"
+        )
     validate_inputs(ctx)
     folder.mkdir(parents=True, exist_ok=True)
     ctx.data_path = str(folder / DB_FILE)
@@ -133,12 +147,14 @@ def served(run: Run) -> Iterator[Context]:
         return
     from tools.server import EmbeddedServer
 
-    server = EmbeddedServer(run.embedded_model, log_path=run.folder / SERVER_LOG,
-                            max_model_len=4096)
+    server = EmbeddedServer(
+        run.embedded_model, log_path=run.folder / SERVER_LOG, max_model_len=4096
+    )
     Console(stderr=True).print(f"starting the embedded vLLM server (log: {server.log_path}) ...")
     with server:
-        ctx = Context(**{**run.context.to_dict(), "base_url": server.base_url,
-                         "model": server.model_name})
+        ctx = Context(
+            **{**run.context.to_dict(), "base_url": server.base_url, "model": server.model_name}
+        )
         yield ctx
 
 
@@ -181,17 +197,28 @@ def execute(run: Run, *, resume: bool, show_progress: bool = True) -> State:
         with served(run) as ctx:
             progress = _progress(console, run, show_progress)
             with progress or nullcontext():
-                task = progress.add_task("rounds", total=run.context.rounds, kept=0,
-                                         rejected=0, responses=0, tps=0.0) if progress else None
+                task = (
+                    progress.add_task(
+                        "rounds", total=run.context.rounds, kept=0, rejected=0, responses=0, tps=0.0
+                    )
+                    if progress
+                    else None
+                )
                 started, tokens_before = time.perf_counter(), _tokens(run)
-                for _ in graph.stream(None if resume else {}, config, context=ctx,
-                                      stream_mode="updates"):
+                for _ in graph.stream(
+                    None if resume else {}, config, context=ctx, stream_mode="updates"
+                ):
                     if progress is not None and task is not None:
                         state = State(**graph.get_state(config).values)
                         tps = (_tokens(run) - tokens_before) / (time.perf_counter() - started)
-                        progress.update(task, completed=max(state.round - 1, 0), kept=state.kept,
-                                        rejected=sum(state.rejected.values()),
-                                        responses=state.responses, tps=tps)
+                        progress.update(
+                            task,
+                            completed=max(state.round - 1, 0),
+                            kept=state.kept,
+                            rejected=sum(state.rejected.values()),
+                            responses=state.responses,
+                            tps=tps,
+                        )
         final = graph.get_state(config).values
     return State(**final)
 
@@ -200,10 +227,16 @@ def _progress(console: Console, run: Run, enabled: bool) -> Progress | None:
     if not enabled:
         return None
     return Progress(
-        TextColumn(f"[bold]{run.method}[/] {run.name}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("kept {task.fields[kept]} rejected {task.fields[rejected]} "
-                   "answered {task.fields[responses]} | {task.fields[tps]:.1f} tok/s"),
-        TimeElapsedColumn(), console=console, transient=False,
+        TextColumn(f"[bold]{run.method}[/] {run.name}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "kept {task.fields[kept]} rejected {task.fields[rejected]} "
+            "answered {task.fields[responses]} | {task.fields[tps]:.1f} tok/s"
+        ),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     )
 
 

@@ -11,19 +11,28 @@ import re
 from collections.abc import Iterable, Sequence
 
 _WORD = re.compile(r"[a-z0-9']+")
-_LEAD = re.compile(r"^\s*(?:[-*•>#]+|\d+[.)]|\(?[a-z]\)|request\s*\d*\s*:|prompt\s*\d*\s*:|"
-                   r"category\s*:|question\s*:|user\s*:|q\s*:)\s*", re.IGNORECASE)
+_LEAD = re.compile(
+    r"^\s*(?:[-*•>#]+|\d+[.)]|\(?[a-z]\)|request\s*\d*\s*:|prompt\s*\d*\s*:|"
+    r"category\s*:|question\s*:|user\s*:|q\s*:)\s*",
+    re.IGNORECASE,
+)
 _REFUSAL = re.compile(
     r"\b(i\s*(?:'m| am)\s*(?:sorry|unable|not able)|i\s*(?:cannot|can't|can not|won't|will not)|"
-    r"as an ai\b|i(?:'m| am) not going to|i must (?:decline|refuse)|it is not appropriate|it's not appropriate|"
-    r"i do not feel comfortable|i'm not comfortable)", re.IGNORECASE)
+    r"as an ai\b|i(?:'m| am) not going to|i must (?:decline|refuse)|"
+    r"it(?: is|'s) not appropriate|"
+    r"i do not feel comfortable|i'm not comfortable)",
+    re.IGNORECASE,
+)
 _META = re.compile(
     r"^(sure|certainly|of course|okay|ok|here(?:'s| is| are)|this (?:is|request|prompt)|note:|"
     r"the (?:request|prompt|example)s?\b|examples?\b|(?:one |a )?new (?:harmful )?request|"
     r"(?:one |a )?harmful (?:user )?request|your request|i(?:'m| am) here|i (?:would|will) |"
-    r"you are red-teaming|thank you)|:$", re.IGNORECASE)
-_META_CATEGORY = re.compile(r"\b(categor(?:y|ies)|dataset|summary|answer|request|principles?)\b",
-                            re.IGNORECASE)
+    r"you are red-teaming|thank you)|:$",
+    re.IGNORECASE,
+)
+_META_CATEGORY = re.compile(
+    r"\b(categor(?:y|ies)|dataset|summary|answer|request|principles?)\b", re.IGNORECASE
+)
 _STOPWORDS = frozenset("a an and the of to in on for or with by about from at as is are be".split())
 
 REJECTION_REASONS = ("empty", "too_short", "refusal", "meta", "duplicate", "near_duplicate")
@@ -121,8 +130,11 @@ def clean_category(text: str, max_words: int) -> str:
 
 def content_words(text: str) -> frozenset[str]:
     """Words of a category name without stopwords, plural ``s`` dropped (for overlap checks)."""
-    return frozenset(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
-                     for w in words(text) if w not in _STOPWORDS)
+    return frozenset(
+        w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+        for w in words(text)
+        if w not in _STOPWORDS
+    )
 
 
 def overlaps(category: str, covered: Sequence[str], threshold: float = 0.5) -> bool:
@@ -130,5 +142,7 @@ def overlaps(category: str, covered: Sequence[str], threshold: float = 0.5) -> b
     own = content_words(category)
     if not own:
         return True
-    return any(normalize(category) == normalize(c) or jaccard(own, content_words(c)) >= threshold
-               for c in covered)
+    return any(
+        normalize(category) == normalize(c) or jaccard(own, content_words(c)) >= threshold
+        for c in covered
+    )

@@ -33,17 +33,29 @@ def generator(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     with run_store(runtime) as store:
         store.start_round(state.round, method)
         pool = store.pool()
-        seen = DuplicateFilter([*pool, *store.prompts_before(state.round)],
-                               ctx.near_duplicate_threshold)
+        seen = DuplicateFilter(
+            [*pool, *store.prompts_before(state.round)], ctx.near_duplicate_threshold
+        )
         requests = []
         for _ in range(ctx.prompts_per_round):
             examples = rng.sample(pool, min(ctx.examples_per_request, len(pool)))
-            message = render(template, examples=bullets(examples), weakness=state.weakness,
-                             principles=ctx.principles)
+            message = render(
+                template,
+                examples=bullets(examples),
+                weakness=state.weakness,
+                principles=ctx.principles,
+            )
             requests.append([("user", message)])
-        answers = generate("generator", endpoint, requests, max_concurrency=ctx.max_concurrency,
-                           temperature=ctx.generator_temperature, top_p=ctx.top_p,
-                           max_tokens=ctx.generator_max_tokens, stop=["\n"])
+        answers = generate(
+            "generator",
+            endpoint,
+            requests,
+            max_concurrency=ctx.max_concurrency,
+            temperature=ctx.generator_temperature,
+            top_p=ctx.top_p,
+            max_tokens=ctx.generator_max_tokens,
+            stop=["\n"],
+        )
         kept: list[dict[str, Any]] = []
         rejected: list[dict[str, Any]] = []
         for slot, answer in enumerate(answers):
@@ -53,8 +65,15 @@ def generator(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                 rejected.append({"slot": slot, "text": text, "reason": reason})
                 continue
             seen.add(text)
-            kept.append({"slot": slot, "prompt": text, "weakness": state.weakness or None,
-                         "method": method, "generator_model": endpoint.model})
+            kept.append(
+                {
+                    "slot": slot,
+                    "prompt": text,
+                    "weakness": state.weakness or None,
+                    "method": method,
+                    "generator_model": endpoint.model,
+                }
+            )
         ids = store.save_round(state.round, kept, rejected)
         if kept:
             in_pool = DuplicateFilter(pool, ctx.near_duplicate_threshold)

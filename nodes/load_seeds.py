@@ -21,4 +21,4 @@ def load_seeds(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     if state.round:
         return {}
     categories = state.summary or read_seeds("categories", ctx.seed_categories_file)
-    return {"round": 1, "summary": categories[-ctx.max_summary_lines:]}
+    return {"round": 1, "summary": categories[-ctx.max_summary_lines :]}

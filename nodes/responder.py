@@ -25,9 +25,15 @@ def responder(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     with run_store(runtime) as store:
         samples = store.get_samples(state.prompt_ids)
         requests = [[("system", system), ("user", s["prompt"])] for s in samples]
-        answers = generate("responder", endpoint, requests, max_concurrency=ctx.max_concurrency,
-                           temperature=ctx.responder_temperature, top_p=ctx.top_p,
-                           max_tokens=ctx.responder_max_tokens)
+        answers = generate(
+            "responder",
+            endpoint,
+            requests,
+            max_concurrency=ctx.max_concurrency,
+            temperature=ctx.responder_temperature,
+            top_p=ctx.top_p,
+            max_tokens=ctx.responder_max_tokens,
+        )
         responses = {s["id"]: str(a.content).strip() for s, a in zip(samples, answers, strict=True)}
         store.set_responses(responses, endpoint.model)
         answered = sum(1 for text in responses.values() if text)

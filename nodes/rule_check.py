@@ -19,8 +19,9 @@ from nodes.filters import normalize, overlaps
 from nodes.run import Stopwatch, run_store
 
 
-def check_summary(previous: list[str], proposed: list[str], new_category: str, *,
-                  max_words: int, max_lines: int) -> tuple[list[str], list[str]]:
+def check_summary(
+    previous: list[str], proposed: list[str], new_category: str, *, max_words: int, max_lines: int
+) -> tuple[list[str], list[str]]:
     """Return the corrected summary and the list of corrections (empty when accepted)."""
     corrections: list[str] = []
     old = {normalize(line) for line in previous}
@@ -44,8 +45,11 @@ def check_summary(previous: list[str], proposed: list[str], new_category: str, *
     for line in new_lines:
         if already_covered or not overlaps(line, [new_category]):
             corrections.append(f"removed line that is not the new category: {line!r}")
-    new_lines = [] if already_covered else [
-        line for line in new_lines if overlaps(line, [new_category])][:1]
+    new_lines = (
+        []
+        if already_covered
+        else [line for line in new_lines if overlaps(line, [new_category])][:1]
+    )
     for line in previous:
         if normalize(line) not in seen:
             corrections.append(f"restored lost line: {line!r}")
@@ -63,10 +67,18 @@ def rule_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Check and correct the proposed summary."""
     ctx, watch = runtime.context, Stopwatch()
     summary, corrections = check_summary(
-        state.summary, state.proposed_summary, state.weakness,
-        max_words=ctx.max_line_words, max_lines=ctx.max_summary_lines)
+        state.summary,
+        state.proposed_summary,
+        state.weakness,
+        max_words=ctx.max_line_words,
+        max_lines=ctx.max_summary_lines,
+    )
     with run_store(runtime) as store:
-        store.update_round(state.round, summary_after=summary, corrections=corrections,
-                           rule_check="corrected" if corrections else "accepted")
+        store.update_round(
+            state.round,
+            summary_after=summary,
+            corrections=corrections,
+            rule_check="corrected" if corrections else "accepted",
+        )
         store.add_timing(state.round, "rule_check", watch.seconds, 0)
     return {"summary": summary}

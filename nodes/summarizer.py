@@ -31,18 +31,26 @@ def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx, watch = runtime.context, Stopwatch()
     with run_store(runtime) as store:
         samples = store.get_samples(state.prompt_ids[:EXAMPLES_IN_SUMMARY_PROMPT])
-    message = render(prompts(runtime)["summarizer"], summary=bullets(state.summary),
-                     weakness=state.weakness,
-                     prompts=bullets([s["prompt"] for s in samples]))
-    [answer] = generate("advisor", ctx.endpoint("advisor"), [[("user", message)]],
-                        temperature=ctx.advisor_temperature, top_p=ctx.top_p,
-                        max_tokens=ctx.summarizer_max_tokens)
+    message = render(
+        prompts(runtime)["summarizer"],
+        summary=bullets(state.summary),
+        weakness=state.weakness,
+        prompts=bullets([s["prompt"] for s in samples]),
+    )
+    [answer] = generate(
+        "advisor",
+        ctx.endpoint("advisor"),
+        [[("user", message)]],
+        temperature=ctx.advisor_temperature,
+        top_p=ctx.top_p,
+        max_tokens=ctx.summarizer_max_tokens,
+    )
     proposed = parse_summary(str(answer.content))[: 2 * ctx.max_summary_lines]
     update: dict[str, Any] = {"proposed_summary": proposed}
     with run_store(runtime) as store:
         fields: dict[str, Any] = {"summary_proposed": proposed}
         if not ctx.rule_check:
-            update["summary"] = proposed[-ctx.max_summary_lines:]
+            update["summary"] = proposed[-ctx.max_summary_lines :]
             fields |= {"summary_after": update["summary"], "rule_check": "skipped"}
         store.update_round(state.round, **fields)
         store.add_timing(state.round, "summarizer", watch.seconds, output_tokens([answer]))

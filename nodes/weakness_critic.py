@@ -7,7 +7,6 @@ the rejected answers named. Whether the final weakness is novel is recorded.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -25,19 +24,27 @@ def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx, watch = runtime.context, Stopwatch()
     template = prompts(runtime)["weakness_critic"]
     with run_store(runtime) as store:
-        earlier = [r["weakness"] for r in store.rounds()
-                   if r["round"] < state.round and r.get("weakness")]
+        earlier = [
+            r["weakness"] for r in store.rounds() if r["round"] < state.round and r.get("weakness")
+        ]
     covered = [*state.summary, *earlier]
     attempts: list[str] = []
     tokens = 0
     weakness, novel = "", False
     for _ in range(max(1, ctx.critic_attempts)):
         avoid = f", and other than: {', '.join(a for a in attempts if a)}" if any(attempts) else ""
-        message = render(template, principles=ctx.principles, summary=bullets(state.summary),
-                         avoid=avoid)
-        [answer] = generate("advisor", ctx.endpoint("advisor"), [[("user", message)]],
-                            temperature=ctx.advisor_temperature, top_p=ctx.top_p,
-                            max_tokens=ctx.critic_max_tokens, stop=["\n"])
+        message = render(
+            template, principles=ctx.principles, summary=bullets(state.summary), avoid=avoid
+        )
+        [answer] = generate(
+            "advisor",
+            ctx.endpoint("advisor"),
+            [[("user", message)]],
+            temperature=ctx.advisor_temperature,
+            top_p=ctx.top_p,
+            max_tokens=ctx.critic_max_tokens,
+            stop=["\n"],
+        )
         tokens += output_tokens([answer])
         candidate = clean_category(str(answer.content), ctx.max_line_words)
         attempts.append(candidate)
@@ -48,7 +55,12 @@ def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         weakness = next((a for a in reversed(attempts) if a), "Other harmful requests")
     with run_store(runtime) as store:
         store.start_round(state.round, "data_advisor")
-        store.update_round(state.round, weakness=weakness, weakness_novel=int(novel),
-                           critic_attempts=attempts, summary_before=state.summary)
+        store.update_round(
+            state.round,
+            weakness=weakness,
+            weakness_novel=int(novel),
+            critic_attempts=attempts,
+            summary_before=state.summary,
+        )
         store.add_timing(state.round, "weakness_critic", watch.seconds, tokens)
     return {"weakness": weakness, "weakness_novel": novel}

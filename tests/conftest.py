@@ -27,8 +27,13 @@ def stub() -> Iterator[StubServer]:
 
 def make_context(stub: StubServer, tmp_path: Path, **overrides: Any) -> Context:
     values: dict[str, Any] = {
-        "base_url": stub.base_url, "model": "stub", "data_path": str(tmp_path / "run.sqlite"),
-        "rounds": 2, "prompts_per_round": 4, "max_retries": 2, "request_timeout": 10.0,
+        "base_url": stub.base_url,
+        "model": "stub",
+        "data_path": str(tmp_path / "run.sqlite"),
+        "rounds": 2,
+        "prompts_per_round": 4,
+        "max_retries": 2,
+        "request_timeout": 10.0,
     }
     values.update(overrides)
     return Context(**values)
@@ -41,8 +46,9 @@ def context(stub: StubServer, tmp_path: Path) -> Callable[..., Context]:
 
 def run_graph(method: str, ctx: Context, thread_id: str = "t1") -> tuple[State, RunStore]:
     """Run a graph to its end with a SQLite checkpointer next to the data."""
-    conn = sqlite3.connect(Path(ctx.data_path).with_name("checkpoints.sqlite"),
-                           check_same_thread=False)
+    conn = sqlite3.connect(
+        Path(ctx.data_path).with_name("checkpoints.sqlite"), check_same_thread=False
+    )
     graph = compile_graph(method, SqliteSaver(conn))  # type: ignore[arg-type]
     config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 200}
     final = graph.invoke({}, config, context=ctx)

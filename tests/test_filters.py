@@ -36,7 +36,8 @@ def test_duplicate_filter_exact_and_near():
 def test_clean_category_and_overlap():
     assert clean_category("**Animal cruelty**.", 5) == "Animal cruelty"
     assert clean_category("Financial fraud against elderly people online today", 5) == (
-        "Financial fraud against elderly people")
+        "Financial fraud against elderly people"
+    )
     assert clean_category("The dataset should cover a new category", 5) == ""
     assert overlaps("Fraud and scams", ["Violent crime", "fraud & scams"])
     assert overlaps("Online scams and fraud", ["Fraud and scams"])

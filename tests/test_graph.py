@@ -24,8 +24,13 @@ def test_data_advisor_two_rounds(stub, context):
         # summarizer + rule_check: the stub's update is correct, so it is accepted
         assert r["rule_check"] == "accepted" and r["corrections"] == []
         assert r["summary_after"] == [*r["summary_before"], r["weakness"]]
-        assert set(r["timings"]) == {"weakness_critic", "generator", "summarizer", "rule_check",
-                                     "responder"}
+        assert set(r["timings"]) == {
+            "weakness_critic",
+            "generator",
+            "summarizer",
+            "rule_check",
+            "responder",
+        }
     assert state.summary == [*seeds, rounds[0]["weakness"], rounds[1]["weakness"]]
     samples = list(store.samples())
     assert len(samples) == 8 and all(s["response"] for s in samples)
@@ -43,10 +48,21 @@ def test_data_advisor_two_rounds(stub, context):
 
 
 def test_generator_rejects_junk_and_counts_it(stub, context):
-    junk = iter(["", "Sure, here is a harmful request:", "I'm sorry, I cannot help with that.",
-                 "Too short", None, None, None, None])
+    junk = iter(
+        [
+            "",
+            "Sure, here is a harmful request:",
+            "I'm sorry, I cannot help with that.",
+            "Too short",
+            None,
+            None,
+            None,
+            None,
+        ]
+    )
     stub.handler = handler_with(
-        lambda body, text: next(junk) if text.rstrip().endswith("Request:") else None)
+        lambda body, text: next(junk) if text.rstrip().endswith("Request:") else None
+    )
     ctx = context(rounds=1, prompts_per_round=8, rule_check=False)
     state, store = run_graph("data_advisor", ctx)
     assert state.kept == 4
@@ -58,8 +74,12 @@ def test_generator_rejects_junk_and_counts_it(stub, context):
 
 def test_duplicates_are_rejected(stub, context):
     stub.handler = handler_with(
-        lambda body, text: "How can I forge a signature on a bank cheque?"
-        if text.rstrip().endswith("Request:") else None)
+        lambda body, text: (
+            "How can I forge a signature on a bank cheque?"
+            if text.rstrip().endswith("Request:")
+            else None
+        )
+    )
     state, store = run_graph("data_advisor", context(rounds=2, prompts_per_round=3))
     assert state.kept == 1
     assert state.rejected == {"duplicate": 5}
@@ -78,14 +98,16 @@ def test_critic_asks_again_when_category_is_covered(stub, context):
     r = store.rounds()[0]
     assert r["critic_attempts"][:2] == ["Violent crime", "Fraud and scams"]
     assert len(r["critic_attempts"]) == 3 and r["weakness_novel"] == 1
-    critic_requests = [q for q in stub.requests
-                       if q["messages"][-1]["content"].rstrip().endswith("Category:")]
+    critic_requests = [
+        q for q in stub.requests if q["messages"][-1]["content"].rstrip().endswith("Category:")
+    ]
     assert "Violent crime, Fraud and scams" in critic_requests[2]["messages"][-1]["content"]
 
 
 def test_critic_gives_up_after_bound_and_records_not_novel(stub, context):
     stub.handler = handler_with(
-        lambda body, text: "Violent crimes" if text.rstrip().endswith("Category:") else None)
+        lambda body, text: "Violent crimes" if text.rstrip().endswith("Category:") else None
+    )
     state, store = run_graph("data_advisor", context(rounds=1, critic_attempts=2))
     r = store.rounds()[0]
     assert r["weakness_novel"] == 0 and len(r["critic_attempts"]) == 2
@@ -95,8 +117,12 @@ def test_critic_gives_up_after_bound_and_records_not_novel(stub, context):
 
 def test_rule_check_corrects_a_bad_summary(stub, context):
     stub.handler = handler_with(
-        lambda body, text: "Violent crime\nViolent crime\nSome unrelated thing entirely here now"
-        if text.rstrip().endswith("Updated summary:") else None)
+        lambda body, text: (
+            "Violent crime\nViolent crime\nSome unrelated thing entirely here now"
+            if text.rstrip().endswith("Updated summary:")
+            else None
+        )
+    )
     state, store = run_graph("data_advisor", context(rounds=1))
     r = store.rounds()[0]
     assert r["rule_check"] == "corrected"
@@ -107,8 +133,7 @@ def test_rule_check_corrects_a_bad_summary(stub, context):
 def test_self_instruct_baseline(stub, context):
     state, store = run_graph("self_instruct", context(rounds=3, prompts_per_round=3))
     assert state.kept == 9 and state.responses == 9 and state.weakness == ""
-    assert all(s["method"] == "self_instruct" and s["weakness"] is None
-               for s in store.samples())
+    assert all(s["method"] == "self_instruct" and s["weakness"] is None for s in store.samples())
     # no advice: no critic or summarizer calls
     texts = [r["messages"][-1]["content"] for r in stub.requests]
     assert not any(t.rstrip().endswith(("Category:", "Updated summary:")) for t in texts)
@@ -117,8 +142,9 @@ def test_self_instruct_baseline(stub, context):
 
 
 def test_target_size_stops_the_run(stub, context):
-    state, store = run_graph("data_advisor", context(rounds=100, prompts_per_round=4,
-                                                     target_size=10))
+    state, store = run_graph(
+        "data_advisor", context(rounds=100, prompts_per_round=4, target_size=10)
+    )
     assert state.kept == 12 and len(store.rounds()) == 3
 
 
@@ -126,8 +152,9 @@ def test_checkpoints_do_not_grow_with_the_dataset(stub, context):
     ctx = context(rounds=12, prompts_per_round=10, max_summary_lines=12)
     run_graph("data_advisor", ctx)
     conn = sqlite3.connect(Path(ctx.data_path).with_name("checkpoints.sqlite"))
-    sizes = [n for (n,) in conn.execute(
-        "select length(checkpoint) from checkpoints order by rowid")]
+    sizes = [
+        n for (n,) in conn.execute("select length(checkpoint) from checkpoints order by rowid")
+    ]
     assert len(sizes) > 50
     # the summary is bounded, so late checkpoints are no bigger than early ones (+ slack)
     assert max(sizes[-10:]) <= 1.3 * max(sizes[5:15])

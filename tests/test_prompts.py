@@ -41,8 +41,9 @@ def test_render_fills_named_placeholders():
 def test_inline_override_reaches_the_model(stub, context):
     responder = "You are a careful assistant. CANARY-SYSTEM-PROMPT"
     run_graph("data_advisor", context(rounds=1, prompts={"responder": responder}))
-    systems = [r["messages"][0]["content"] for r in stub.requests
-               if r["messages"][0]["role"] == "system"]
+    systems = [
+        r["messages"][0]["content"] for r in stub.requests if r["messages"][0]["role"] == "system"
+    ]
     assert systems and all(s == responder for s in systems)
 
 

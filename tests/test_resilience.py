@@ -29,8 +29,9 @@ def _round_in_progress(db: Path) -> int | None:
         return None
     try:
         conn = sqlite3.connect(db, timeout=5)
-        rows = conn.execute("select round from rounds where finished_at is null "
-                            "and round >= 2 and kept is not null").fetchall()
+        rows = conn.execute(
+            "select round from rounds where finished_at is null and round >= 2 and kept is not null"
+        ).fetchall()
         conn.close()
     except sqlite3.OperationalError:
         return None
@@ -41,9 +42,23 @@ def test_resume_after_kill_mid_round(tmp_path):
     run = tmp_path / "r"
     with StubServer(latency=0.15) as stub:
         proc = subprocess.Popen(
-            _cli("run", "--base-url", stub.base_url, "--model", "stub", "--rounds", "5",
-                 "-k", "4", "--run", str(run), "--no-progress"),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            _cli(
+                "run",
+                "--base-url",
+                stub.base_url,
+                "--model",
+                "stub",
+                "--rounds",
+                "5",
+                "-k",
+                "4",
+                "--run",
+                str(run),
+                "--no-progress",
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 60
         killed_in = None
         while time.time() < deadline and proc.poll() is None:
@@ -58,8 +73,9 @@ def test_resume_after_kill_mid_round(tmp_path):
             before = list(store.samples())
         assert any(s["round"] == killed_in for s in before)  # the round's prompts were written
 
-        done = subprocess.run(_cli("resume", str(run), "--no-progress"), capture_output=True,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            _cli("resume", str(run), "--no-progress"), capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr
     with RunStore(run / "run.sqlite", "r") as store:
         samples = list(store.samples())
@@ -73,8 +89,9 @@ def test_resume_after_kill_mid_round(tmp_path):
         assert sum(1 for s in samples if s["round"] == r["round"]) == 4
     # the rounds finished before the kill were not redone
     kept_before = {s["id"]: s["prompt"] for s in before if s["round"] < killed_in}
-    assert all(any(s["id"] == i and s["prompt"] == p for s in samples)
-               for i, p in kept_before.items())
+    assert all(
+        any(s["id"] == i and s["prompt"] == p for s in samples) for i, p in kept_before.items()
+    )
     status = subprocess.run(_cli("status", str(run), "--json"), capture_output=True, text=True)
     assert '"finished"' in status.stdout
 
@@ -101,8 +118,18 @@ def _free_port() -> int:
 
 def test_dead_endpoint_gives_a_clear_error(tmp_path, capsys):
     url = f"http://127.0.0.1:{_free_port()}/v1"
-    code = main(["run", "--base-url", url, "--rounds", "1", "--run", str(tmp_path / "dead"),
-                 "--no-progress"])
+    code = main(
+        [
+            "run",
+            "--base-url",
+            url,
+            "--rounds",
+            "1",
+            "--run",
+            str(tmp_path / "dead"),
+            "--no-progress",
+        ]
+    )
     assert code == 1
     out = capsys.readouterr().err
     assert "cannot reach the advisor endpoint" in out and url in out
@@ -112,14 +139,38 @@ def test_dead_endpoint_gives_a_clear_error(tmp_path, capsys):
 def test_bad_input_fails_before_any_llm_call(tmp_path, stub, capsys):
     prompts = tmp_path / "prompts"
     prompts.mkdir()
-    (prompts / "generator.txt").write_text("Examples: {examples}. Write a request about {weakness} {oops}")
-    code = main(["run", "--base-url", stub.base_url, "--rounds", "1", "--prompts", str(prompts),
-                 "--run", str(tmp_path / "bad"), "--no-progress"])
+    (prompts / "generator.txt").write_text(
+        "Examples: {examples}. Write a request about {weakness} {oops}"
+    )
+    code = main(
+        [
+            "run",
+            "--base-url",
+            stub.base_url,
+            "--rounds",
+            "1",
+            "--prompts",
+            str(prompts),
+            "--run",
+            str(tmp_path / "bad"),
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert "unknown placeholder(s) {oops}" in capsys.readouterr().err
     assert stub.requests == []
-    code = main(["run", "--base-url", stub.base_url, "--seed-prompts", str(tmp_path / "nope.txt"),
-                 "--run", str(tmp_path / "bad2"), "--no-progress"])
+    code = main(
+        [
+            "run",
+            "--base-url",
+            stub.base_url,
+            "--seed-prompts",
+            str(tmp_path / "nope.txt"),
+            "--run",
+            str(tmp_path / "bad2"),
+            "--no-progress",
+        ]
+    )
     assert code == 2 and "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "bad2").exists()
 
@@ -128,8 +179,25 @@ def test_api_key_never_reaches_disk(tmp_path, stub, monkeypatch):
     canary = "sk-canary-4b1d0c7e9f"
     monkeypatch.setenv("OPENAI_API_KEY", canary)
     run = tmp_path / "secret"
-    assert main(["run", "--base-url", stub.base_url, "--model", "stub", "--rounds", "2", "-k",
-                 "3", "--run", str(run), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--base-url",
+                stub.base_url,
+                "--model",
+                "stub",
+                "--rounds",
+                "2",
+                "-k",
+                "3",
+                "--run",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert main(["export", str(run)]) == 0
     assert any(h.get("authorization") == f"Bearer {canary}" for h in stub.headers)
     files = [p for p in run.rglob("*") if p.is_file()]

@@ -29,9 +29,15 @@ def test_lost_line_is_restored_and_missing_category_added():
 
 
 def test_long_lines_duplicates_and_unrelated_lines_are_corrected():
-    final, corrections = check([
-        "Violent crime", "Violent crime", "Fraud and scams",
-        "Animal cruelty in farms and homes and zoos", "Knitting patterns"])
+    final, corrections = check(
+        [
+            "Violent crime",
+            "Violent crime",
+            "Fraud and scams",
+            "Animal cruelty in farms and homes and zoos",
+            "Knitting patterns",
+        ]
+    )
     assert final == ["Violent crime", "Fraud and scams", "Animal cruelty in farms and"]
     kinds = " ".join(corrections)
     assert "duplicate" in kinds and "shortened" in kinds and "not the new category" in kinds
@@ -45,8 +51,9 @@ def test_already_covered_category_adds_nothing():
 
 def test_line_bound_compacts_oldest_lines():
     previous = [f"Category {i} harm" for i in range(10)]
-    final, corrections = check_summary(previous, [*previous, "Animal cruelty"], "Animal cruelty",
-                                       max_words=5, max_lines=10)
+    final, corrections = check_summary(
+        previous, [*previous, "Animal cruelty"], "Animal cruelty", max_words=5, max_lines=10
+    )
     assert len(final) == 10
     assert final[-1] == "Animal cruelty" and final[0] == "Category 1 harm"
     assert any("compacted" in c for c in corrections)

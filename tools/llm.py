@@ -55,7 +55,9 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, openai.APIStatusError) and error.status_code >= 500
 
 
-NODE_RETRY = RetryPolicy(initial_interval=2.0, backoff_factor=2.0, max_attempts=3, retry_on=is_transient)
+NODE_RETRY = RetryPolicy(
+    initial_interval=2.0, backoff_factor=2.0, max_attempts=3, retry_on=is_transient
+)
 """Node-level retry: only transient endpoint errors; a 4xx fails at once."""
 
 

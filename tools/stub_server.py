@@ -143,9 +143,7 @@ def _prompt_text(body: dict[str, Any]) -> str:
     """All input text of a request (for ``usage.prompt_tokens``)."""
     messages = body.get("messages")
     if isinstance(messages, list):
-        return "\n".join(
-            _content_text(m.get("content")) for m in messages if isinstance(m, dict)
-        )
+        return "\n".join(_content_text(m.get("content")) for m in messages if isinstance(m, dict))
     prompt = body.get("prompt", "")
     if isinstance(prompt, list):
         return "\n".join(str(p) for p in prompt)
@@ -249,26 +247,69 @@ HARM_CATEGORIES: tuple[str, ...] = (
 beyond a third of their content words, and none overlapping the seed categories."""
 
 _VERBS = (
-    "secretly obtain", "quietly acquire", "covertly arrange", "cleverly fake",
-    "discreetly organize", "anonymously sell", "illegally copy", "deliberately sabotage",
-    "systematically exploit", "cheaply manufacture", "remotely control", "silently distribute",
-    "aggressively promote", "carefully hide", "rapidly spread", "subtly manipulate",
+    "secretly obtain",
+    "quietly acquire",
+    "covertly arrange",
+    "cleverly fake",
+    "discreetly organize",
+    "anonymously sell",
+    "illegally copy",
+    "deliberately sabotage",
+    "systematically exploit",
+    "cheaply manufacture",
+    "remotely control",
+    "silently distribute",
+    "aggressively promote",
+    "carefully hide",
+    "rapidly spread",
+    "subtly manipulate",
     "openly trade",
 )  # 17
 _OBJECTS = (
-    "forged paperwork", "stolen credentials", "hidden payments", "untraceable funds",
-    "private records", "restricted materials", "borrowed identities", "unlabeled shipments",
-    "encrypted messages", "rigged equipment", "bogus invoices", "cloned cards",
-    "confidential blueprints", "unregistered vehicles", "doctored photos", "leaked passwords",
-    "black-market goods", "tampered samples", "pirated software",
+    "forged paperwork",
+    "stolen credentials",
+    "hidden payments",
+    "untraceable funds",
+    "private records",
+    "restricted materials",
+    "borrowed identities",
+    "unlabeled shipments",
+    "encrypted messages",
+    "rigged equipment",
+    "bogus invoices",
+    "cloned cards",
+    "confidential blueprints",
+    "unregistered vehicles",
+    "doctored photos",
+    "leaked passwords",
+    "black-market goods",
+    "tampered samples",
+    "pirated software",
 )  # 19
 _PLACES = (
-    "rural villages", "crowded stadiums", "university campuses", "online forums",
-    "busy airports", "shipping ports", "suburban neighborhoods", "government offices",
-    "hospital wards", "exclusive clubs", "border towns", "train stations",
-    "corporate headquarters", "retail stores", "apartment complexes", "public schools",
-    "farming regions", "coastal resorts", "industrial zones", "military bases",
-    "religious centers", "tourist bazaars", "gaming arcades",
+    "rural villages",
+    "crowded stadiums",
+    "university campuses",
+    "online forums",
+    "busy airports",
+    "shipping ports",
+    "suburban neighborhoods",
+    "government offices",
+    "hospital wards",
+    "exclusive clubs",
+    "border towns",
+    "train stations",
+    "corporate headquarters",
+    "retail stores",
+    "apartment complexes",
+    "public schools",
+    "farming regions",
+    "coastal resorts",
+    "industrial zones",
+    "military bases",
+    "religious centers",
+    "tourist bazaars",
+    "gaming arcades",
 )  # 23
 _SAFE_TIPS = (
     "trusted professionals, official guidance and local support services can address the "
@@ -336,8 +377,10 @@ def harmful_request(prompt: str) -> str:
     verb = _VERBS[n % len(_VERBS)]
     obj = _OBJECTS[n % len(_OBJECTS)]
     place = _PLACES[n % len(_PLACES)]
-    return (f"How could someone {verb} {obj} related to {weakness or 'general harm'} "
-            f"in {place} (case {n})?")
+    return (
+        f"How could someone {verb} {obj} related to {weakness or 'general harm'} "
+        f"in {place} (case {n})?"
+    )
 
 
 def updated_summary(prompt: str) -> str:
@@ -512,8 +555,10 @@ class StubServer:
 
     async def _list_models(self, request: Request) -> Response:
         created = int(time.time())
-        data = [{"id": m, "object": "model", "created": created, "owned_by": "stub"}
-                for m in self.models]
+        data = [
+            {"id": m, "object": "model", "created": created, "owned_by": "stub"}
+            for m in self.models
+        ]
         return JSONResponse({"object": "list", "data": data})
 
     async def _chat_completions(self, request: Request) -> Response:
@@ -577,14 +622,20 @@ class StubServer:
         created = int(time.time())
         self._count(200)
         if body.get("stream"):
-            events = _stream_events(texts, usage, model=model, ident=ident, created=created,
-                                    chat=chat)
-            return StreamingResponse(events, media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache"})
+            events = _stream_events(
+                texts, usage, model=model, ident=ident, created=created, chat=chat
+            )
+            return StreamingResponse(
+                events, media_type="text/event-stream", headers={"cache-control": "no-cache"}
+            )
         if chat:
             choices = [
-                {"index": i, "message": {"role": "assistant", "content": t},
-                 "logprobs": None, "finish_reason": "stop"}
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": t},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
                 for i, t in enumerate(texts)
             ]
         else:
@@ -592,15 +643,17 @@ class StubServer:
                 {"index": i, "text": t, "logprobs": None, "finish_reason": "stop"}
                 for i, t in enumerate(texts)
             ]
-        return JSONResponse({
-            "id": ident,
-            "object": "chat.completion" if chat else "text_completion",
-            "created": created,
-            "model": model,
-            "choices": choices,
-            "usage": usage,
-            "system_fingerprint": "stub",
-        })
+        return JSONResponse(
+            {
+                "id": ident,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": created,
+                "model": model,
+                "choices": choices,
+                "usage": usage,
+                "system_fingerprint": "stub",
+            }
+        )
 
     @staticmethod
     def _shape(text: str, body: dict[str, Any]) -> str:
@@ -617,8 +670,14 @@ async def _stream_events(
     kind = "chat.completion.chunk" if chat else "text_completion"
 
     def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        chunk = {"id": ident, "object": kind, "created": created, "model": model,
-                 "choices": choices, **extra}
+        chunk = {
+            "id": ident,
+            "object": kind,
+            "created": created,
+            "model": model,
+            "choices": choices,
+            **extra,
+        }
         return f"data: {json.dumps(chunk)}\n\n".encode()
 
     for i, text in enumerate(texts):

@@ -1,0 +1,119 @@
+"""Helpers shared by the benchmarks: a request log on the stub server and small table printing.
+
+The stub server (``tools.stub_server.StubServer``) calls its handler once per completion
+request, after its fixed latency. :class:`RequestLog` wraps the default handler and records, per
+request, when the answer was made and which node asked (recognised by the ending of the last
+user message, as the stub itself does). From that sequence :func:`critical_path_calls` counts the
+LLM calls that lie one after the other on the critical path: every critic and summarizer call
+counts once, a concurrent generator or responder batch counts once as a whole.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere, without an install
+    sys.path.insert(0, str(ROOT))
+
+from tools.stub_server import (  # noqa: E402
+    CATEGORY_MARKER,
+    REQUEST_MARKER,
+    SUMMARY_MARKER,
+    data_advisor_handler,
+    last_user_text,
+)
+
+Kind = Literal["critic", "generator", "summarizer", "responder"]
+SEQUENTIAL: frozenset[str] = frozenset({"critic", "summarizer"})
+"""Kinds whose calls are sent one at a time; the others come as one concurrent batch."""
+
+
+def request_kind(body: dict[str, Any]) -> Kind:
+    """Which node sent a chat request (by the ending of its last user message)."""
+    text = last_user_text(body).rstrip()
+    if text.endswith(CATEGORY_MARKER):
+        return "critic"
+    if text.endswith(REQUEST_MARKER):
+        return "generator"
+    if text.endswith(SUMMARY_MARKER):
+        return "summarizer"
+    return "responder"
+
+
+@dataclass
+class RequestLog:
+    """A stub handler that answers like the default one and logs ``(time, kind)`` per request."""
+
+    entries: list[tuple[float, Kind]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        kind = request_kind(body)
+        with self._lock:
+            self.entries.append((time.perf_counter(), kind))
+        return data_advisor_handler(body)
+
+    def take(self) -> list[tuple[float, Kind]]:
+        """Return the entries logged so far and start a new log."""
+        with self._lock:
+            entries, self.entries = self.entries, []
+        return entries
+
+    def kinds(self) -> list[Kind]:
+        """The kinds of the logged requests, in order."""
+        return [kind for _, kind in self.entries]
+
+
+def critical_path_calls(kinds: Sequence[str]) -> int:
+    """Sequential LLM calls: each critic/summarizer call, plus one per batch of the others.
+
+    A batch is a run of consecutive requests of the same concurrent kind (the graph runs one
+    node at a time, so the requests of two batches never interleave).
+    """
+    calls, previous = 0, None
+    for kind in kinds:
+        if kind in SEQUENTIAL or kind != previous:
+            calls += 1
+        previous = kind
+    return calls
+
+
+def split_rounds(entries: Sequence[tuple[float, Kind]], first: Kind,
+                 ) -> list[list[tuple[float, Kind]]]:
+    """Cut a request log into rounds: a round starts with a ``first`` request after a responder."""
+    rounds: list[list[tuple[float, Kind]]] = []
+    previous: str | None = None
+    for entry in entries:
+        if entry[1] == first and previous in (None, "responder"):
+            rounds.append([])
+        if rounds:
+            rounds[-1].append(entry)
+        previous = entry[1]
+    return rounds
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """A plain-text table with right-aligned columns (the first column left-aligned)."""
+    cells = [[str(h) for h in header], *[[_fmt(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:],
+                                                                         strict=True))]
+        lines.append("  ".join(parts))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)

@@ -1,0 +1,250 @@
+"""(a) Orchestration overhead: wall time per round over the LLM latency on the critical path.
+
+A run folder is created and executed exactly as the CLI does it (``graph.runner.create_run`` +
+``execute``: SQLite checkpointer in ``checkpoints.sqlite``, data in ``run.sqlite``) against the
+loopback stub server, which answers every request after a fixed latency ``L``. The LLM calls
+that lie one after the other on a round's critical path are counted from the stub's request
+log: every critic call (1 when its first answer is novel), one per concurrent generator batch,
+the summarizer call, one per concurrent responder batch (Self-Instruct: generator + responder).
+
+    ratio = wall time per round / (sequential LLM calls per round * L)
+
+is printed for the whole ``execute()`` call (start-up included) and for the steady state
+(round-start to round-start, from the request log), with the absolute overhead per round in ms
+and a per-node breakdown from the round records' ``timings`` (node time minus its LLM time;
+what is left of a round outside the nodes is LangGraph's stepping and checkpointing). A ratio
+of 1.10 or less is the target.
+
+    python benchmarks/bench_overhead.py --rounds 10 -k 10 --latency 0.2
+    python benchmarks/bench_overhead.py --profile prof.txt   # cProfile of all threads
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _common import RequestLog, critical_path_calls, split_rounds, table
+
+from graph.context import Context
+from graph.graph import METHODS, Method
+from graph.runner import create_run, execute
+from tools.store import RunStore
+from tools.stub_server import StubServer, reset_request_counter
+
+NODES: dict[str, tuple[str, ...]] = {
+    "data_advisor": ("weakness_critic", "generator", "summarizer", "rule_check", "responder"),
+    "self_instruct": ("generator", "responder"),
+}
+NODE_KIND = {"weakness_critic": "critic", "generator": "generator", "summarizer": "summarizer",
+             "responder": "responder"}
+FIRST_KIND = {"data_advisor": "critic", "self_instruct": "generator"}
+
+
+@dataclass
+class OverheadResult:
+    """What one measured run gave."""
+
+    method: str
+    rounds: int
+    k: int
+    latency: float
+    wall_s: float
+    calls: int
+    """Sequential LLM calls on the critical path, whole run."""
+    steady_wall_s: float
+    steady_calls: int
+    steady_rounds: int
+    requests: Counter[str] = field(default_factory=Counter)
+    node_rows: list[list[Any]] = field(default_factory=list)
+    kept: int = 0
+
+    @property
+    def ratio(self) -> float:
+        """Whole ``execute()`` wall time over the critical-path LLM time."""
+        return self.wall_s / (self.calls * self.latency)
+
+    @property
+    def overhead_ms(self) -> float:
+        """Whole-run wall time beyond the critical-path LLM time, per round, in ms."""
+        return 1000 * (self.wall_s - self.calls * self.latency) / self.rounds
+
+    @property
+    def steady_ratio(self) -> float:
+        """Round-start to round-start wall time over the critical-path LLM time."""
+        return self.steady_wall_s / (self.steady_calls * self.latency)
+
+    @property
+    def steady_overhead_ms(self) -> float:
+        """Steady-state wall time beyond the critical-path LLM time, per round, in ms."""
+        extra = self.steady_wall_s - self.steady_calls * self.latency
+        return 1000 * extra / self.steady_rounds
+
+
+def measure(method: Method, *, rounds: int, k: int, latency: float, workdir: Path,
+            profiler: cProfile.Profile | None = None) -> OverheadResult:
+    """Create and execute one run against a fresh stub; return its timings."""
+    reset_request_counter()
+    log = RequestLog()
+    with StubServer(handler=log, latency=latency) as stub:
+        ctx = Context(base_url=stub.base_url, model="stub", rounds=rounds, prompts_per_round=k,
+                      request_timeout=60.0)
+        run = create_run(workdir / f"{method}-{rounds}x{k}", method, ctx, embedded=False)
+        if profiler is not None:
+            threading.setprofile(_thread_profiler(profiler))  # threads started from now on
+            profiler.enable()
+        started = time.perf_counter()
+        execute(run, resume=False, show_progress=False)
+        wall = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+            threading.setprofile(None)  # type: ignore[arg-type]
+    entries = log.entries
+    per_round = split_rounds(entries, FIRST_KIND[method])  # type: ignore[arg-type]
+    starts = [r[0][0] for r in per_round]
+    steady = per_round[:-1]
+    with RunStore(run.db_path, run.name) as store:
+        records = store.rounds()
+        kept = store.counts()["prompts"]
+    node_rows = _node_rows(method, records[:len(steady)], steady, latency)
+    return OverheadResult(
+        method=method, rounds=rounds, k=k, latency=latency, wall_s=wall,
+        calls=critical_path_calls([kind for _, kind in entries]),
+        steady_wall_s=starts[-1] - starts[0] if len(starts) > 1 else wall,
+        steady_calls=sum(critical_path_calls([kd for _, kd in r]) for r in steady),
+        steady_rounds=len(steady), requests=Counter(kind for _, kind in entries),
+        node_rows=node_rows, kept=kept,
+    )
+
+
+def _thread_profiler(profiler: cProfile.Profile) -> Any:
+    """A ``threading.setprofile`` hook: each new thread gets its own profiler, merged later.
+
+    The stub server's thread, started before, is not profiled (it is not the app).
+    """
+    lock = threading.Lock()
+    extra: list[cProfile.Profile] = []
+    profiler.extra = extra  # type: ignore[attr-defined]
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        sys.setprofile(None)
+        own = cProfile.Profile()
+        with lock:
+            extra.append(own)
+        own.enable()
+
+    return hook
+
+
+def _node_rows(method: str, records: list[dict[str, Any]], per_round: list[list[Any]],
+               latency: float) -> list[list[Any]]:
+    """Per node: mean seconds, mean critical-path LLM seconds, mean overhead in ms."""
+    rows = []
+    for node in NODES[method]:
+        times = [(r.get("timings") or {}).get(node) for r in records]
+        times = [t for t in times if t is not None]
+        if not times:
+            continue
+        kind = NODE_KIND.get(node)
+        llm = 0.0
+        if kind is not None and per_round:
+            calls = [critical_path_calls([kd for _, kd in rnd if kd == kind]) for rnd in per_round]
+            llm = statistics.fmean(calls) * latency
+        mean = statistics.fmean(times)
+        rows.append([node, mean, llm, 1000 * (mean - llm)])
+    return rows
+
+
+def report(result: OverheadResult) -> str:
+    """Human-readable lines for one result."""
+    r = result
+    lines: list[str] = [
+        f"{r.method}: {r.rounds} rounds, K={r.k}, L={r.latency:.3f} s, kept {r.kept}, "
+        f"requests {dict(r.requests)}",
+        f"  whole execute(): {r.wall_s:.2f} s, {r.calls} sequential LLM calls "
+        f"({r.calls / r.rounds:.2f}/round) -> critical-path LLM {r.calls * r.latency:.2f} s",
+        f"  ratio wall/critical-path = {r.ratio:.3f}   overhead {r.overhead_ms:.1f} ms/round",
+        f"  steady state ({r.steady_rounds} rounds, round start to round start): "
+        f"ratio {r.steady_ratio:.3f}, overhead {r.steady_overhead_ms:.1f} ms/round",
+    ]
+    if r.node_rows:
+        node_sum = sum(row[1] for row in r.node_rows)
+        outside = 1000 * (r.steady_wall_s / max(r.steady_rounds, 1) - node_sum)
+        body = table(r.node_rows, ["node", "mean s", "LLM s", "overhead ms"])
+        lines += ["  per node (round records' timings):",
+                  *("    " + line for line in body.splitlines()),
+                  f"    outside the nodes (LangGraph steps, checkpoints): {outside:.1f} ms/round"]
+    return "\n".join(lines)
+
+
+def run(rounds: int = 10, k: int = 10, latency: float = 0.2,
+        methods: tuple[Method, ...] = METHODS, warmup: bool = True,
+        profile: str | None = None, quiet: bool = False) -> list[OverheadResult]:
+    """Measure every method side by side in this process; print and return the results."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
+        workdir = Path(tmp)
+        if warmup:  # imports, first client and first SQLite connections, off the clock
+            for method in methods:
+                measure(method, rounds=1, k=2, latency=0.0, workdir=workdir / "warmup")
+        for method in methods:
+            profiler = cProfile.Profile() if profile and method == methods[0] else None
+            result = measure(method, rounds=rounds, k=k, latency=latency, workdir=workdir,
+                             profiler=profiler)
+            results.append(result)
+            if not quiet:
+                print(report(result), flush=True)
+            if profiler is not None and profile:
+                _write_profile(profiler, profile)
+                if not quiet:
+                    print(f"  cProfile of the {method} run (all threads) -> {profile}")
+    return results
+
+
+def _write_profile(profiler: cProfile.Profile, path: str) -> None:
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    for other in getattr(profiler, "extra", []):
+        other.disable()
+        try:
+            stats.add(other)
+        except TypeError:  # a profiler that saw no call
+            pass
+    stats.sort_stats("cumulative").print_stats(60)
+    stats.sort_stats("tottime").print_stats(40)
+    Path(path).write_text(out.getvalue())
+    stats.dump_stats(str(Path(path).with_suffix(".pstats")))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("-k", type=int, default=10, help="prompts per round")
+    parser.add_argument("--latency", type=float, default=0.2, help="stub latency L, seconds")
+    parser.add_argument("--method", choices=[*METHODS, "both"], default="both")
+    parser.add_argument("--no-warmup", action="store_true")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="cProfile the first method's run (all threads) into FILE")
+    args = parser.parse_args(argv)
+    methods = METHODS if args.method == "both" else (args.method,)
+    results = run(args.rounds, args.k, args.latency, methods, not args.no_warmup, args.profile)
+    print()
+    print(table([[r.method, r.ratio, r.overhead_ms, r.steady_ratio, r.steady_overhead_ms]
+                 for r in results],
+                ["method", "wall/critical", "ms/round", "steady ratio", "steady ms/round"]))
+
+
+if __name__ == "__main__":
+    main()
