@@ -205,3 +205,25 @@ def test_api_key_never_reaches_disk(tmp_path, stub, monkeypatch):
     for path in files:
         assert canary.encode() not in path.read_bytes(), path
     del os.environ["OPENAI_API_KEY"]
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
+    run = tmp_path / "int"
+    with StubServer(latency=0.2) as stub:
+        proc = subprocess.Popen(
+            _cli("run", "--base-url", stub.base_url, "--model", "stub", "--rounds", "4",
+                 "-k", "3", "--run", str(run), "--no-progress"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and not _round_in_progress(run / "run.sqlite"):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert "stopped" in stderr and f"data-advisor resume {run}" in stderr
+        done = subprocess.run(_cli("resume", str(run), "--no-progress"), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    with RunStore(run / "run.sqlite", "int") as store:
+        assert [r["round"] for r in store.rounds()] == [1, 2, 3, 4]
+        assert len(list(store.samples(with_response=True))) == 12

@@ -46,7 +46,8 @@ START_TIMEOUT = 120.0
 RUN_TIMEOUT = 60.0
 GRAPHS = {"data_advisor", "self_instruct"}
 CANARY = "CANARY system prompt"
-_API_URL = re.compile(r"API: \S*?(http://127\.0\.0\.1:\d+)")
+_API_URL = re.compile(r"API: (http://127\.0\.0\.1:\d+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _free_port() -> int:
@@ -55,9 +56,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _read(log: Path) -> str:
+    """The server log without colour codes (the CLI colours it whatever NO_COLOR says)."""
+    return _ANSI.sub("", log.read_text("utf-8", errors="replace")) if log.exists() else ""
+
+
 def _tail(log: Path, lines: int = 60) -> str:
-    text = log.read_text("utf-8", errors="replace") if log.exists() else "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(_read(log).splitlines()[-lines:]) or "(empty log)"
 
 
 def _config_copy(folder: Path) -> Path:
@@ -104,7 +109,7 @@ def _wait_until_up(proc: subprocess.Popen, log: Path, port: int) -> str:
             pytest.fail(f"langgraph dev exited with {proc.returncode}:\n{_tail(log)}")
         if url is None:
             # the CLI moves to another port when the requested one was taken meanwhile
-            found = _API_URL.search(log.read_text("utf-8", errors="replace"))
+            found = _API_URL.search(_read(log))
             url = found.group(1) if found else None
         try:
             base = url or f"http://127.0.0.1:{port}"
