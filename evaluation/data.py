@@ -7,7 +7,8 @@ Every loader takes a local path or a Hugging Face dataset id (``hf:<id>[:<split>
 - BeaverTails-Evaluation: CSV with columns ``prompt, category[, category_id]``.
 - MMLU (qlora formatting): JSONL ``{"subject", "input", "output"}``; ``input`` ends with
   ``Answer:`` and ``output`` is the gold letter.
-- Prompt lists: a run folder or its ``run.sqlite``, an export folder, ``.jsonl``/``.json``
+- Prompt lists: a run folder or its ``run.sqlite``, an export folder, a CatQA file,
+  ``.jsonl``/``.json``
   (field ``prompt``, ``instruction`` or ``question``), ``.csv`` (column ``prompt``), ``.parquet``,
   ``.txt`` (one per line), or a saved HF dataset folder.
 """
@@ -151,7 +152,17 @@ def load_prompts(source: str | Path) -> list[Question]:
                     for i, r in enumerate(rows)]
         if path.suffix == ".sqlite":
             return _run_prompts(path)
+        if _is_catqa(path):
+            return load_catqa(path)
     return load_questions(source)
+
+
+def _is_catqa(path: Path) -> bool:
+    """A CatQA-style JSON file: ``{category: {subcategory: [question, ...]}}``."""
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return False
+    data = json.loads(path.read_text("utf-8"))
+    return isinstance(data, dict) and all(isinstance(v, dict) for v in data.values())
 
 
 def _run_prompts(path: Path) -> list[Question]:

@@ -18,6 +18,7 @@ from graph.graph import METHODS
 from graph.prompts import PromptError
 from graph.runner import Run, RunError, create_run, execute
 from tools.llm import EndpointError
+from tools.server import ServerError
 from tools.store import RunStore
 
 console = Console()
@@ -280,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RunError, PromptError, FileNotFoundError, ValueError) as exc:
         err.print(f"[red]error:[/] {exc}")
         return 2
+    except ServerError as exc:
+        err.print(f"[red]error:[/] the embedded vLLM server failed: {exc}")
+        return 1
     except EndpointError as exc:
         err.print(f"[red]error:[/] {exc}")
         err.print("data written so far is kept; fix the endpoint and run `data-advisor resume RUN`")
