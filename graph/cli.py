@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from evaluation.cli import add_commands as add_evaluation_commands
 from graph.context import Context
 from graph.export import FORMATS, export_run
 from graph.graph import METHODS
@@ -21,7 +22,7 @@ from tools.llm import EndpointError
 from tools.server import ServerError
 from tools.store import RunStore
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -270,6 +271,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-model-len", type=int, default=4096)
     serve.add_argument("--log", type=Path)
     serve.set_defaults(func=cmd_serve)
+    add_evaluation_commands(sub)
     return p
 
 
