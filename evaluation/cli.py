@@ -35,6 +35,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     div.add_argument("--out", type=Path, default=Path("results"))
     div.set_defaults(func=cmd_diversity)
 
+    safety = kinds.add_parser("safety", help="harmful rate on CatQA / BeaverTails, judged")
+    _model_options(safety)
+    safety.add_argument("--catqa", help="CatQA JSON file or hf:<id>")
+    safety.add_argument("--beavertails", help="BeaverTails-Evaluation CSV or hf:<id>")
+    safety.add_argument("--judge", default="refusal",
+                        choices=["refusal", "llamaguard1", "llamaguard3"],
+                        help="refusal = offline refusal-string fallback (measures refusals)")
+    safety.add_argument("--judge-url", help="OpenAI-compatible URL serving the Llama Guard model")
+    safety.add_argument("--judge-model", help="served name of the Llama Guard model")
+    safety.set_defaults(func=cmd_safety)
+
+    over = kinds.add_parser("overrefusal", help="refusal rate on benign prompts that look unsafe")
+    _model_options(over)
+    over.add_argument("--data", required=True, help="CSV/JSONL/TXT of benign prompts, or hf:<id>")
+    over.set_defaults(func=cmd_overrefusal)
+
+    util = kinds.add_parser("utility", help="MMLU accuracy by answer-letter log-likelihood")
+    _model_options(util)
+    util.add_argument("--mmlu", required=True, help="MMLU JSONL (qlora format) or hf:<id>")
+    util.add_argument("--backend", choices=["endpoint", "transformers"], default="endpoint")
+    util.add_argument("--method", choices=["loglik", "generate"], default="loglik")
+    util.set_defaults(func=cmd_utility)
+
     rep = sub.add_parser("report", help="Markdown tables and PNG plots from result files")
     rep.add_argument("results", nargs="+", type=Path, help="result JSON files or folders")
     rep.add_argument("--out", type=Path, default=Path("results") / "report")
@@ -64,6 +87,109 @@ def cmd_diversity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="HF id or path for the embedded server (default "
+                   "SmolLM2-135M-Instruct), or the served model name with --base-url")
+    p.add_argument("--adapter", type=Path, help="LoRA adapter folder, served by vLLM (no merge)")
+    p.add_argument("--label", help="name of this model in results (default: base or adapter)")
+    p.add_argument("--base-url", help="evaluate a model on this server instead of embedding one")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    p.add_argument("--limit", type=int, help="only the first N questions (stratified)")
+    p.add_argument("--prompt-format", choices=["chat", "plain"], default="chat",
+                   help="chat template of the model, or a plain template for base models")
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--max-concurrency", type=int, default=32)
+    p.add_argument("--out", type=Path, default=Path("results"))
+
+
+def _label(args: argparse.Namespace) -> str:
+    return args.label or (Path(args.adapter).name if args.adapter else "base")
+
+
+def _print_result(title: str, rows: list[tuple[str, str]]) -> None:
+    table = Table(title=title, show_header=False)
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def cmd_safety(args: argparse.Namespace) -> int:
+    """Safety score of a model on CatQA and/or BeaverTails-Evaluation."""
+    from evaluation.data import load_beavertails, load_catqa
+    from evaluation.judges import make_judge
+    from evaluation.safety import evaluate_safety
+
+    sets = {name: loader(src) for name, loader, src in (
+        ("catqa", load_catqa, args.catqa), ("beavertails", load_beavertails, args.beavertails))
+        if src}
+    if not sets:
+        raise ValueError("give --catqa and/or --beavertails")
+    judge_endpoint = (Endpoint(args.judge_url, args.judge_model or "llama-guard",
+                               args.api_key_env) if args.judge_url else None)
+    judge = make_judge(args.judge, judge_endpoint)
+    label = _label(args)
+    with target_endpoint(args, label) as (endpoint, model):
+        for dataset, questions in sets.items():
+            result = evaluate_safety(
+                questions, dataset=dataset, endpoint=endpoint, judge=judge, out_dir=args.out,
+                label=label, model=model, adapter=str(args.adapter) if args.adapter else None,
+                limit=args.limit, max_tokens=args.max_tokens, prompt_format=args.prompt_format,
+                max_concurrency=args.max_concurrency)
+            rows = [("judge", str(result["judge"])), ("questions", str(result["n"])),
+                    ("safety score", f"{100 * result['safety_score']:.1f}%")]
+            rows += [(f"  harmful: {cat}", f"{100 * v['harmful_rate']:.1f}% of {v['n']}")
+                     for cat, v in result["per_category"].items()]
+            _print_result(f"safety {dataset} ({label})", rows)
+    console.print(f"results in {args.out}")
+    return 0
+
+
+def cmd_overrefusal(args: argparse.Namespace) -> int:
+    """Refusal rate on benign prompts that look unsafe."""
+    from evaluation.data import load_questions
+    from evaluation.safety import evaluate_overrefusal
+
+    questions = load_questions(args.data)
+    label = _label(args)
+    with target_endpoint(args, label) as (endpoint, model):
+        result = evaluate_overrefusal(
+            questions, endpoint=endpoint, out_dir=args.out, label=label, model=model,
+            adapter=str(args.adapter) if args.adapter else None, limit=args.limit,
+            max_tokens=args.max_tokens, prompt_format=args.prompt_format,
+            max_concurrency=args.max_concurrency)
+    _print_result(f"over-refusal ({label})", [("prompts", str(result["n"])),
+                  ("refusal rate", f"{100 * result['refusal_rate']:.1f}%")])
+    console.print(f"results in {args.out}")
+    return 0
+
+
+def cmd_utility(args: argparse.Namespace) -> int:
+    """MMLU accuracy."""
+    from evaluation.data import load_mmlu
+    from evaluation.utility import evaluate_utility
+
+    items = load_mmlu(args.mmlu)
+    label = _label(args)
+    adapter = str(args.adapter) if args.adapter else None
+    if args.backend == "transformers":
+        from tools.default_model import resolve_model
+
+        result = evaluate_utility(items, backend="transformers", method=args.method, label=label,
+                                  model=resolve_model(args.model), adapter=adapter,
+                                  out_dir=args.out, limit=args.limit)
+    else:
+        with target_endpoint(args, label) as (endpoint, model):
+            result = evaluate_utility(items, backend="endpoint", method=args.method, label=label,
+                                      model=model, adapter=adapter, endpoint=endpoint,
+                                      out_dir=args.out, limit=args.limit,
+                                      max_concurrency=args.max_concurrency)
+    _print_result(f"MMLU ({label})", [("questions", str(result["n"])),
+                  ("accuracy", f"{100 * result['accuracy']:.1f}%"),
+                  ("unparsed", str(result["unparsed"]))])
+    console.print(f"results in {args.out}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Build the report."""
     from evaluation.report import build_report
@@ -86,7 +212,7 @@ def target_endpoint(args: argparse.Namespace, label: str) -> Iterator[tuple[Endp
     serves the LoRA adapter under the name ``label`` and the endpoint targets it.
     """
     if args.base_url:
-        model = args.served_model or args.model or "default"
+        model = args.model or "default"
         yield Endpoint(args.base_url, model, args.api_key_env), model
         return
     from tools.server import EmbeddedServer
