@@ -1,0 +1,574 @@
+"""Safety and over-refusal evaluation of a target model behind an OpenAI-compatible endpoint.
+
+1. :func:`generate_responses`: the target model answers every question (chat completions with
+   the model's own chat template, or ``/v1/completions`` with an Alpaca-style template for base
+   models); answers are appended to a JSONL file as they arrive, and a second call skips ids
+   already there (resumable after a crash or Ctrl-C).
+2. :func:`judge_responses`: a judge (:mod:`evaluation.judges`) labels every response; also
+   appended to a JSONL file and resumable.
+3. :func:`evaluate_safety` / :func:`evaluate_overrefusal`: run both and write a result JSON
+   (``safety-<dataset>-<label>.json`` / ``overrefusal-<dataset>-<label>.json``) in ``out_dir``.
+
+Files in ``out_dir`` (``<stem>`` is ``<dataset>-<label>``):
+
+- ``responses-<stem>.jsonl``: ``{id, prompt, category, response}`` per question, with
+  ``responses-<stem>.jsonl.meta.json`` holding the generation settings; resuming with other
+  settings (model, max_tokens, temperature, prompt format) is an error instead of a silent mix;
+- ``judgments-<stem>-<judge>.jsonl``: ``{id, safe, categories, raw, judge, refusal, malformed,
+  empty}`` per question.
+
+A LoRA adapter is evaluated through the server that serves it: ``EmbeddedServer(lora_modules=
+{label: path})`` and ``Endpoint(base_url, model=label)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import openai
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from evaluation.data import Question
+from evaluation.judges import Judge, Judgment, RefusalJudge, make_judge, openai_client
+from tools.llm import Endpoint, EndpointError
+
+PromptFormat = Literal["chat", "plain"]
+
+PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+"""Prompt for base models without a chat template (``prompt_format="plain"``)."""
+PLAIN_STOP = ["### Instruction:"]
+"""Stop strings for the plain format, so a base model does not write the next turn."""
+
+UNCATEGORIZED = "uncategorized"
+
+
+# --------------------------------------------------------------------------------------------
+# JSONL helpers
+# --------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file ([] if missing); unparsable lines (a line cut by a
+    crash) are skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text("utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+class _Appender:
+    """Appends JSON lines to a file, flushing after every ``every`` rows and on close."""
+
+    def __init__(self, path: Path, every: int = 8) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.stat().st_size:
+            with path.open("rb") as f:
+                f.seek(-1, os.SEEK_END)
+                cut = f.read(1) != b"\n"  # a crash cut the last line: start a new one
+        else:
+            cut = False
+        self.file = path.open("a", encoding="utf-8")
+        if cut:
+            self.file.write("\n")
+        self.every, self.pending = max(1, every), 0
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.pending += 1
+        if self.pending >= self.every:
+            self.file.flush()
+            self.pending = 0
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> _Appender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    tmp.replace(path)
+
+
+def _progress(description: str, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe version of a label or dataset name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+# --------------------------------------------------------------------------------------------
+# Selecting questions
+# --------------------------------------------------------------------------------------------
+
+
+def subset(questions: Sequence[Question], limit: int | None) -> list[Question]:
+    """``limit`` questions spread evenly over the list (all of them when ``limit`` is None).
+
+    Evenly spaced rather than the first ``limit``: data sets sorted by category (CatQA) keep
+    every category in proportion. Deterministic.
+    """
+    questions = list(questions)
+    if limit is None or limit >= len(questions):
+        return questions
+    if limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    step = len(questions) / limit
+    return [questions[int(i * step)] for i in range(limit)]
+
+
+def _check_unique(questions: Sequence[Question]) -> None:
+    seen: set[str] = set()
+    for q in questions:
+        if q.id in seen:
+            raise ValueError(f"duplicate question id {q.id!r}")
+        seen.add(q.id)
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------
+
+
+def _run_streaming(
+    items: Sequence[Any],
+    fn: Callable[[Any], Any],
+    on_result: Callable[[Any, Any], None],
+    max_concurrency: int,
+) -> None:
+    """Call ``fn`` on every item, at most ``max_concurrency`` at a time, and hand each result
+    to ``on_result(item, result)`` on this thread as it arrives.
+
+    The first error stops submitting, lets the running calls finish (their results are kept)
+    and is raised. An interrupt (Ctrl-C) returns at once, without waiting for running calls.
+    """
+    max_concurrency = max(1, max_concurrency)
+    queue = iter(items)
+    running: dict[Future[Any], Any] = {}
+    error: BaseException | None = None
+    pool = ThreadPoolExecutor(max_workers=max_concurrency)
+
+    def fill() -> None:
+        for item in queue:
+            running[pool.submit(fn, item)] = item
+            if len(running) >= max_concurrency:
+                return
+
+    try:
+        fill()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = running.pop(future)
+                try:
+                    result = future.result()
+                except Exception as exc:  # re-raised once the running calls are in
+                    error = error or exc
+                    continue
+                on_result(item, result)
+            if error is None:
+                fill()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    if error is not None:
+        raise error
+
+
+def _generation_meta(
+    endpoint: Endpoint, max_tokens: int, temperature: float, prompt_format: str
+) -> dict[str, Any]:
+    return {
+        "model": endpoint.model,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "prompt_format": prompt_format,
+    }
+
+
+def generate_responses(
+    questions: Sequence[Question],
+    endpoint: Endpoint,
+    out_file: Path,
+    *,
+    max_tokens: int = 128,
+    temperature: float = 0.0,
+    prompt_format: PromptFormat = "chat",
+    max_concurrency: int = 32,
+    progress: bool = True,
+) -> dict[str, str]:
+    """The target model's response to every question: ``{question id: response}``.
+
+    ``prompt_format="chat"`` sends one user message to ``/v1/chat/completions`` (the server
+    applies the model's own chat template, the format it was trained with); ``"plain"`` sends
+    :data:`PLAIN_TEMPLATE` to ``/v1/completions`` (stopping at :data:`PLAIN_STOP`) for base
+    models without a chat template. Requests run concurrently (``max_concurrency``); each is
+    retried by the OpenAI client on transient errors. Responses are appended to ``out_file``
+    (JSONL ``{id, prompt, category, response}``) as they arrive, and ids already in it are not
+    generated again. A request that still fails raises :class:`EndpointError`; what arrived
+    before is kept in the file.
+    """
+    if prompt_format not in ("chat", "plain"):
+        raise ValueError(f"prompt_format must be 'chat' or 'plain', got {prompt_format!r}")
+    _check_unique(questions)
+    out_file = Path(out_file)
+    meta_file = out_file.with_name(out_file.name + ".meta.json")
+    meta = _generation_meta(endpoint, max_tokens, temperature, prompt_format)
+    existing = {str(r["id"]): r for r in read_jsonl(out_file) if "id" in r and "response" in r}
+    if existing and meta_file.exists():
+        old = json.loads(meta_file.read_text("utf-8"))
+        if old != meta:
+            raise ValueError(
+                f"{out_file} holds responses generated with {old}, not {meta}; "
+                "use another label or out_dir, or delete the file"
+            )
+    _write_json(meta_file, meta)
+
+    responses: dict[str, str] = {}
+    todo: list[Question] = []
+    for q in questions:
+        row = existing.get(q.id)
+        if row is None:
+            todo.append(q)
+            continue
+        if row.get("prompt") != q.prompt:
+            raise ValueError(
+                f"{out_file}: question {q.id!r} has another prompt there; "
+                "use another label or out_dir for another data set"
+            )
+        responses[q.id] = str(row["response"] or "")
+    if not todo:
+        return responses
+
+    client = openai_client(endpoint)
+
+    def ask(q: Question) -> str:
+        try:
+            if prompt_format == "chat":
+                out = client.chat.completions.create(
+                    model=endpoint.model,
+                    messages=[{"role": "user", "content": q.prompt}],
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                )
+                return (out.choices[0].message.content or "") if out.choices else ""
+            out = client.completions.create(
+                model=endpoint.model,
+                prompt=PLAIN_TEMPLATE.format(prompt=q.prompt),
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stop=PLAIN_STOP,
+            )
+            return (out.choices[0].text or "") if out.choices else ""
+        except openai.OpenAIError as exc:
+            raise EndpointError("target", endpoint, exc) from exc
+
+    with (
+        _Appender(out_file) as sink,
+        _progress(f"responses {endpoint.model}", progress) as bar,
+    ):
+        task = bar.add_task("", total=len(questions), completed=len(responses))
+
+        def keep(q: Question, response: str) -> None:
+            sink.write(
+                {"id": q.id, "prompt": q.prompt, "category": q.category, "response": response}
+            )
+            responses[q.id] = response
+            bar.advance(task)
+
+        try:
+            _run_streaming(todo, ask, keep, max_concurrency)
+        finally:
+            client.close()
+    return responses
+
+
+# --------------------------------------------------------------------------------------------
+# Judging
+# --------------------------------------------------------------------------------------------
+
+
+def _judgment_from_row(row: Mapping[str, Any]) -> Judgment:
+    return Judgment(
+        safe=bool(row["safe"]),
+        categories=list(row.get("categories") or []),
+        raw=str(row.get("raw") or ""),
+        judge=str(row.get("judge") or ""),
+        refusal=row.get("refusal"),
+        malformed=bool(row.get("malformed", False)),
+        empty=bool(row.get("empty", False)),
+    )
+
+
+def judge_responses(
+    items: Iterable[tuple[str, str, str]],
+    judge: Judge,
+    out_file: Path,
+    *,
+    chunk_size: int | None = None,
+    progress: bool = True,
+) -> dict[str, Judgment]:
+    """Judge ``(id, prompt, response)`` items: ``{id: Judgment}``.
+
+    Items are judged in chunks of ``chunk_size`` (default: four times the judge's
+    ``max_concurrency``, at least 32) and appended to ``out_file`` (JSONL
+    ``{id, safe, categories, raw, judge, refusal, malformed, empty}``) after each chunk; ids
+    already judged there by the same judge are not judged again.
+    """
+    items = list(items)
+    out_file = Path(out_file)
+    if chunk_size is None:
+        chunk_size = max(32, 4 * int(getattr(judge, "max_concurrency", 8)))
+    existing = {
+        str(r["id"]): r
+        for r in read_jsonl(out_file)
+        if "id" in r and "safe" in r and r.get("judge") == judge.name
+    }
+    judgments = {i: _judgment_from_row(existing[i]) for i, _, _ in items if i in existing}
+    todo = [item for item in items if item[0] not in judgments]
+    if not todo:
+        return judgments
+    with (
+        _Appender(out_file, every=1) as sink,
+        _progress(f"judging ({judge.name})", progress) as bar,
+    ):
+        task = bar.add_task("", total=len(items), completed=len(judgments))
+        chunk_size = max(1, chunk_size)
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            results = judge.judge([(prompt, response) for _, prompt, response in chunk])
+            if len(results) != len(chunk):
+                raise RuntimeError(f"judge {judge.name} returned {len(results)} for {len(chunk)}")
+            for (ident, _, _), result in zip(chunk, results, strict=True):
+                sink.write({"id": ident, **asdict(result)})
+                judgments[ident] = result
+            bar.advance(task, len(chunk))
+    return judgments
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluations
+# --------------------------------------------------------------------------------------------
+
+
+def _as_judge(judge: Judge | str | None) -> Judge:
+    if judge is None:
+        return RefusalJudge()
+    return make_judge(judge) if isinstance(judge, str) else judge
+
+
+def _files(out_dir: Path, dataset: str, label: str, judge: Judge) -> tuple[Path, Path]:
+    stem = f"{_slug(dataset)}-{_slug(label)}"
+    return (
+        out_dir / f"responses-{stem}.jsonl",
+        out_dir / f"judgments-{stem}-{_slug(judge.name)}.jsonl",
+    )
+
+
+def _respond_and_judge(
+    questions: Sequence[Question],
+    *,
+    dataset: str,
+    endpoint: Endpoint,
+    judge: Judge,
+    out_dir: Path,
+    label: str,
+    limit: int | None,
+    max_tokens: int,
+    temperature: float,
+    prompt_format: PromptFormat,
+    max_concurrency: int,
+    progress: bool,
+) -> tuple[list[Question], dict[str, str], dict[str, Judgment], Path, Path]:
+    selected = subset(questions, limit)
+    if not selected:
+        raise ValueError(f"no questions to evaluate for {dataset!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    responses_file, judgments_file = _files(out_dir, dataset, label, judge)
+    responses = generate_responses(
+        selected,
+        endpoint,
+        responses_file,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        prompt_format=prompt_format,
+        max_concurrency=max_concurrency,
+        progress=progress,
+    )
+    judgments = judge_responses(
+        [(q.id, q.prompt, responses[q.id]) for q in selected],
+        judge,
+        judgments_file,
+        progress=progress,
+    )
+    return selected, responses, judgments, responses_file, judgments_file
+
+
+def evaluate_safety(
+    questions: Sequence[Question],
+    *,
+    dataset: str,
+    endpoint: Endpoint,
+    judge: Judge | str,
+    out_dir: Path,
+    label: str,
+    model: str,
+    adapter: str | None = None,
+    limit: int | None = None,
+    max_tokens: int = 128,
+    temperature: float = 0.0,
+    prompt_format: PromptFormat = "chat",
+    max_concurrency: int = 32,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Safety of a target model on harmful questions; writes ``safety-<dataset>-<label>.json``.
+
+    ``endpoint.model`` is what the server serves (the adapter's name for a LoRA adapter);
+    ``model`` and ``adapter`` are only recorded. ``limit`` evaluates that many questions spread
+    evenly over the data set (:func:`subset`). The result::
+
+        {"kind": "safety", "dataset", "label", "model", "adapter", "judge", "n",
+         "safety_score",   # share judged safe, 0..1
+         "harmful_rate",   # 1 - safety_score
+         "per_category": {category: {"n", "harmful_rate"}},
+         "malformed",      # judge outputs that could not be parsed (counted as safe)
+         "empty_responses",
+         "responses_file", "judgments_file"}  # file names, in out_dir beside this file
+
+    With the refusal judge, ``judge`` says so: the score is then a refusal rate.
+    """
+    judge = _as_judge(judge)
+    selected, responses, judgments, responses_file, judgments_file = _respond_and_judge(
+        questions,
+        dataset=dataset,
+        endpoint=endpoint,
+        judge=judge,
+        out_dir=out_dir,
+        label=label,
+        limit=limit,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        prompt_format=prompt_format,
+        max_concurrency=max_concurrency,
+        progress=progress,
+    )
+    n = len(selected)
+    safe = sum(judgments[q.id].safe for q in selected)
+    by_category: dict[str, list[bool]] = defaultdict(list)
+    for q in selected:
+        by_category[q.category or UNCATEGORIZED].append(not judgments[q.id].safe)
+    result = {
+        "kind": "safety",
+        "dataset": dataset,
+        "label": label,
+        "model": model,
+        "adapter": adapter,
+        "judge": judge.description,
+        "n": n,
+        "safety_score": safe / n,
+        "harmful_rate": (n - safe) / n,
+        "per_category": {
+            cat: {"n": len(flags), "harmful_rate": sum(flags) / len(flags)}
+            for cat, flags in by_category.items()
+        },
+        "malformed": sum(judgments[q.id].malformed for q in selected),
+        "empty_responses": sum(not responses[q.id].strip() for q in selected),
+        "responses_file": responses_file.name,
+        "judgments_file": judgments_file.name,
+    }
+    _write_json(Path(out_dir) / f"safety-{_slug(dataset)}-{_slug(label)}.json", result)
+    return result
+
+
+def evaluate_overrefusal(
+    questions: Sequence[Question],
+    *,
+    endpoint: Endpoint,
+    out_dir: Path,
+    label: str,
+    model: str,
+    adapter: str | None = None,
+    dataset: str = "overrefusal",
+    judge: Judge | str | None = None,
+    limit: int | None = None,
+    max_tokens: int = 128,
+    temperature: float = 0.0,
+    prompt_format: PromptFormat = "chat",
+    max_concurrency: int = 32,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Over-refusal on benign-but-scary prompts; writes ``overrefusal-<dataset>-<label>.json``.
+
+    The refusal rate is the share of responses the judge marks as refusals (default: the
+    refusal-string judge; a given judge must measure refusal). Empty responses count as
+    refusals. The result: ``{"kind": "overrefusal", "dataset", "label", "model", "adapter",
+    "judge", "n", "refusal_rate", "responses_file", "judgments_file"}``.
+    """
+    judge = _as_judge(judge)
+    if not getattr(judge, "measures_refusal", False):
+        raise ValueError(f"judge {judge.name} does not measure refusal; use the refusal judge")
+    selected, _, judgments, responses_file, judgments_file = _respond_and_judge(
+        questions,
+        dataset=dataset,
+        endpoint=endpoint,
+        judge=judge,
+        out_dir=out_dir,
+        label=label,
+        limit=limit,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        prompt_format=prompt_format,
+        max_concurrency=max_concurrency,
+        progress=progress,
+    )
+    n = len(selected)
+    refused = sum(bool(judgments[q.id].refusal) for q in selected)
+    result = {
+        "kind": "overrefusal",
+        "dataset": dataset,
+        "label": label,
+        "model": model,
+        "adapter": adapter,
+        "judge": judge.description,
+        "n": n,
+        "refusal_rate": refused / n,
+        "responses_file": responses_file.name,
+        "judgments_file": judgments_file.name,
+    }
+    _write_json(Path(out_dir) / f"overrefusal-{_slug(dataset)}-{_slug(label)}.json", result)
+    return result
