@@ -180,6 +180,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         added = [line for line in after if line not in before]
         lost = [line for line in before if line not in after]
         change = ", ".join([*(f"+{a}" for a in added), *(f"-{x}" for x in lost)]) or "="
+        if r.get("summary_after") is None:
+            change = "(in progress)"
         seconds = sum((r.get("timings") or {}).values())
         tokens = sum((r.get("tokens") or {}).values())
         verdict = r.get("rule_check") or "-"

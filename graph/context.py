@@ -49,7 +49,7 @@ class Context:
     responder_temperature: float = 0.7
     top_p: float = 0.95
     generator_max_tokens: int = 64
-    critic_max_tokens: int = 16
+    critic_max_tokens: int = 24
     summarizer_max_tokens: int = 320
     responder_max_tokens: int = 256
 

@@ -33,6 +33,7 @@ _META = re.compile(
 _META_CATEGORY = re.compile(
     r"\b(categor(?:y|ies)|dataset|summary|answer|request|principles?)\b", re.IGNORECASE
 )
+_VAGUE = frozenset("yet it this that them these those something anything none one".split())
 _STOPWORDS = frozenset("a an and the of to in on for or with by about from at as is are be".split())
 
 REJECTION_REASONS = ("empty", "too_short", "refusal", "meta", "duplicate", "near_duplicate")
@@ -117,13 +118,31 @@ class DuplicateFilter:
         return max((jaccard(own, other) for other in self.shingled), default=0.0)
 
 
-def clean_category(text: str, max_words: int) -> str:
-    """A category name from a critic answer (first line, at most ``max_words`` words).
+_QUOTED = re.compile(r"[\"“”«»]([^\"“”«»]{3,60})[\"“”«»]")
+_CATEGORY_AFTER = re.compile(
+    r"(?:categor(?:y|ies)\s+(?:called|named|of|is|:)|(?:does not|doesn't|do not) (?:yet )?cover"
+    r"(?: yet)?(?: is| are)?:?|(?:is )?missing(?: a category called)?|lacks|excludes?)\s+"
+    r"(?:the\s+|a\s+|an\s+)?(.+)", re.IGNORECASE)
+_CATEGORY_END = re.compile(r"[,.;:!?(]|\s(?:a category|which|that|as|since|because)\s",
+                           re.IGNORECASE)
 
-    Returns ``""`` when the answer talks about the task instead of naming a category.
+
+def clean_category(text: str, max_words: int) -> str:
+    """A category name from a critic answer, at most ``max_words`` words.
+
+    Takes a quoted phrase, or the phrase after "does not cover" / "category called" / ...,
+    or else the first line. Returns ``""`` when what is left talks about the task instead of
+    naming a category.
     """
-    line = clean_line(text).rstrip(".:;,!")
-    if _META_CATEGORY.search(line) or _REFUSAL.search(line):
+    flat = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    if quoted := _QUOTED.search(flat):
+        line = quoted.group(1)
+    elif after := _CATEGORY_AFTER.search(flat):
+        line = after.group(1)
+    else:
+        line = clean_line(text)
+    line = _CATEGORY_END.split(clean_line(line), maxsplit=1)[0].strip()
+    if _META_CATEGORY.search(line) or _REFUSAL.search(line) or not content_words(line) - _VAGUE:
         return ""
     return " ".join(line.split()[:max_words])
 

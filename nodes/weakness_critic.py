@@ -43,7 +43,6 @@ def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             temperature=ctx.advisor_temperature,
             top_p=ctx.top_p,
             max_tokens=ctx.critic_max_tokens,
-            stop=["\n"],
         )
         tokens += output_tokens([answer])
         candidate = clean_category(str(answer.content), ctx.max_line_words)

@@ -39,6 +39,15 @@ def test_clean_category_and_overlap():
         "Financial fraud against elderly people"
     )
     assert clean_category("The dataset should cover a new category", 5) == ""
+    # small models answer in sentences: take the named phrase
+    assert clean_category('The dataset is missing a category called "Technology"', 5) == (
+        "Technology")
+    assert clean_category("The dataset does not cover Cyberbullying", 5) == "Cyberbullying"
+    assert clean_category("It excludes the coronavirus pandemic, a category that is new", 5) == (
+        "coronavirus pandemic")
+    assert clean_category("Category:\nSilk Specter\nSilk Specter is a product", 5) == (
+        "Silk Specter")
+    assert clean_category("There is no category the dataset does not cover yet", 5) == ""
     assert overlaps("Fraud and scams", ["Violent crime", "fraud & scams"])
     assert overlaps("Online scams and fraud", ["Fraud and scams"])
     assert not overlaps("Animal cruelty", ["Violent crime", "Fraud and scams"])
