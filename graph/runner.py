@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from graph.context import Context
-from graph.graph import Method, compile_graph
+from graph.graph import Method, compile_graph, run_finished
 from graph.prompts import load_prompts
 from graph.seeds import read_seeds
 from graph.state import State
@@ -189,11 +189,15 @@ def execute(run: Run, *, resume: bool, show_progress: bool = True) -> State:
         snapshot = graph.get_state(config)
         if resume and not snapshot.values:
             resume = False  # stopped before the first checkpoint: start again
-        elif not resume and snapshot.values:
+        elif not resume and snapshot.values and snapshot.next:
             raise RunError(f"{run.folder} has already started; use `data-advisor resume`")
         if resume and not snapshot.next:
-            console.print(f"run {run.name} is already finished")
-            return State(**snapshot.values)
+            if run_finished(State(**snapshot.values), run.context):
+                console.print(f"run {run.name} is already finished")
+                return State(**snapshot.values)
+            # no pending step was saved (stopped between steps): restart the loop from the
+            # current state; load_seeds is idempotent and the round's writes are keyed
+            resume = False
         with served(run) as ctx:
             progress = _progress(console, run, show_progress)
             with progress or nullcontext():

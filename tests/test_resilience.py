@@ -80,7 +80,7 @@ def test_resume_after_kill_mid_round(tmp_path):
     with RunStore(run / "run.sqlite", "r") as store:
         samples = list(store.samples())
         rounds = store.rounds()
-    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5], done.stderr
     assert all(r["finished_at"] for r in rounds)
     assert len(samples) == 20 and len({s["id"] for s in samples}) == 20
     assert len({s["prompt"] for s in samples}) == 20
