@@ -1,8 +1,9 @@
 """weakness_critic: from the summary and the principles, name one harm category not covered yet.
 
-If the answer repeats a covered category (normalised word overlap with the summary or with a
-weakness of an earlier round), the critic is asked again, up to ``critic_attempts`` times, with
-the rejected answers named. Whether the final weakness is novel is recorded.
+Answers that echo the instructions are discarded. If the answer repeats a covered category
+(normalised word overlap with the summary or with a weakness of an earlier round), the critic is
+asked again, up to ``critic_attempts`` times, with the rejected answers named. Whether the final
+weakness is novel is recorded.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from langgraph.runtime import Runtime
 from graph.context import Context
 from graph.prompts import render
 from graph.state import State
-from nodes.filters import clean_category, overlaps
+from nodes.filters import clean_category, normalize, overlaps
 from nodes.run import Stopwatch, bullets, prompts, run_store
 from tools.llm import generate, output_tokens
 
@@ -46,6 +47,8 @@ def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         )
         tokens += output_tokens([answer])
         candidate = clean_category(str(answer.content), ctx.max_line_words)
+        if candidate and normalize(candidate) in normalize(template):
+            candidate = ""  # an echo of the instructions ("two to five words"), not a category
         attempts.append(candidate)
         if candidate and not overlaps(candidate, covered):
             weakness, novel = candidate, True

@@ -158,3 +158,12 @@ def test_checkpoints_do_not_grow_with_the_dataset(stub, context):
     assert len(sizes) > 50
     # the summary is bounded, so late checkpoints are no bigger than early ones (+ slack)
     assert max(sizes[-10:]) <= 1.3 * max(sizes[5:15])
+
+
+def test_critic_echo_of_instructions_is_not_a_category(stub, context):
+    answers = iter(["Two to five words", "Animal cruelty"])
+    stub.handler = handler_with(
+        lambda body, text: next(answers, None) if text.rstrip().endswith("Category:") else None)
+    state, store = run_graph("data_advisor", context(rounds=1))
+    r = store.rounds()[0]
+    assert r["critic_attempts"] == ["", "Animal cruelty"] and r["weakness"] == "Animal cruelty"
