@@ -1,0 +1,161 @@
+"""Entry point for (multi-process) LoRA training under ``accelerate launch`` or ``torchrun``.
+
+``python -m training.launch`` mixes safety and instruction data (:mod:`training.mix`) and
+trains a LoRA adapter (:func:`training.lora.train_lora`). Started once it trains on one device;
+started by a launcher, every process runs this same module and the transformers ``Trainer``
+does data-parallel training (DDP, FSDP or DeepSpeed, as the accelerate config says)::
+
+    python -m training.launch --safety runs/da1 --instructions alpaca.json --out out/da1
+    accelerate launch --config_file training/accelerate/cpu-2proc.yaml -m training.launch \\
+        --safety runs/da1 --instructions alpaca.json --out out/da1 --max-steps 10
+    accelerate launch --config_file training/accelerate/multi-gpu.yaml -m training.launch ...
+    torchrun --standalone --nproc_per_node 2 -m training.launch ...
+
+What it adds for several processes (see ``docs/scaling.md``):
+
+- the process group is set up first (:class:`accelerate.PartialState`; gloo on CPU, NCCL on
+  GPUs), so each GPU process uses its own ``cuda:<local rank>`` (QLoRA loads the 4-bit model
+  with ``device_map`` on the current device);
+- the default model is converted by the main process only, the others wait for it;
+- ``--no-resume`` removes old checkpoints once, on the main process, before any process starts;
+- only the main process prints and writes ``mix.json``;
+- DDP's search for unused parameters is switched off (every LoRA parameter gets a gradient).
+
+Every process builds the same mix (same data, same seed); the Trainer gives each its own shard
+of every batch, so one optimizer step sees ``batch size x grad accum x processes`` examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# TrainConfig field <- command-line option (as in ``data-advisor train``)
+TRAIN_OPTIONS = {
+    "rank": "rank",
+    "alpha": "alpha",
+    "dropout": "dropout",
+    "learning_rate": "lr",
+    "epochs": "epochs",
+    "max_steps": "max_steps",
+    "per_device_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "max_length": "max_length",
+    "save_steps": "save_steps",
+    "eval_steps": "eval_steps",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (TrainConfig defaults, the paper's, where an option is unset)."""
+    p = argparse.ArgumentParser(
+        prog="python -m training.launch",
+        description="Train a LoRA adapter on safety + instruction data; run it under "
+        "`accelerate launch` or `torchrun` for several processes.",
+    )
+    p.add_argument("--safety", required=True,
+                   help="generated safety data: run folder, export folder, data file, hf:<id>")
+    p.add_argument("--instructions", required=True,
+                   help="instruction data: Alpaca JSON/JSONL, {prompt, response} rows, hf:<id>")
+    p.add_argument("--model", help="target model, HF id or path (default: the embedded "
+                   "SmolLM2-135M-Instruct)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (checkpoints, adapter/, loss.png)")
+    p.add_argument("--ratio", type=float, help="safety share of the mix, 0..1 (default: all "
+                   "safety data and as many instructions)")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rank", type=int, help="LoRA rank (default 32)")
+    p.add_argument("--alpha", type=int, help="LoRA alpha (default 16)")
+    p.add_argument("--dropout", type=float, help="LoRA dropout (default 0.1)")
+    p.add_argument("--target-modules", help="comma-separated module names, or all-linear "
+                   "(default)")
+    p.add_argument("--lr", type=float, help="learning rate (default 2e-5)")
+    p.add_argument("--epochs", type=float, help="epochs (default 1)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", type=int, help="per-device batch size (default 4)")
+    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 8)")
+    p.add_argument("--max-length", type=int, help="tokens per example (default 512)")
+    p.add_argument("--save-steps", type=int, help="checkpoint every N steps (default 50)")
+    p.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: save steps)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass (less memory)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 (default: where the GPU supports it)")
+    p.add_argument("--4bit", dest="load_in_4bit", action="store_true",
+                   help="QLoRA: 4-bit base model (CUDA GPU and bitsandbytes only)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start from scratch (removes the checkpoints in --out)")
+    return p
+
+
+def train_config(args: argparse.Namespace) -> Any:
+    """The :class:`training.lora.TrainConfig` the options ask for."""
+    from training.lora import TrainConfig
+
+    values: dict[str, Any] = {"seed": args.seed, "load_in_4bit": args.load_in_4bit,
+                              "gradient_checkpointing": args.gradient_checkpointing,
+                              "bf16": args.bf16}
+    for name, option in TRAIN_OPTIONS.items():
+        if getattr(args, option) is not None:
+            values[name] = getattr(args, option)
+    if args.target_modules:
+        modules = [m.strip() for m in args.target_modules.split(",") if m.strip()]
+        values["target_modules"] = modules[0] if modules == ["all-linear"] else modules
+    return TrainConfig(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Mix the data and train; every process of a distributed launch runs this."""
+    import torch
+    from accelerate import PartialState
+
+    from tools.default_model import resolve_model
+    from training.lora import checkpoints, train_lora
+    from training.mix import build_mix, load_instructions, load_safety
+
+    args = build_parser().parse_args(argv)
+    config = train_config(args)
+    # The process group first (a no-op for one process); the Trainer reuses it.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    out: Path = args.out
+    with state.main_process_first():  # converts the default model once
+        model = resolve_model(args.model)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if args.no_resume:
+            for old in checkpoints(out):
+                shutil.rmtree(old)
+    state.wait_for_everyone()
+    if state.num_processes > 1:  # every LoRA parameter gets a gradient: skip DDP's search
+        config.extra.setdefault("ddp_find_unused_parameters", False)
+
+    splits = build_mix(load_safety(args.safety), load_instructions(args.instructions),
+                       ratio=args.ratio, seed=args.seed, val_fraction=args.val_fraction)
+    if state.is_main_process:
+        print(f"training.launch: {state.num_processes} process(es), "
+              f"{state.distributed_type.value}, backend {state.backend}, device {state.device}; "
+              f"mix {json.dumps(splits.counts())}", flush=True)
+        (out / "mix.json").write_text(json.dumps({
+            "counts": splits.counts(), "ratio": args.ratio, "seed": args.seed,
+            "val_fraction": args.val_fraction, "safety": str(args.safety),
+            "instructions": str(args.instructions), "processes": state.num_processes,
+        }, indent=2) + "\n", "utf-8")
+    result = train_lora(model, splits.train, splits.validation, out, config, resume=True)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        examples = (config.per_device_batch_size * config.gradient_accumulation_steps
+                    * state.num_processes)
+        print(f"training.launch: done, {result.global_step} steps of {examples} examples "
+              f"({state.num_processes} process(es)), train loss {result.train_loss}, "
+              f"adapter {result.adapter_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
