@@ -325,22 +325,24 @@ def train_lora(
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     adapter_dir = out / "adapter"
-    model.save_pretrained(adapter_dir)
-    tokenizer.save_pretrained(adapter_dir)
+    trainer.save_model(str(adapter_dir))  # the adapter only; main process, FSDP-aware
     history = loss_history(trainer.state.log_history)
     config_path = out / "train_config.json"
-    config_path.write_text(json.dumps({
-        "config": config.to_dict(),
-        "model": path,
-        "bf16": bf16,
-        "effective_batch_size": config.effective_batch_size,
-        "train_examples": len(train_features),
-        "validation_examples": len(val_features),
-        "global_step": trainer.state.global_step,
-    }, indent=2), "utf-8")
     history_path = out / "loss_history.json"
-    history_path.write_text(json.dumps(history, indent=2), "utf-8")
-    plot_path = plot_loss(history, out / "loss.png")
+    plot_path: Path | None = out / "loss.png"
+    if trainer.is_world_process_zero():  # one writer when launched on several processes
+        config_path.write_text(json.dumps({
+            "config": config.to_dict(),
+            "model": path,
+            "bf16": bf16,
+            "effective_batch_size": config.effective_batch_size,
+            "train_examples": len(train_features),
+            "validation_examples": len(val_features),
+            "global_step": trainer.state.global_step,
+        }, indent=2), "utf-8")
+        history_path.write_text(json.dumps(history, indent=2), "utf-8")
+        plot_path = plot_loss(history, out / "loss.png")
+    trainer.accelerator.wait_for_everyone()
     session_tokens = trainer.state.num_input_tokens_seen - getattr(
         trainer, "_initial_num_input_tokens_seen", 0)
     return TrainResult(
