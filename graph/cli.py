@@ -21,6 +21,7 @@ from graph.runner import Run, RunError, create_run, execute
 from tools.llm import EndpointError
 from tools.server import ServerError
 from tools.store import RunStore
+from training.cli import add_commands as add_training_commands
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
@@ -274,6 +275,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--log", type=Path)
     serve.set_defaults(func=cmd_serve)
     add_evaluation_commands(sub)
+    add_training_commands(sub)
     return p
 
 

@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a LoRA adapter on safety + instruction data; run it under "
         "`accelerate launch` or `torchrun` for several processes.",
     )
+    add_train_arguments(p)
+    return p
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of a training run, shared by ``data-advisor train`` and this launcher."""
     p.add_argument("--safety", required=True,
                    help="generated safety data: run folder, export folder, data file, hf:<id>")
     p.add_argument("--instructions", required=True,
@@ -91,7 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="QLoRA: 4-bit base model (CUDA GPU and bitsandbytes only)")
     p.add_argument("--no-resume", action="store_true",
                    help="start from scratch (removes the checkpoints in --out)")
-    return p
 
 
 def train_config(args: argparse.Namespace) -> Any:
