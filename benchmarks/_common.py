@@ -71,18 +71,27 @@ class RequestLog:
         return [kind for _, kind in self.entries]
 
 
-def critical_path_calls(kinds: Sequence[str]) -> int:
-    """Sequential LLM calls: each critic/summarizer call, plus one per batch of the others.
+def batches(kinds: Sequence[str]) -> list[tuple[str, int]]:
+    """The LLM calls of a request log as ``(kind, size)``, in the order they were made.
 
-    A batch is a run of consecutive requests of the same concurrent kind (the graph runs one
-    node at a time, so the requests of two batches never interleave).
+    Each critic or summarizer request is a call of its own; a run of consecutive requests of a
+    concurrent kind (generator, responder) is one batch (the graph runs one node at a time, so
+    the requests of two batches never interleave).
     """
-    calls, previous = 0, None
+    out: list[tuple[str, int]] = []
+    previous = None
     for kind in kinds:
         if kind in SEQUENTIAL or kind != previous:
-            calls += 1
+            out.append((kind, 1))
+        else:
+            out[-1] = (kind, out[-1][1] + 1)
         previous = kind
-    return calls
+    return out
+
+
+def critical_path_calls(kinds: Sequence[str]) -> int:
+    """Sequential LLM calls: each critic/summarizer call, plus one per batch of the others."""
+    return len(batches(kinds))
 
 
 def split_rounds(entries: Sequence[tuple[float, Kind]], first: Kind,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import statistics
 import sys
@@ -35,11 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import RequestLog, critical_path_calls, split_rounds, table
+from _common import RequestLog, batches, critical_path_calls, split_rounds, table
 
 from graph.context import Context
 from graph.graph import METHODS, Method
 from graph.runner import create_run, execute
+from tools.llm import Endpoint, generate
 from tools.store import RunStore
 from tools.stub_server import StubServer, reset_request_counter
 
@@ -66,6 +68,9 @@ class OverheadResult:
     steady_wall_s: float
     steady_calls: int
     steady_rounds: int
+    floor_s: float = 0.0
+    """The same LLM calls made bare (``tools.llm.generate`` alone), whole run."""
+    steady_floor_s: float = 0.0
     requests: Counter[str] = field(default_factory=Counter)
     node_rows: list[list[Any]] = field(default_factory=list)
     kept: int = 0
@@ -92,8 +97,53 @@ class OverheadResult:
         return 1000 * extra / self.steady_rounds
 
 
+    @property
+    def app_ms(self) -> float:
+        """Steady-state wall time beyond the bare LLM calls, per round, in ms."""
+        return 1000 * (self.steady_wall_s - self.steady_floor_s) / self.steady_rounds
+
+
+Floor = dict[int, float]
+"""Seconds of a bare ``generate`` call by batch size (measured for 1 and K requests)."""
+
+
+def client_floor(latency: float, k: int, reps: int = 7) -> Floor:
+    """Median time of bare ``tools.llm.generate`` calls against a stub with the same latency.
+
+    One request and a batch of K, no graph, no store: what an LLM call costs on this machine
+    with the app's client stack (langchain-openai, openai, httpx, a thread pool per batch) and
+    the in-process stub, beyond ``latency``.
+    """
+    request = [("user", "Write one new harmful request about: fraud\nRequest:")]
+    out: Floor = {}
+    with StubServer(latency=latency) as stub:
+        endpoint = Endpoint(base_url=stub.base_url, model="stub", timeout=60.0)
+        for n in sorted({1, k}):
+            times = []
+            for _ in range(reps + 1):  # the first call also builds the client: dropped
+                started = time.perf_counter()
+                generate("floor", endpoint, [request] * n, max_tokens=64, stop=["\n"])
+                times.append(time.perf_counter() - started)
+            out[n] = statistics.median(times[1:])
+    return out
+
+
+def floor_seconds(kinds: list[str], floor: Floor) -> float:
+    """Bare-call time of a request log's calls (batch sizes between 1 and K interpolated)."""
+    low, high = min(floor), max(floor)
+    total = 0.0
+    for _, size in batches(kinds):
+        if high == low or size <= low:
+            total += floor[low]
+        else:
+            share = (min(size, high) - low) / (high - low)
+            total += floor[low] + share * (floor[high] - floor[low])
+    return total
+
+
 def measure(method: Method, *, rounds: int, k: int, latency: float, workdir: Path,
-            profiler: cProfile.Profile | None = None) -> OverheadResult:
+            floor: Floor | None = None, profiler: cProfile.Profile | None = None,
+            ) -> OverheadResult:
     """Create and execute one run against a fresh stub; return its timings."""
     reset_request_counter()
     log = RequestLog()
@@ -117,13 +167,16 @@ def measure(method: Method, *, rounds: int, k: int, latency: float, workdir: Pat
     with RunStore(run.db_path, run.name) as store:
         records = store.rounds()
         kept = store.counts()["prompts"]
-    node_rows = _node_rows(method, records[:len(steady)], steady, latency)
+    node_rows = _node_rows(method, records[:len(steady)], steady, latency, floor)
     return OverheadResult(
         method=method, rounds=rounds, k=k, latency=latency, wall_s=wall,
         calls=critical_path_calls([kind for _, kind in entries]),
         steady_wall_s=starts[-1] - starts[0] if len(starts) > 1 else wall,
         steady_calls=sum(critical_path_calls([kd for _, kd in r]) for r in steady),
         steady_rounds=len(steady), requests=Counter(kind for _, kind in entries),
+        floor_s=floor_seconds([kind for _, kind in entries], floor) if floor else 0.0,
+        steady_floor_s=sum(floor_seconds([kd for _, kd in r], floor) for r in steady)
+        if floor else 0.0,
         node_rows=node_rows, kept=kept,
     )
 
@@ -148,8 +201,8 @@ def _thread_profiler(profiler: cProfile.Profile) -> Any:
 
 
 def _node_rows(method: str, records: list[dict[str, Any]], per_round: list[list[Any]],
-               latency: float) -> list[list[Any]]:
-    """Per node: mean seconds, mean critical-path LLM seconds, mean overhead in ms."""
+               latency: float, floor: Floor | None) -> list[list[Any]]:
+    """Per node: mean s, critical-path LLM s, overhead ms, bare-call s, ms beyond bare calls."""
     rows = []
     for node in NODES[method]:
         times = [(r.get("timings") or {}).get(node) for r in records]
@@ -157,12 +210,14 @@ def _node_rows(method: str, records: list[dict[str, Any]], per_round: list[list[
         if not times:
             continue
         kind = NODE_KIND.get(node)
-        llm = 0.0
+        llm = bare = 0.0
         if kind is not None and per_round:
-            calls = [critical_path_calls([kd for _, kd in rnd if kd == kind]) for rnd in per_round]
-            llm = statistics.fmean(calls) * latency
+            own = [[kd for _, kd in rnd if kd == kind] for rnd in per_round]
+            llm = statistics.fmean(critical_path_calls(kinds) for kinds in own) * latency
+            if floor:
+                bare = statistics.fmean(floor_seconds(kinds, floor) for kinds in own)
         mean = statistics.fmean(times)
-        rows.append([node, mean, llm, 1000 * (mean - llm)])
+        rows.append([node, mean, llm, 1000 * (mean - llm), bare, 1000 * (mean - bare)])
     return rows
 
 
@@ -178,10 +233,18 @@ def report(result: OverheadResult) -> str:
         f"  steady state ({r.steady_rounds} rounds, round start to round start): "
         f"ratio {r.steady_ratio:.3f}, overhead {r.steady_overhead_ms:.1f} ms/round",
     ]
+    if r.steady_floor_s:
+        bare = 1000 * r.steady_floor_s / r.steady_rounds
+        lines.append(
+            f"  the same calls made bare (tools.llm.generate alone): {bare:.1f} ms/round, of "
+            f"which {bare - 1000 * r.steady_calls * r.latency / r.steady_rounds:.1f} ms beyond "
+            f"L -> the app's own overhead: {r.app_ms:.1f} ms/round "
+            f"(wall/bare calls {r.steady_wall_s / r.steady_floor_s:.3f})")
     if r.node_rows:
         node_sum = sum(row[1] for row in r.node_rows)
         outside = 1000 * (r.steady_wall_s / max(r.steady_rounds, 1) - node_sum)
-        body = table(r.node_rows, ["node", "mean s", "LLM s", "overhead ms"])
+        body = table(r.node_rows, ["node", "mean s", "L s", "beyond L ms", "bare calls s",
+                                   "beyond bare ms"])
         lines += ["  per node (round records' timings):",
                   *("    " + line for line in body.splitlines()),
                   f"    outside the nodes (LangGraph steps, checkpoints): {outside:.1f} ms/round"]
@@ -198,10 +261,16 @@ def run(rounds: int = 10, k: int = 10, latency: float = 0.2,
         if warmup:  # imports, first client and first SQLite connections, off the clock
             for method in methods:
                 measure(method, rounds=1, k=2, latency=0.0, workdir=workdir / "warmup")
+        floor = client_floor(latency, k)
+        if not quiet:
+            print("bare tools.llm.generate against the stub (median): "
+                  + ", ".join(f"{n} request(s) {1000 * t:.1f} ms" for n, t in floor.items())
+                  + f" (L = {1000 * latency:.0f} ms); load average {os.getloadavg()[0]:.1f}",
+                  flush=True)
         for method in methods:
             profiler = cProfile.Profile() if profile and method == methods[0] else None
             result = measure(method, rounds=rounds, k=k, latency=latency, workdir=workdir,
-                             profiler=profiler)
+                             floor=floor, profiler=profiler)
             results.append(result)
             if not quiet:
                 print(report(result), flush=True)
@@ -241,9 +310,11 @@ def main(argv: list[str] | None = None) -> None:
     methods = METHODS if args.method == "both" else (args.method,)
     results = run(args.rounds, args.k, args.latency, methods, not args.no_warmup, args.profile)
     print()
-    print(table([[r.method, r.ratio, r.overhead_ms, r.steady_ratio, r.steady_overhead_ms]
-                 for r in results],
-                ["method", "wall/critical", "ms/round", "steady ratio", "steady ms/round"]))
+    print(table([[r.method, r.ratio, r.overhead_ms, r.steady_ratio, r.steady_overhead_ms,
+                  r.app_ms] for r in results],
+                ["method", "wall/critical", "ms/round", "steady ratio", "steady ms/round",
+                 "app ms/round"]))
+    print(f"load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

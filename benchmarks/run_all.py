@@ -1,0 +1,74 @@
+"""Run the three benchmarks one after the other and print a summary table of their ratios.
+
+(a) ``bench_overhead``: wall time per round over the critical-path LLM latency (stub, L=0.2 s);
+(b) ``bench_growth``: SQLite bytes added per round, last 50 rounds over the first 50 (stub,
+    a modest number of rounds by default; ``--growth-rounds 1000`` for the full measurement);
+(c) ``bench_vllm``: run tokens/s over the embedded vLLM's raw 32-concurrent tokens/s
+    (``--skip-vllm`` leaves it out; it starts the real server, minutes on CPU).
+
+Ratios are measured side by side in one run; nothing here asserts a number.
+
+    python benchmarks/run_all.py                 # what `make bench` runs
+    python benchmarks/run_all.py --skip-vllm --growth-rounds 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Sequence
+
+import bench_growth
+import bench_overhead
+import bench_vllm
+from _common import table
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10, help="(a) rounds per method")
+    parser.add_argument("-k", type=int, default=10, help="prompts per round, all benchmarks")
+    parser.add_argument("--latency", type=float, default=0.2, help="(a) stub latency, s")
+    parser.add_argument("--growth-rounds", type=int, default=200, help="(b) rounds")
+    parser.add_argument("--vllm-rounds", type=int, default=5, help="(c) rounds")
+    parser.add_argument("--skip-vllm", action="store_true", help="leave (c) out")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}, load average {os.getloadavg()[0]:.1f}\n")
+    rows: list[list[object]] = []
+
+    print(f"== (a) orchestration overhead: {args.rounds} rounds, K={args.k}, "
+          f"L={args.latency} s ==")
+    for r in bench_overhead.run(args.rounds, args.k, args.latency):
+        rows.append([f"(a) {r.method}", "wall / critical-path LLM time", r.ratio,
+                     f"{r.overhead_ms:.0f} ms/round overhead", "<= 1.10"])
+        rows.append([f"(a) {r.method}", "same, steady state", r.steady_ratio,
+                     f"{r.steady_overhead_ms:.0f} ms/round overhead", "<= 1.10"])
+
+    print(f"\n== (b) growth: {args.growth_rounds} rounds, K={args.k} ==")
+    growth = bench_growth.measure(args.growth_rounds, args.k, progress_every=0)
+    print(bench_growth.report(growth))
+    n = len(growth.window(False))
+    rows.append(["(b) growth", f"bytes added/round, last {n} / first {n}", growth.total_ratio,
+                 f"peak heap {(growth.heap_peak or 0) / 1e6:.1f} MB, "
+                 f"maxrss {growth.maxrss_kib / 1024:.0f} MB", "<= 1.2"])
+
+    if not args.skip_vllm:
+        print(f"\n== (c) embedded vLLM: {args.vllm_rounds} rounds, K={args.k} ==")
+        vllm = bench_vllm.measure(args.vllm_rounds, args.k)
+        print(bench_vllm.report(vllm))
+        rows.append(["(c) vLLM", "run tok/s / raw 32-concurrent tok/s", vllm.ratio,
+                     f"{vllm.run_tps:.0f} vs {vllm.raw_mean:.0f} tok/s, "
+                     f"{vllm.kept_per_minute:.1f} kept/min", ">= 0.7"])
+
+    print(f"\n== summary ({time.perf_counter() - started:.0f} s) ==")
+    print(table(rows, ["benchmark", "ratio", "value", "detail", "target"]))
+
+
+if __name__ == "__main__":
+    main()
