@@ -25,9 +25,7 @@ def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx, watch = runtime.context, Stopwatch()
     template = prompts(runtime)["weakness_critic"]
     with run_store(runtime) as store:
-        earlier = [
-            r["weakness"] for r in store.rounds() if r["round"] < state.round and r.get("weakness")
-        ]
+        earlier = store.weaknesses(before_round=state.round)
     covered = [*state.summary, *earlier]
     attempts: list[str] = []
     tokens = 0

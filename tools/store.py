@@ -260,14 +260,14 @@ class RunStore:
             )
         ]
 
-    def weaknesses(self) -> list[str]:
-        """Weaknesses named so far, in round order."""
+    def weaknesses(self, before_round: int) -> list[str]:
+        """Weaknesses named in the rounds before ``before_round``, in round order."""
         return [
             r["weakness"]
             for r in self.db.query(
-                "select weakness from rounds where run_id = ? and weakness is not null "
-                "order by round",
-                [self.run_id],
+                "select weakness from rounds where run_id = ? and round < ? "
+                "and weakness is not null order by round",
+                [self.run_id, before_round],
             )
         ]
 
