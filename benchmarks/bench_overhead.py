@@ -96,7 +96,6 @@ class OverheadResult:
         extra = self.steady_wall_s - self.steady_calls * self.latency
         return 1000 * extra / self.steady_rounds
 
-
     @property
     def app_ms(self) -> float:
         """Steady-state wall time beyond the bare LLM calls, per round, in ms."""
@@ -163,7 +162,7 @@ def measure(method: Method, *, rounds: int, k: int, latency: float, workdir: Pat
     entries = log.entries
     per_round = split_rounds(entries, FIRST_KIND[method])  # type: ignore[arg-type]
     starts = [r[0][0] for r in per_round]
-    steady = per_round[:-1]
+    steady = per_round[:-1] if len(per_round) > 1 else per_round  # 1 round: no steady state
     with RunStore(run.db_path, run.name) as store:
         records = store.rounds()
         kept = store.counts()["prompts"]

@@ -123,6 +123,8 @@ def summary_table(results_dir: Path) -> Table | None:
         return None
     table = Table(title="results")
     table.add_column("model")
+    rank = {"safety catqa": 0, "safety beavertails": 1, "MMLU": 9}
+    columns = dict.fromkeys(sorted(columns, key=lambda c: (rank.get(c, 5), c)))
     for column in columns:
         table.add_column(column)
     order = ["base", "self_instruct", "data_advisor"]
