@@ -109,14 +109,16 @@ def split_rounds(entries: Sequence[tuple[float, Kind]], first: Kind,
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    """A plain-text table with right-aligned columns (the first column left-aligned)."""
+    """A plain-text table: numeric columns right-aligned, text columns left-aligned."""
     cells = [[str(h) for h in header], *[[_fmt(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    numeric = [all(isinstance(row[i], int | float) for row in rows) and i > 0
+               for i in range(len(header))]
     lines = []
     for n, row in enumerate(cells):
-        parts = [row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:],
-                                                                         strict=True))]
-        lines.append("  ".join(parts))
+        parts = [c.rjust(w) if num else c.ljust(w)
+                 for c, w, num in zip(row, widths, numeric, strict=True)]
+        lines.append("  ".join(parts).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                      f"{vllm.kept_per_minute:.1f} kept/min", ">= 0.7"])
 
     print(f"\n== summary ({time.perf_counter() - started:.0f} s) ==")
-    print(table(rows, ["benchmark", "ratio", "value", "detail", "target"]))
+    print(table(rows, ["benchmark", "measure", "ratio", "detail", "target"]))
 
 
 if __name__ == "__main__":
