@@ -66,3 +66,32 @@ def handler_with(overrides: Callable[[dict[str, Any], str], str | None]) -> Call
         return data_advisor_handler(body) if replaced is None else replaced
 
     return handler
+
+
+def save_tiny_llama(path: Path, **overrides: Any) -> Path:
+    """A tiny random Llama with the SmolLM2 tokenizer (local cache; nothing fetched)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tools.default_model import ensure_default_model
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ensure_default_model())
+    except Exception as exc:  # noqa: BLE001 - no cached model and no way to make it
+        pytest.skip(f"default model not available: {exc}")
+    values: dict[str, Any] = {
+        "vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+        "max_position_embeddings": 256, "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+    }
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**(values | overrides))).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama saved like a hub model."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))

@@ -25,31 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "training" / "accelerate"
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama with the SmolLM2 tokenizer, saved like a hub model."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tools.default_model import ensure_default_model
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(ensure_default_model())
-    except Exception as exc:  # noqa: BLE001 - no cached model and no way to make it
-        pytest.skip(f"default model not available: {exc}")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
     return path

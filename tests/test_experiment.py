@@ -14,31 +14,6 @@ from tools.stub_server import StubServer
 from training.experiment import ConfigError, load_config, run_experiment
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama with the SmolLM2 tokenizer (from the local cache; nothing fetched)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tools.default_model import ensure_default_model
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(ensure_default_model())
-    except Exception as exc:  # noqa: BLE001 - no cached model and no way to make it
-        pytest.skip(f"default model not available: {exc}")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def _data(folder: Path) -> dict[str, Path]:
     """Tiny evaluation and instruction files in the public formats."""
     folder.mkdir(parents=True, exist_ok=True)

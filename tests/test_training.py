@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import save_tiny_llama
 
 from training.format import (
     IGNORE_INDEX,
@@ -50,28 +51,9 @@ def plain_tokenizer(tokenizer: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama with the SmolLM2 tokenizer, saved like a hub model."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.5,  # logits large enough for a LoRA to move the loss quickly
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama; logits large enough for a LoRA to move the loss quickly."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), initializer_range=0.5)
 
 
 def ex(prompt: str, response: str = "ok", source: str = "safety") -> dict[str, str]:
