@@ -10,12 +10,15 @@ counts once, a concurrent generator or responder batch counts once as a whole.
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Literal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +29,7 @@ from tools.stub_server import (  # noqa: E402
     CATEGORY_MARKER,
     REQUEST_MARKER,
     SUMMARY_MARKER,
+    StubServer,
     data_advisor_handler,
     last_user_text,
 )
@@ -69,6 +73,55 @@ class RequestLog:
     def kinds(self) -> list[Kind]:
         """The kinds of the logged requests, in order."""
         return [kind for _, kind in self.entries]
+
+
+class ProcessStub:
+    """The stub server with a :class:`RequestLog`, in a child process, as a real server would be.
+
+    In the benchmark's own process the stub's request handling would take the GIL from the app
+    under test. ``time.perf_counter`` is the system's monotonic clock on Linux, so the child's
+    log times compare with the parent's.
+    """
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
+        self._conn: Connection | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> ProcessStub:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve_stub, args=(child, self.latency), name="stub", daemon=True
+        )
+        self._process.start()
+        self.base_url = self._conn.recv()
+        return self
+
+    def entries(self) -> list[tuple[float, Kind]]:
+        """The request log so far."""
+        assert self._conn is not None
+        self._conn.send("entries")
+        return self._conn.recv()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._conn is not None and self._process is not None:
+            self._conn.send("stop")
+            self._process.join(timeout=10)
+            if self._process.is_alive():
+                self._process.kill()
+            self._conn.close()
+
+
+def _serve_stub(conn: Connection, latency: float) -> None:
+    log = RequestLog()
+    with StubServer(handler=log, latency=latency) as stub:
+        conn.send(stub.base_url)
+        while (command := conn.recv()) != "stop":
+            if command == "entries":
+                conn.send(list(log.entries))
 
 
 def batches(kinds: Sequence[str]) -> list[tuple[str, int]]:

@@ -2,10 +2,12 @@
 
 A run folder is created and executed exactly as the CLI does it (``graph.runner.create_run`` +
 ``execute``: SQLite checkpointer in ``checkpoints.sqlite``, data in ``run.sqlite``) against the
-loopback stub server, which answers every request after a fixed latency ``L``. The LLM calls
-that lie one after the other on a round's critical path are counted from the stub's request
-log: every critic call (1 when its first answer is novel), one per concurrent generator batch,
-the summarizer call, one per concurrent responder batch (Self-Instruct: generator + responder).
+loopback stub server, which answers every request after a fixed latency ``L``. The stub runs in
+a child process, as a real server would (in this process it would take the GIL from the app).
+The LLM calls that lie one after the other on a round's critical path are counted from the
+stub's request log: every critic call (1 when its first answer is novel), one per concurrent
+generator batch, the summarizer call, one per concurrent responder batch (Self-Instruct:
+generator + responder).
 
     ratio = wall time per round / (sequential LLM calls per round * L)
 
@@ -36,14 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import RequestLog, batches, critical_path_calls, split_rounds, table
+from _common import ProcessStub, batches, critical_path_calls, split_rounds, table
 
 from graph.context import Context
 from graph.graph import METHODS, Method
 from graph.runner import create_run, execute
 from tools.llm import Endpoint, generate
 from tools.store import RunStore
-from tools.stub_server import StubServer, reset_request_counter
 
 NODES: dict[str, tuple[str, ...]] = {
     "data_advisor": ("weakness_critic", "generator", "summarizer", "rule_check", "responder"),
@@ -111,11 +112,11 @@ def client_floor(latency: float, k: int, reps: int = 7) -> Floor:
 
     One request and a batch of K, no graph, no store: what an LLM call costs on this machine
     with the app's client stack (langchain-openai, openai, httpx, a thread pool per batch) and
-    the in-process stub, beyond ``latency``.
+    the stub, beyond ``latency``.
     """
     request = [("user", "Write one new harmful request about: fraud\nRequest:")]
     out: Floor = {}
-    with StubServer(latency=latency) as stub:
+    with ProcessStub(latency=latency) as stub:
         endpoint = Endpoint(base_url=stub.base_url, model="stub", timeout=60.0)
         for n in sorted({1, k}):
             times = []
@@ -144,9 +145,7 @@ def measure(method: Method, *, rounds: int, k: int, latency: float, workdir: Pat
             floor: Floor | None = None, profiler: cProfile.Profile | None = None,
             ) -> OverheadResult:
     """Create and execute one run against a fresh stub; return its timings."""
-    reset_request_counter()
-    log = RequestLog()
-    with StubServer(handler=log, latency=latency) as stub:
+    with ProcessStub(latency=latency) as stub:
         ctx = Context(base_url=stub.base_url, model="stub", rounds=rounds, prompts_per_round=k,
                       request_timeout=60.0)
         run = create_run(workdir / f"{method}-{rounds}x{k}", method, ctx, embedded=False)
@@ -159,7 +158,7 @@ def measure(method: Method, *, rounds: int, k: int, latency: float, workdir: Pat
         if profiler is not None:
             profiler.disable()
             threading.setprofile(None)  # type: ignore[arg-type]
-    entries = log.entries
+        entries = stub.entries()
     per_round = split_rounds(entries, FIRST_KIND[method])  # type: ignore[arg-type]
     starts = [r[0][0] for r in per_round]
     steady = per_round[:-1] if len(per_round) > 1 else per_round  # 1 round: no steady state
@@ -183,7 +182,7 @@ def measure(method: Method, *, rounds: int, k: int, latency: float, workdir: Pat
 def _thread_profiler(profiler: cProfile.Profile) -> Any:
     """A ``threading.setprofile`` hook: each new thread gets its own profiler, merged later.
 
-    The stub server's thread, started before, is not profiled (it is not the app).
+    The stub server runs in its own process (it is not the app).
     """
     lock = threading.Lock()
     extra: list[cProfile.Profile] = []

@@ -27,7 +27,7 @@ from graph.graph import Method, compile_graph, run_finished
 from graph.prompts import load_prompts
 from graph.seeds import read_seeds
 from graph.state import State
-from tools.store import RunStore
+from tools.store import close_shared, shared_store
 
 RUN_FILE = "run.json"
 DB_FILE = "run.sqlite"
@@ -133,6 +133,7 @@ def checkpointer(run: Run) -> Iterator[SqliteSaver]:
     """LangGraph's SQLite checkpointer on the run's file."""
     conn = sqlite3.connect(run.checkpoint_path, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL: consistent after a crash, no fsync a step
     try:
         yield SqliteSaver(conn)
     finally:
@@ -183,6 +184,13 @@ def execute(run: Run, *, resume: bool, show_progress: bool = True) -> State:
     and ``resume`` continues from the last completed step.
     """
     console = Console(stderr=True)
+    try:
+        return _execute(run, resume, show_progress, console)
+    finally:
+        close_shared(run.db_path)  # the nodes' shared store connection
+
+
+def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> State:
     with checkpointer(run) as saver, _sigterm_as_interrupt():
         graph = compile_graph(run.method, saver)
         config = run.config()
@@ -209,11 +217,11 @@ def execute(run: Run, *, resume: bool, show_progress: bool = True) -> State:
                     else None
                 )
                 started, tokens_before = time.perf_counter(), _tokens(run)
-                for _ in graph.stream(
-                    None if resume else {}, config, context=ctx, stream_mode="updates"
+                for values in graph.stream(
+                    None if resume else {}, config, context=ctx, stream_mode="values"
                 ):
                     if progress is not None and task is not None:
-                        state = State(**graph.get_state(config).values)
+                        state = State(**values)
                         tps = (_tokens(run) - tokens_before) / (time.perf_counter() - started)
                         progress.update(
                             task,
@@ -245,5 +253,5 @@ def _progress(console: Console, run: Run, enabled: bool) -> Progress | None:
 
 
 def _tokens(run: Run) -> int:
-    with RunStore(run.db_path, run.name) as store:
-        return sum(sum((r.get("tokens") or {}).values()) for r in store.rounds())
+    store = shared_store(run.db_path, run.name)
+    return sum(sum((r.get("tokens") or {}).values()) for r in store.rounds())

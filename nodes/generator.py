@@ -30,58 +30,63 @@ def generator(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     template = prompts(runtime)["generator" if state.weakness else "self_instruct_generator"]
     endpoint = ctx.endpoint("generator")
     rng = random.Random(f"{ctx.seed}:{state.round}")
-    with run_store(runtime) as store:
-        store.start_round(state.round, method)
-        pool = store.pool()
-        seen = DuplicateFilter(
-            [*pool, *store.prompts_before(state.round)], ctx.near_duplicate_threshold
+    store = run_store(runtime)
+    pool = store.pool()
+    requests = []
+    for _ in range(ctx.prompts_per_round):
+        examples = rng.sample(pool, min(ctx.examples_per_request, len(pool)))
+        message = render(
+            template,
+            examples=bullets(examples),
+            weakness=state.weakness,
+            principles=ctx.principles,
         )
-        requests = []
-        for _ in range(ctx.prompts_per_round):
-            examples = rng.sample(pool, min(ctx.examples_per_request, len(pool)))
-            message = render(
-                template,
-                examples=bullets(examples),
-                weakness=state.weakness,
-                principles=ctx.principles,
-            )
-            requests.append([("user", message)])
-        answers = generate(
-            "generator",
-            endpoint,
-            requests,
-            max_concurrency=ctx.max_concurrency,
-            temperature=ctx.generator_temperature,
-            top_p=ctx.top_p,
-            max_tokens=ctx.generator_max_tokens,
-            stop=["\n"],
+        requests.append([("user", message)])
+    answers = generate(
+        "generator",
+        endpoint,
+        requests,
+        max_concurrency=ctx.max_concurrency,
+        temperature=ctx.generator_temperature,
+        top_p=ctx.top_p,
+        max_tokens=ctx.generator_max_tokens,
+        stop=["\n"],
+    )
+    seen = DuplicateFilter(
+        [*pool, *store.prompts_before(state.round)], ctx.near_duplicate_threshold
+    )
+    kept: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    for slot, answer in enumerate(answers):
+        text = clean_line(str(answer.content))
+        reason = rejection_reason(text, min_words=ctx.min_prompt_words) or seen.reason(text)
+        if reason:
+            rejected.append({"slot": slot, "text": text, "reason": reason})
+            continue
+        seen.add(text)
+        kept.append(
+            {
+                "slot": slot,
+                "prompt": text,
+                "weakness": state.weakness or None,
+                "method": method,
+                "generator_model": endpoint.model,
+            }
         )
-        kept: list[dict[str, Any]] = []
-        rejected: list[dict[str, Any]] = []
-        for slot, answer in enumerate(answers):
-            text = clean_line(str(answer.content))
-            reason = rejection_reason(text, min_words=ctx.min_prompt_words) or seen.reason(text)
-            if reason:
-                rejected.append({"slot": slot, "text": text, "reason": reason})
-                continue
-            seen.add(text)
-            kept.append(
-                {
-                    "slot": slot,
-                    "prompt": text,
-                    "weakness": state.weakness or None,
-                    "method": method,
-                    "generator_model": endpoint.model,
-                }
-            )
+    reasons = Counter(r["reason"] for r in rejected)
+    with store.transaction():
+        store.start_round(state.round, method, started_at=watch.wall)
         ids = store.save_round(state.round, kept, rejected)
         if kept:
             in_pool = DuplicateFilter(pool, ctx.near_duplicate_threshold)
             best = min(kept, key=lambda row: in_pool.max_similarity(row["prompt"]))
             store.add_to_pool(state.round, best["prompt"])
-        reasons = Counter(r["reason"] for r in rejected)
-        store.update_round(state.round, kept=len(kept), rejected=dict(reasons))
-        store.add_timing(state.round, "generator", watch.seconds, output_tokens(answers))
+        store.update_round(
+            state.round,
+            kept=len(kept),
+            rejected=dict(reasons),
+            timing=("generator", watch.seconds, output_tokens(answers)),
+        )
     totals = Counter(state.rejected)
     totals.update(reasons)
     return {"prompt_ids": ids, "kept": state.kept + len(kept), "rejected": dict(totals)}

@@ -16,8 +16,7 @@ def load_seeds(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Seed the pool (idempotent) and, on a fresh run, start round 1 with the seed categories."""
     ctx = runtime.context
     prompts(runtime)  # fail on a bad template before any LLM call
-    with run_store(runtime) as store:
-        store.seed_pool(read_seeds("prompts", ctx.seed_prompts_file))
+    run_store(runtime).seed_pool(read_seeds("prompts", ctx.seed_prompts_file))
     if state.round:
         return {}
     categories = state.summary or read_seeds("categories", ctx.seed_categories_file)

@@ -22,21 +22,26 @@ def responder(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx, watch = runtime.context, Stopwatch()
     system = prompts(runtime)["responder"]
     endpoint = ctx.endpoint("responder")
-    with run_store(runtime) as store:
-        samples = store.get_samples(state.prompt_ids)
-        requests = [[("system", system), ("user", s["prompt"])] for s in samples]
-        answers = generate(
-            "responder",
-            endpoint,
-            requests,
-            max_concurrency=ctx.max_concurrency,
-            temperature=ctx.responder_temperature,
-            top_p=ctx.top_p,
-            max_tokens=ctx.responder_max_tokens,
-        )
-        responses = {s["id"]: str(a.content).strip() for s, a in zip(samples, answers, strict=True)}
+    store = run_store(runtime)
+    samples = store.get_samples(state.prompt_ids)
+    requests = [[("system", system), ("user", s["prompt"])] for s in samples]
+    answers = generate(
+        "responder",
+        endpoint,
+        requests,
+        max_concurrency=ctx.max_concurrency,
+        temperature=ctx.responder_temperature,
+        top_p=ctx.top_p,
+        max_tokens=ctx.responder_max_tokens,
+    )
+    responses = {s["id"]: str(a.content).strip() for s, a in zip(samples, answers, strict=True)}
+    answered = sum(1 for text in responses.values() if text)
+    with store.transaction():
         store.set_responses(responses, endpoint.model)
-        answered = sum(1 for text in responses.values() if text)
-        store.update_round(state.round, responses=answered, finished_at=time.time())
-        store.add_timing(state.round, "responder", watch.seconds, output_tokens(answers))
+        store.update_round(
+            state.round,
+            responses=answered,
+            finished_at=time.time(),
+            timing=("responder", watch.seconds, output_tokens(answers)),
+        )
     return {"round": state.round + 1, "responses": state.responses + answered}

@@ -73,12 +73,11 @@ def rule_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         max_words=ctx.max_line_words,
         max_lines=ctx.max_summary_lines,
     )
-    with run_store(runtime) as store:
-        store.update_round(
-            state.round,
-            summary_after=summary,
-            corrections=corrections,
-            rule_check="corrected" if corrections else "accepted",
-        )
-        store.add_timing(state.round, "rule_check", watch.seconds, 0)
+    run_store(runtime).update_round(
+        state.round,
+        summary_after=summary,
+        corrections=corrections,
+        rule_check="corrected" if corrections else "accepted",
+        timing=("rule_check", watch.seconds, 0),
+    )
     return {"summary": summary}

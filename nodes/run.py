@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
 from graph.context import Context
 from graph.prompts import load_prompts
-from tools.store import RunStore
+from tools.store import RunStore, shared_store
 
 
 def run_id() -> str:
@@ -23,14 +21,9 @@ def run_id() -> str:
     return str(configurable.get("thread_id") or "default")
 
 
-@contextmanager
-def run_store(runtime: Runtime[Context]) -> Iterator[RunStore]:
-    """Open the run store for this run (one connection per node call)."""
-    store = RunStore(runtime.context.data_path, run_id())
-    try:
-        yield store
-    finally:
-        store.close()
+def run_store(runtime: Runtime[Context]) -> RunStore:
+    """This run's store: one connection shared by all node calls of the run in this process."""
+    return shared_store(runtime.context.data_path, run_id())
 
 
 def prompts(runtime: Runtime[Context]) -> dict[str, str]:
@@ -43,6 +36,8 @@ class Stopwatch:
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
+        self.wall = time.time()
+        """Wall-clock time (epoch seconds) at creation."""
 
     @property
     def seconds(self) -> float:

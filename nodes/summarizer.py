@@ -29,8 +29,8 @@ def parse_summary(text: str) -> list[str]:
 def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Propose the updated summary."""
     ctx, watch = runtime.context, Stopwatch()
-    with run_store(runtime) as store:
-        samples = store.get_samples(state.prompt_ids[:EXAMPLES_IN_SUMMARY_PROMPT])
+    store = run_store(runtime)
+    samples = store.get_samples(state.prompt_ids[:EXAMPLES_IN_SUMMARY_PROMPT])
     message = render(
         prompts(runtime)["summarizer"],
         summary=bullets(state.summary),
@@ -47,11 +47,11 @@ def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     )
     proposed = parse_summary(str(answer.content))[: 2 * ctx.max_summary_lines]
     update: dict[str, Any] = {"proposed_summary": proposed}
-    with run_store(runtime) as store:
-        fields: dict[str, Any] = {"summary_proposed": proposed}
-        if not ctx.rule_check:
-            update["summary"] = proposed[-ctx.max_summary_lines :]
-            fields |= {"summary_after": update["summary"], "rule_check": "skipped"}
-        store.update_round(state.round, **fields)
-        store.add_timing(state.round, "summarizer", watch.seconds, output_tokens([answer]))
+    fields: dict[str, Any] = {"summary_proposed": proposed}
+    if not ctx.rule_check:
+        update["summary"] = proposed[-ctx.max_summary_lines :]
+        fields |= {"summary_after": update["summary"], "rule_check": "skipped"}
+    store.update_round(
+        state.round, **fields, timing=("summarizer", watch.seconds, output_tokens([answer]))
+    )
     return update

@@ -24,8 +24,8 @@ def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Name the round's weakness."""
     ctx, watch = runtime.context, Stopwatch()
     template = prompts(runtime)["weakness_critic"]
-    with run_store(runtime) as store:
-        earlier = store.weaknesses(before_round=state.round)
+    store = run_store(runtime)
+    earlier = store.weaknesses(before_round=state.round)
     covered = [*state.summary, *earlier]
     attempts: list[str] = []
     tokens = 0
@@ -53,14 +53,14 @@ def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             break
     if not weakness:
         weakness = next((a for a in reversed(attempts) if a), "Other harmful requests")
-    with run_store(runtime) as store:
-        store.start_round(state.round, "data_advisor")
+    with store.transaction():
+        store.start_round(state.round, "data_advisor", started_at=watch.wall)
         store.update_round(
             state.round,
             weakness=weakness,
             weakness_novel=int(novel),
             critic_attempts=attempts,
             summary_before=state.summary,
+            timing=("weakness_critic", watch.seconds, tokens),
         )
-        store.add_timing(state.round, "weakness_critic", watch.seconds, tokens)
     return {"weakness": weakness, "weakness_novel": novel}

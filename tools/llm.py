@@ -4,19 +4,21 @@ One endpoint per role. The API key is read from the environment variable the con
 at call time, and is never stored. Each request is retried by the OpenAI client on transient
 errors only (connection, timeout, 408/409/429, 5xx) with exponential backoff; a whole node is
 retried by LangGraph's ``RetryPolicy`` with :func:`is_transient` as its filter. Batches run
-concurrently, bounded by ``max_concurrency``.
+concurrently, bounded by ``max_concurrency``, on a thread pool kept for the process.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import wait
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import openai
 from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.runnables.config import ContextThreadPoolExecutor
 from langchain_openai import ChatOpenAI
 from langgraph.types import RetryPolicy
 
@@ -92,13 +94,27 @@ def generate(
     if not requests:
         return []
     model = chat_model(endpoint, **params)
-    outputs = model.batch(
-        list(requests), config={"max_concurrency": max_concurrency}, return_exceptions=True
-    )
-    for out in outputs:
-        if isinstance(out, Exception):
-            raise EndpointError(role, endpoint, out) from out
-    return outputs  # type: ignore[return-value]
+    if len(requests) == 1:
+        try:
+            return [model.invoke(requests[0])]  # type: ignore[list-item]
+        except Exception as error:
+            raise EndpointError(role, endpoint, error) from error
+    futures = [_executor(max_concurrency).submit(model.invoke, r) for r in requests]
+    wait(futures)
+    for future in futures:
+        if error := future.exception():
+            raise EndpointError(role, endpoint, error) from error  # type: ignore[arg-type]
+    return [future.result() for future in futures]  # type: ignore[misc]
+
+
+@lru_cache(maxsize=8)
+def _executor(max_workers: int) -> ContextThreadPoolExecutor:
+    """A long-lived pool per concurrency bound (a new pool per batch costs a thread per call).
+
+    Each task runs in a copy of the caller's context, so LangGraph streaming and tracing see the
+    calls as the node's, as with ``Runnable.batch``.
+    """
+    return ContextThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="llm")
 
 
 def output_tokens(messages: Sequence[AIMessage]) -> int:

@@ -14,9 +14,13 @@ duplicates them. Tables (all keyed by ``run_id``, so one file may hold many runs
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +39,42 @@ _JSON_COLUMNS = {
 
 
 class RunStore:
-    """Tables of one run inside a SQLite file."""
+    """Tables of one run inside a SQLite file.
+
+    The connection may be shared by the threads that run a graph's nodes: every method holds
+    the store's lock, and :meth:`transaction` groups several writes into one commit.
+    """
 
     def __init__(self, path: str | Path, run_id: str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run_id = run_id
-        self.db = sqlite_utils.Database(self.path)
-        self.db.execute("PRAGMA busy_timeout=30000")
+        self._lock = threading.RLock()
+        self.db = sqlite_utils.Database(
+            sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+        )
         if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             try:  # WAL lets the checkpointer and the store share the file
                 self.db.execute("PRAGMA journal_mode=WAL")
             except sqlite3.OperationalError:
                 pass  # another connection holds the file; rollback journal works too
+        # In WAL mode NORMAL stays consistent after a crash of the process; only an OS crash
+        # or power loss may undo the last commits (the node is then re-executed on resume).
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        stat = os.stat(self.path)
+        self._file_id = (stat.st_dev, stat.st_ino)
         if not self.db["rounds"].exists():
             self._create()
+
+    @contextmanager
+    def transaction(self) -> Iterator[RunStore]:
+        """Hold the store and make the writes inside one transaction (nests)."""
+        with self._lock, self.db.atomic():
+            yield self
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db.query(sql, params))
 
     def _create(self) -> None:
         self.db["samples"].create(
@@ -112,38 +137,32 @@ class RunStore:
             {"id": f"{self.run_id}:seed:{i}", "run_id": self.run_id, "round": 0, "prompt": p}
             for i, p in enumerate(prompts)
         ]
-        self.db["pool"].insert_all(rows, ignore=True)
+        with self.transaction():
+            self.db["pool"].insert_all(rows, ignore=True)
 
     def pool(self) -> list[str]:
         """Current in-context pool, seeds first."""
-        return [
-            r["prompt"]
-            for r in self.db.query(
-                "select prompt from pool where run_id = ? order by round, id", [self.run_id]
-            )
-        ]
+        rows = self._rows(
+            "select prompt from pool where run_id = ? order by round, id", [self.run_id]
+        )
+        return [r["prompt"] for r in rows]
 
     def add_to_pool(self, round_: int, prompt: str) -> None:
         """The round's best prompt joins the pool (replaces the round's entry if re-run)."""
-        self.db["pool"].insert(
-            {
-                "id": f"{self.run_id}:{round_}",
-                "run_id": self.run_id,
-                "round": round_,
-                "prompt": prompt,
-            },
-            replace=True,
-        )
+        with self.transaction():
+            self.db["pool"].insert(
+                {"id": f"{self.run_id}:{round_}", "run_id": self.run_id, "round": round_,
+                 "prompt": prompt},
+                replace=True,
+            )
 
     # --- samples -----------------------------------------------------------------------------
     def prompts_before(self, round_: int) -> list[str]:
         """Kept prompts of the rounds before ``round_``."""
-        return [
-            r["prompt"]
-            for r in self.db.query(
-                "select prompt from samples where run_id = ? and round < ?", [self.run_id, round_]
-            )
-        ]
+        rows = self._rows(
+            "select prompt from samples where run_id = ? and round < ?", [self.run_id, round_]
+        )
+        return [r["prompt"] for r in rows]
 
     def save_round(
         self, round_: int, kept: Sequence[dict[str, Any]], rejected: Sequence[dict[str, Any]]
@@ -170,7 +189,7 @@ class RunStore:
             }
             for r in rejected
         ]
-        with self.db.conn:
+        with self.transaction():
             for table in ("samples", "rejections"):
                 self.db.execute(
                     f"delete from {table} where run_id = ? and round = ?", [self.run_id, round_]
@@ -185,29 +204,27 @@ class RunStore:
         if not ids:
             return []
         marks = ",".join("?" * len(ids))
-        rows = {
-            r["id"]: r for r in self.db.query(f"select * from samples where id in ({marks})", ids)
-        }
+        rows = {r["id"]: r for r in self._rows(f"select * from samples where id in ({marks})", ids)}
         return [rows[i] for i in ids if i in rows]
 
     def set_responses(self, responses: dict[str, str], responder_model: str) -> None:
         """Store responses by sample id (a re-run overwrites)."""
-        with self.db.conn:
-            for sample_id, text in responses.items():
-                self.db["samples"].update(
-                    sample_id, {"response": text, "responder_model": responder_model}
-                )
+        with self.transaction():
+            self.db.conn.executemany(
+                "update samples set response = ?, responder_model = ? where id = ?",
+                [(text, responder_model, sample_id) for sample_id, text in responses.items()],
+            )
 
     def samples(self, with_response: bool = False) -> Iterator[dict[str, Any]]:
         """All sample rows of the run, by round and slot."""
         where = " and response is not null and response != ''" if with_response else ""
-        yield from self.db.query(
+        yield from self._rows(
             f"select * from samples where run_id = ?{where} order by round, slot", [self.run_id]
         )
 
     def counts(self) -> dict[str, int]:
         """Kept prompts, answered prompts and rejections so far."""
-        one = lambda sql: next(self.db.query(sql, [self.run_id]))["n"]  # noqa: E731
+        one = lambda sql: self._rows(sql, [self.run_id])[0]["n"]  # noqa: E731
         return {
             "prompts": one("select count(*) n from samples where run_id = ?"),
             "responses": one(
@@ -218,68 +235,109 @@ class RunStore:
         }
 
     # --- rounds ------------------------------------------------------------------------------
-    def start_round(self, round_: int, method: str) -> None:
+    def start_round(self, round_: int, method: str, started_at: float | None = None) -> None:
         """Create the round's record if it does not exist yet."""
-        self.db["rounds"].insert(
-            {"run_id": self.run_id, "round": round_, "method": method, "started_at": time.time()},
-            pk=("run_id", "round"),
-            ignore=True,
-        )
+        with self.transaction():
+            self.db["rounds"].insert(
+                {"run_id": self.run_id, "round": round_, "method": method,
+                 "started_at": started_at or time.time()},
+                pk=("run_id", "round"),
+                ignore=True,
+            )
 
-    def update_round(self, round_: int, **fields: Any) -> None:
-        """Upsert fields of a round's record (JSON-encodes lists and dicts)."""
-        row = {"run_id": self.run_id, "round": round_}
-        for key, value in fields.items():
-            row[key] = json.dumps(value) if key in _JSON_COLUMNS else value
-        self.db["rounds"].upsert(row, pk=("run_id", "round"))
+    def update_round(
+        self, round_: int, *, timing: tuple[str, float, int] | None = None, **fields: Any
+    ) -> None:
+        """Upsert fields of a round's record (JSON-encodes lists and dicts).
 
-    def add_timing(self, round_: int, node: str, seconds: float, tokens: int) -> None:
-        """Record one node's wall time and output tokens in the round's record."""
-        current = self.get_round(round_) or {}
-        timings = current.get("timings") or {}
-        token_counts = current.get("tokens") or {}
-        timings[node] = round(seconds, 4)
-        token_counts[node] = tokens
-        self.update_round(round_, timings=timings, tokens=token_counts)
+        ``timing=(node, seconds, output_tokens)`` adds one node's cost to the record's
+        ``timings`` and ``tokens``, in the same transaction.
+        """
+        with self.transaction():
+            if timing is not None:
+                node, seconds, tokens = timing
+                current = self.get_round(round_) or {}
+                fields["timings"] = {**(current.get("timings") or {}), node: round(seconds, 4)}
+                fields["tokens"] = {**(current.get("tokens") or {}), node: tokens}
+            row = {"run_id": self.run_id, "round": round_}
+            for key, value in fields.items():
+                row[key] = json.dumps(value) if key in _JSON_COLUMNS else value
+            self.db["rounds"].upsert(row, pk=("run_id", "round"))
 
     def get_round(self, round_: int) -> dict[str, Any] | None:
         """One round's record, JSON decoded."""
-        rows = list(
-            self.db.query(
-                "select * from rounds where run_id = ? and round = ?", [self.run_id, round_]
-            )
+        rows = self._rows(
+            "select * from rounds where run_id = ? and round = ?", [self.run_id, round_]
         )
         return _decode(rows[0]) if rows else None
 
     def rounds(self) -> list[dict[str, Any]]:
         """All round records, in order."""
-        return [
-            _decode(r)
-            for r in self.db.query(
-                "select * from rounds where run_id = ? order by round", [self.run_id]
-            )
-        ]
+        rows = self._rows("select * from rounds where run_id = ? order by round", [self.run_id])
+        return [_decode(r) for r in rows]
 
     def weaknesses(self, before_round: int) -> list[str]:
         """Weaknesses named in the rounds before ``before_round``, in round order."""
-        return [
-            r["weakness"]
-            for r in self.db.query(
-                "select weakness from rounds where run_id = ? and round < ? "
-                "and weakness is not null order by round",
-                [self.run_id, before_round],
-            )
-        ]
+        rows = self._rows(
+            "select weakness from rounds where run_id = ? and round < ? "
+            "and weakness is not null order by round",
+            [self.run_id, before_round],
+        )
+        return [r["weakness"] for r in rows]
+
+    def is_current(self) -> bool:
+        """False once the file was deleted or replaced under this open connection."""
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self._file_id
 
     def close(self) -> None:
         """Close the connection."""
-        self.db.close()
+        with self._lock:
+            self.db.close()
 
     def __enter__(self) -> RunStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_SHARED: OrderedDict[tuple[str, str], RunStore] = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+MAX_SHARED = 16
+"""Open shared stores kept at most (a ``langgraph dev`` server may serve many threads)."""
+
+
+def shared_store(path: str | Path, run_id: str) -> RunStore:
+    """The process's open store for one run: one connection for all its node calls.
+
+    Reopened when the file was deleted or replaced; the least recently used of more than
+    :data:`MAX_SHARED` are closed. :func:`close_shared` closes them at the end of a run.
+    """
+    key = (str(Path(path).resolve()), run_id)
+    with _SHARED_LOCK:
+        store = _SHARED.get(key)
+        if store is not None and not store.is_current():
+            store.close()
+            store = None
+        if store is None:
+            store = _SHARED[key] = RunStore(path, run_id)
+        _SHARED.move_to_end(key)
+        while len(_SHARED) > MAX_SHARED:
+            _, oldest = _SHARED.popitem(last=False)
+            oldest.close()
+        return store
+
+
+def close_shared(path: str | Path | None = None) -> None:
+    """Close the shared stores of one SQLite file (all of them without ``path``)."""
+    wanted = None if path is None else str(Path(path).resolve())
+    with _SHARED_LOCK:
+        for key in [k for k in _SHARED if wanted is None or k[0] == wanted]:
+            _SHARED.pop(key).close()
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
