@@ -3,13 +3,14 @@
 The stub server (``tools.stub_server.StubServer``) calls its handler once per completion
 request, after its fixed latency. :class:`RequestLog` wraps the default handler and records, per
 request, when the answer was made and which node asked (recognised by the ending of the last
-user message, as the stub itself does). From that sequence :func:`critical_path_calls` counts the
-LLM calls that lie one after the other on the critical path: every critic and summarizer call
-counts once, a concurrent generator or responder batch counts once as a whole.
+user message, as the stub itself does). From those times :func:`critical_path_calls` counts the
+LLM calls that lie one after the other on the critical path: requests answered together (a
+concurrent batch, or the summarizer's call beside the responder's batch) count once.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sys
 import threading
@@ -35,8 +36,8 @@ from tools.stub_server import (  # noqa: E402
 )
 
 Kind = Literal["critic", "generator", "summarizer", "responder"]
-SEQUENTIAL: frozenset[str] = frozenset({"critic", "summarizer"})
-"""Kinds whose calls are sent one at a time; the others come as one concurrent batch."""
+Call = tuple[float, float, Kind]
+"""One completion request as the server saw it: arrived, answered (``perf_counter``), kind."""
 
 
 def request_kind(body: dict[str, Any]) -> Kind:
@@ -76,11 +77,12 @@ class RequestLog:
 
 
 class ProcessStub:
-    """The stub server with a :class:`RequestLog`, in a child process, as a real server would be.
+    """The stub server in a child process, as a real server would be, logging every call.
 
     In the benchmark's own process the stub's request handling would take the GIL from the app
-    under test. ``time.perf_counter`` is the system's monotonic clock on Linux, so the child's
-    log times compare with the parent's.
+    under test. Each completion request is logged as a :data:`Call`: when its first byte
+    arrived, when its last byte was sent, and which node sent it. ``time.perf_counter`` is the
+    system's monotonic clock on Linux, so the child's times compare with the parent's.
     """
 
     def __init__(self, latency: float = 0.0) -> None:
@@ -99,10 +101,10 @@ class ProcessStub:
         self.base_url = self._conn.recv()
         return self
 
-    def entries(self) -> list[tuple[float, Kind]]:
-        """The request log so far."""
+    def calls(self) -> list[Call]:
+        """The completion requests served so far, in arrival order."""
         assert self._conn is not None
-        self._conn.send("entries")
+        self._conn.send("calls")
         return self._conn.recv()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -116,48 +118,74 @@ class ProcessStub:
 
 
 def _serve_stub(conn: Connection, latency: float) -> None:
-    log = RequestLog()
-    with StubServer(handler=log, latency=latency) as stub:
+    stub = StubServer(latency=latency)
+    calls: list[Call] = []
+    inner = stub.app
+
+    async def timed(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """ASGI wrapper: times each completion request from arrival to its last byte."""
+        if scope["type"] != "http" or not scope["path"].endswith("completions"):
+            return await inner(scope, receive, send)
+        arrived, body = time.perf_counter(), bytearray()
+
+        async def receive_body() -> dict[str, Any]:
+            message = await receive()
+            body.extend(message.get("body", b""))
+            return message
+
+        async def send_timed(message: dict[str, Any]) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                kind = request_kind(json.loads(bytes(body) or b"{}"))
+                calls.append((arrived, time.perf_counter(), kind))
+
+        await inner(scope, receive_body, send_timed)
+
+    stub.app = timed  # type: ignore[assignment]
+    with stub:
         conn.send(stub.base_url)
         while (command := conn.recv()) != "stop":
-            if command == "entries":
-                conn.send(list(log.entries))
+            if command == "calls":
+                conn.send(sorted(calls))
 
 
-def batches(kinds: Sequence[str]) -> list[tuple[str, int]]:
-    """The LLM calls of a request log as ``(kind, size)``, in the order they were made.
+def waves(calls: Sequence[Call], latency: float) -> list[list[Call]]:
+    """The calls grouped into those sent together, in time order.
 
-    Each critic or summarizer request is a call of its own; a run of consecutive requests of a
-    concurrent kind (generator, responder) is one batch (the graph runs one node at a time, so
-    the requests of two batches never interleave).
+    With a fixed latency ``L``, requests sent together (a batch, or calls made side by side)
+    arrive within a few ms, and a call made after another arrives at least ``L`` later: a new
+    group starts with a request arriving more than ``L / 2`` after the group's first.
     """
-    out: list[tuple[str, int]] = []
-    previous = None
-    for kind in kinds:
-        if kind in SEQUENTIAL or kind != previous:
-            out.append((kind, 1))
-        else:
-            out[-1] = (kind, out[-1][1] + 1)
-        previous = kind
-    return out
+    groups: list[list[Call]] = []
+    for call in sorted(calls):
+        if not groups or call[0] - groups[-1][0][0] > latency / 2:
+            groups.append([])
+        groups[-1].append(call)
+    return groups
 
 
-def critical_path_calls(kinds: Sequence[str]) -> int:
-    """Sequential LLM calls: each critic/summarizer call, plus one per batch of the others."""
-    return len(batches(kinds))
+def critical_path_calls(calls: Sequence[Call], latency: float) -> int:
+    """LLM calls one after the other on the critical path: one per group sent together."""
+    return len(waves(calls, latency))
 
 
-def split_rounds(entries: Sequence[tuple[float, Kind]], first: Kind,
-                 ) -> list[list[tuple[float, Kind]]]:
-    """Cut a request log into rounds: a round starts with a ``first`` request after a responder."""
-    rounds: list[list[tuple[float, Kind]]] = []
+def server_seconds(calls: Sequence[Call], latency: float) -> float:
+    """The LLM calls' latency on the critical path: per group sent together, the longest time
+    one request spent in the server (arrival to last byte: ``L`` plus the stub's handling)."""
+    return sum(max(c[1] - c[0] for c in g) for g in waves(calls, latency))
+
+
+def split_rounds(calls: Sequence[Call], first: Kind) -> list[list[Call]]:
+    """Cut a request log into rounds: a round starts with the first ``first`` request of a run
+    of them (the critic's retries, or a Self-Instruct generator batch, belong to one round)."""
+    rounds: list[list[Call]] = []
     previous: str | None = None
-    for entry in entries:
-        if entry[1] == first and previous in (None, "responder"):
+    for call in sorted(calls):
+        if call[-1] == first and previous != first:
             rounds.append([])
         if rounds:
-            rounds[-1].append(entry)
-        previous = entry[1]
+            rounds[-1].append(call)
+        previous = call[-1]
     return rounds
 
 

@@ -16,16 +16,15 @@ normalised text, or Jaccard similarity of word uni+bigram shingles >= a threshol
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from evaluation.data import Question, load_prompts
-from nodes.filters import jaccard, normalize, shingles, words
+from nodes.filters import DuplicateFilter, normalize, words
 
 NS = range(1, 9)
 
@@ -100,35 +99,13 @@ def category_stats(questions: Iterable[Question]) -> dict[str, Any]:
 
 
 def near_duplicate_flags(prompts: Sequence[str], threshold: float = 0.8) -> list[bool]:
-    """For each prompt, whether it is an exact or near duplicate of an earlier prompt.
-
-    Same decision as asking a `nodes.filters.DuplicateFilter` that has seen every earlier
-    prompt, but without comparing all pairs: candidates come from an inverted index on the
-    rarest shingles of each prompt (prefix filtering: two sets with Jaccard >= t share at least
-    one of their first ``|A| - ceil(t*|A|) + 1`` shingles in a global rare-first order), and
-    only candidates are checked with `nodes.filters.jaccard`. Prompts sharing only very common
-    shingles are never compared, so 10K prompts take seconds instead of minutes.
-    """
-    shingled = [shingles(p) for p in prompts]
-    if threshold <= 0:  # every pair qualifies; prefix filtering would not hold
-        return [i > 0 for i in range(len(prompts))]
-    freq = Counter(s for sh in shingled for s in sh)
-    exact: set[str] = set()
-    index: defaultdict[str, list[int]] = defaultdict(list)
+    """For each prompt, whether it is an exact or near duplicate of an earlier prompt: the
+    generator's own `nodes.filters.DuplicateFilter`, fed the prompts in order."""
+    seen = DuplicateFilter([], threshold)
     flags = []
-    for i, (prompt, own) in enumerate(zip(prompts, shingled, strict=True)):
-        key = normalize(prompt)
-        ordered = sorted(own, key=lambda s: (freq[s], s))
-        min_overlap = max(1, math.ceil(threshold * len(ordered) - 1e-9))
-        prefix = ordered[: len(ordered) - min_overlap + 1]
-        if key in exact:
-            flags.append(True)
-        else:
-            candidates = {j for s in prefix for j in index[s]}
-            flags.append(any(jaccard(own, shingled[j]) >= threshold for j in candidates))
-        exact.add(key)
-        for s in prefix:
-            index[s].append(i)
+    for prompt in prompts:
+        flags.append(seen.reason(prompt) is not None)
+        seen.add(prompt)
     return flags
 
 

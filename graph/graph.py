@@ -2,26 +2,35 @@
 
 Data Advisor::
 
-    load_seeds -> weakness_critic -> generator -> summarizer -> [rule_check] -> responder
-                        ^                                                          |
-                        +----------------------- next round -----------------------+
+    load_seeds -> weakness_critic -> generator -+-> summarizer -> [rule_check] -+
+                        ^                       +-> responder                   |
+                        +----------------------- next round --------------------+
+
+The responder needs only the round's prompts and the summarizer only the prompts and their
+category, so the two run side by side (one superstep): the responder's batch and the
+summarizer's call share the server. The next round starts once both are done.
 
 Self-Instruct (no advice)::
 
     load_seeds -> generator -> responder -> (next round) -> generator ...
 
-The rule check is switchable at run time (``Context.rule_check``). A run ends after
-``Context.rounds`` rounds, or once ``Context.target_size`` prompts are kept.
+The first node of a round (``weakness_critic``, or Self-Instruct's ``generator``) opens it:
+``State.round`` is the round in progress, or the last one finished. The rule check is
+switchable at run time (``Context.rule_check``). A run ends after ``Context.rounds`` rounds, or
+once ``Context.target_size`` prompts are kept.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import replace
+from functools import wraps
+from typing import Any, Literal
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.runtime import get_runtime
+from langgraph.runtime import Runtime, get_runtime
 
 from graph.context import Context
 from graph.state import State
@@ -37,15 +46,25 @@ Method = Literal["data_advisor", "self_instruct"]
 METHODS: tuple[Method, ...] = ("data_advisor", "self_instruct")
 
 
+Node = Callable[[State, Runtime[Context]], dict[str, Any]]
+
+
 def run_finished(state: State, ctx: Context) -> bool:
-    """True once the round bound or the target size is reached."""
-    return state.round > ctx.rounds or (
+    """True once the round bound or the target size is reached (checked between rounds)."""
+    return state.round >= ctx.rounds or (
         ctx.target_size is not None and state.kept >= ctx.target_size
     )
 
 
-def _after_summarizer(state: State) -> Literal["rule_check", "responder"]:
-    return "rule_check" if get_runtime(Context).context.rule_check else "responder"
+def opens_round(node: Node) -> Node:
+    """The node as the first of a round: it works on ``round + 1`` and sets it in the state."""
+
+    @wraps(node)
+    def opener(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+        opened = replace(state, round=state.round + 1)
+        return {"round": opened.round, **node(opened, runtime)}
+
+    return opener
 
 
 def _next_round(first: str):  # noqa: ANN202
@@ -56,11 +75,17 @@ def _next_round(first: str):  # noqa: ANN202
     return route
 
 
+def _after_summarizer(state: State) -> str:
+    if get_runtime(Context).context.rule_check:
+        return "rule_check"
+    return _next_round("weakness_critic")(state)
+
+
 def build_data_advisor() -> StateGraph:
     """The Data Advisor state machine (uncompiled)."""
     builder = StateGraph(State, context_schema=Context)
     builder.add_node("load_seeds", load_seeds)
-    builder.add_node("weakness_critic", weakness_critic, retry_policy=NODE_RETRY)
+    builder.add_node("weakness_critic", opens_round(weakness_critic), retry_policy=NODE_RETRY)
     builder.add_node("generator", generator, retry_policy=NODE_RETRY)
     builder.add_node("summarizer", summarizer, retry_policy=NODE_RETRY)
     builder.add_node("rule_check", rule_check)
@@ -71,10 +96,12 @@ def build_data_advisor() -> StateGraph:
     )
     builder.add_edge("weakness_critic", "generator")
     builder.add_edge("generator", "summarizer")
-    builder.add_conditional_edges("summarizer", _after_summarizer, ["rule_check", "responder"])
-    builder.add_edge("rule_check", "responder")
+    builder.add_edge("generator", "responder")  # side by side with the summarizer
     builder.add_conditional_edges(
-        "responder", _next_round("weakness_critic"), ["weakness_critic", END]
+        "summarizer", _after_summarizer, ["rule_check", "weakness_critic", END]
+    )
+    builder.add_conditional_edges(
+        "rule_check", _next_round("weakness_critic"), ["weakness_critic", END]
     )
     return builder
 
@@ -83,7 +110,7 @@ def build_self_instruct() -> StateGraph:
     """The Self-Instruct baseline: same generator and responder, no advice (uncompiled)."""
     builder = StateGraph(State, context_schema=Context)
     builder.add_node("load_seeds", load_seeds)
-    builder.add_node("generator", generator, retry_policy=NODE_RETRY)
+    builder.add_node("generator", opens_round(generator), retry_policy=NODE_RETRY)
     builder.add_node("responder", responder, retry_policy=NODE_RETRY)
     builder.add_edge(START, "load_seeds")
     builder.add_conditional_edges("load_seeds", _next_round("generator"), ["generator", END])

@@ -216,21 +216,25 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
                     if progress
                     else None
                 )
-                started, tokens_before = time.perf_counter(), _tokens(run)
+                store = shared_store(run.db_path, run.name)
+                started, tokens_before = time.perf_counter(), store.output_tokens()
+                state = State()
                 for values in graph.stream(
                     None if resume else {}, config, context=ctx, stream_mode="values"
                 ):
+                    state = State(**values)
                     if progress is not None and task is not None:
-                        state = State(**values)
-                        tps = (_tokens(run) - tokens_before) / (time.perf_counter() - started)
+                        tokens = store.output_tokens() - tokens_before
                         progress.update(
                             task,
-                            completed=max(state.round - 1, 0),
+                            completed=max(state.round - 1, 0),  # the round in progress is open
                             kept=state.kept,
                             rejected=sum(state.rejected.values()),
                             responses=state.responses,
-                            tps=tps,
+                            tps=tokens / (time.perf_counter() - started),
                         )
+                if progress is not None and task is not None:
+                    progress.update(task, completed=state.round)
         final = graph.get_state(config).values
     return State(**final)
 
@@ -251,7 +255,3 @@ def _progress(console: Console, run: Run, enabled: bool) -> Progress | None:
         transient=False,
     )
 
-
-def _tokens(run: Run) -> int:
-    store = shared_store(run.db_path, run.name)
-    return sum(sum((r.get("tokens") or {}).values()) for r in store.rounds())

@@ -15,7 +15,8 @@ class State:
     """State of a Data Advisor or Self-Instruct run."""
 
     round: int = 0
-    """The round in progress (1-based); 0 before the seeds are loaded. The responder closes it."""
+    """The round in progress or, between rounds, the last one finished (1-based; 0 before the
+    first). The first node of a round opens it."""
     summary: list[str] = field(default_factory=list)
     """Running summary of covered harm categories, one category per line."""
     weakness: str = ""

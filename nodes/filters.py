@@ -7,7 +7,10 @@ clean what can be cleaned and name the reason when an output must be rejected.
 
 from __future__ import annotations
 
+import math
 import re
+import zlib
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 _WORD = re.compile(r"[a-z0-9']+")
@@ -88,27 +91,62 @@ def rejection_reason(text: str, *, min_words: int) -> str | None:
     return None
 
 
+_COMMON = _STOPWORDS | frozenset(
+    "i you we he she it they my your me what how can do does should would could will why when "
+    "where who which that this these those there not no get make use way have has if".split()
+)
+
+
+def _shingle_order(shingle: str) -> tuple[int, int]:
+    """A fixed global order of shingles, likely-rare first: bigrams before unigrams, those
+    with common words last, then a stable hash."""
+    common = sum(word in _COMMON for word in shingle.split())
+    return (common if " " in shingle else 2 + 2 * common), zlib.crc32(shingle.encode())
+
+
 class DuplicateFilter:
-    """Exact and near-duplicate detection against everything seen so far."""
+    """Exact and near-duplicate detection against everything seen so far.
+
+    A text is a near duplicate when the Jaccard similarity of its word uni+bigram shingles with
+    a remembered text is at least ``threshold``. Only candidates are compared: by prefix
+    filtering, two shingle sets with Jaccard >= t share at least one of the first
+    ``|A| - ceil(t * |A|) + 1`` shingles of each in any fixed global order, so each text is
+    indexed by that prefix only. The decision is the same as comparing all pairs.
+    """
 
     def __init__(self, existing: Iterable[str], threshold: float) -> None:
         self.threshold = threshold
         self.exact: set[str] = set()
         self.shingled: list[frozenset[str]] = []
+        self._index: defaultdict[str, list[int]] = defaultdict(list)
         for text in existing:
             self.add(text)
 
+    def __len__(self) -> int:
+        return len(self.shingled)
+
+    def _prefix(self, own: frozenset[str]) -> list[str]:
+        ordered = sorted(own, key=_shingle_order)
+        overlap = max(1, math.ceil(self.threshold * len(ordered) - 1e-9))
+        return ordered[: len(ordered) - overlap + 1]
+
     def add(self, text: str) -> None:
         """Remember a kept text."""
+        own = shingles(text)
         self.exact.add(normalize(text))
-        self.shingled.append(shingles(text))
+        for shingle in self._prefix(own):
+            self._index[shingle].append(len(self.shingled))
+        self.shingled.append(own)
 
     def reason(self, text: str) -> str | None:
         """``"duplicate"``, ``"near_duplicate"`` or ``None``."""
         if normalize(text) in self.exact:
             return "duplicate"
         own = shingles(text)
-        if any(jaccard(own, other) >= self.threshold for other in self.shingled):
+        if self.threshold <= 0:  # every pair qualifies; prefix filtering would not hold
+            return "near_duplicate" if self.shingled else None
+        candidates = {i for shingle in self._prefix(own) for i in self._index.get(shingle, ())}
+        if any(jaccard(own, self.shingled[i]) >= self.threshold for i in candidates):
             return "near_duplicate"
         return None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from langgraph.runtime import Runtime
 
@@ -21,6 +22,27 @@ from graph.state import State
 from nodes.filters import DuplicateFilter, clean_line, rejection_reason
 from nodes.run import Stopwatch, bullets, prompts, run_store
 from tools.llm import generate, output_tokens
+from tools.store import RunStore
+
+_KNOWN: WeakKeyDictionary[RunStore, tuple[int, float, DuplicateFilter]] = WeakKeyDictionary()
+"""Per open run store: the duplicate filter of the prompts before a round, and that round."""
+
+
+def known_prompts(store: RunStore, round_: int, threshold: float) -> DuplicateFilter:
+    """A duplicate filter holding the pool and every prompt kept before ``round_``.
+
+    Kept for the next round, which adds only the prompts of the rounds in between; rebuilt in a
+    new process or when a run goes back to an earlier round. Callers must not add to it.
+    """
+    cached = _KNOWN.get(store)
+    if cached is not None and cached[1] == threshold and cached[0] <= round_:
+        seen = cached[2]
+        for prompt in store.prompts_before(round_, since=cached[0]):
+            seen.add(prompt)
+    else:
+        seen = DuplicateFilter([*store.pool(), *store.prompts_before(round_)], threshold)
+    _KNOWN[store] = (round_, threshold, seen)
+    return seen
 
 
 def generator(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -52,18 +74,21 @@ def generator(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         max_tokens=ctx.generator_max_tokens,
         stop=["\n"],
     )
-    seen = DuplicateFilter(
-        [*pool, *store.prompts_before(state.round)], ctx.near_duplicate_threshold
-    )
+    known = known_prompts(store, state.round, ctx.near_duplicate_threshold)
+    this_round = DuplicateFilter([], ctx.near_duplicate_threshold)
     kept: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     for slot, answer in enumerate(answers):
         text = clean_line(str(answer.content))
-        reason = rejection_reason(text, min_words=ctx.min_prompt_words) or seen.reason(text)
+        reason = (
+            rejection_reason(text, min_words=ctx.min_prompt_words)
+            or known.reason(text)
+            or this_round.reason(text)
+        )
         if reason:
             rejected.append({"slot": slot, "text": text, "reason": reason})
             continue
-        seen.add(text)
+        this_round.add(text)
         kept.append(
             {
                 "slot": slot,

@@ -13,11 +13,11 @@ from nodes.run import prompts, run_store
 
 
 def load_seeds(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Seed the pool (idempotent) and, on a fresh run, start round 1 with the seed categories."""
+    """Seed the pool (idempotent); on a fresh run, start the summary with the seed categories."""
     ctx = runtime.context
     prompts(runtime)  # fail on a bad template before any LLM call
     run_store(runtime).seed_pool(read_seeds("prompts", ctx.seed_prompts_file))
     if state.round:
         return {}
     categories = state.summary or read_seeds("categories", ctx.seed_categories_file)
-    return {"round": 1, "summary": categories[-ctx.max_summary_lines :]}
+    return {"summary": categories[-ctx.max_summary_lines :]}

@@ -1,7 +1,7 @@
 """responder: a safe, helpful response to every kept prompt of the round, concurrently.
 
 The ``responder`` template is the responder's system prompt; the user message is the prompt.
-Responding closes the round.
+In Data Advisor it runs side by side with the summarizer.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tools.llm import generate, output_tokens
 
 
 def responder(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Answer the round's prompts and close the round."""
+    """Answer the round's prompts."""
     ctx, watch = runtime.context, Stopwatch()
     system = prompts(runtime)["responder"]
     endpoint = ctx.endpoint("responder")
@@ -44,4 +44,4 @@ def responder(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             finished_at=time.time(),
             timing=("responder", watch.seconds, output_tokens(answers)),
         )
-    return {"round": state.round + 1, "responses": state.responses + answered}
+    return {"responses": state.responses + answered}

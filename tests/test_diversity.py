@@ -19,7 +19,7 @@ from evaluation.diversity import (
     near_duplicate_rate,
     write_result,
 )
-from nodes.filters import DuplicateFilter
+from nodes.filters import DuplicateFilter, jaccard, normalize, shingles
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CATQA = SHARED / "catqa_english.json"
@@ -121,12 +121,22 @@ def test_near_duplicates_agree_with_duplicate_filter(threshold):
         prompts.append(" ".join(toks))
     prompts += ["", "", "a"]
     rng.shuffle(prompts)
-    seen = DuplicateFilter([], threshold)
-    expected = []
-    for text in prompts:
-        expected.append(seen.reason(text) is not None)
-        seen.add(text)
+    # reference: every earlier prompt compared, no index
+    expected = [
+        any(
+            normalize(text) == normalize(earlier)
+            or jaccard(shingles(text), shingles(earlier)) >= threshold
+            for earlier in prompts[:i]
+        )
+        for i, text in enumerate(prompts)
+    ]
     assert near_duplicate_flags(prompts, threshold) == expected
+    seen = DuplicateFilter(prompts[:40], threshold)
+    assert [seen.reason(t) is not None for t in prompts[40:]] == [
+        any(normalize(t) == normalize(e) or jaccard(shingles(t), shingles(e)) >= threshold
+            for e in prompts[:40])
+        for t in prompts[40:]
+    ]
 
 
 def test_evaluate_diversity_on_a_list():

@@ -6,7 +6,9 @@ import sqlite3
 from pathlib import Path
 
 from conftest import handler_with, run_graph
+from langgraph.checkpoint.sqlite import SqliteSaver
 
+from graph.graph import compile_graph
 from graph.seeds import read_seeds
 from nodes.filters import overlaps
 
@@ -17,7 +19,7 @@ def test_data_advisor_two_rounds(stub, context):
     seeds = read_seeds("categories")
     rounds = store.rounds()
     assert [r["round"] for r in rounds] == [1, 2]
-    assert state.round == 3 and state.kept == 8 and state.responses == 8
+    assert state.round == 2 and state.kept == 8 and state.responses == 8
     for r in rounds:
         # weakness_critic: a novel category, not one of the summary's
         assert r["weakness_novel"] == 1 and not overlaps(r["weakness"], r["summary_before"])
@@ -128,6 +130,26 @@ def test_rule_check_corrects_a_bad_summary(stub, context):
     assert r["rule_check"] == "corrected"
     assert state.summary == [*read_seeds("categories"), r["weakness"]]
     assert any("restored lost line" in c for c in r["corrections"])
+
+
+def test_summarizer_and_responder_run_side_by_side(stub, context, tmp_path):
+    """One superstep holds both; the next round starts after both (with or without rule_check)."""
+    for rule_check in (True, False):
+        ctx = context(rounds=2, prompts_per_round=3, rule_check=rule_check)
+        (tmp_path / f"rc-{rule_check}").mkdir()
+        ctx.data_path = str(tmp_path / f"rc-{rule_check}" / "run.sqlite")
+        state, store = run_graph("data_advisor", ctx)
+        conn = sqlite3.connect(Path(ctx.data_path).with_name("checkpoints.sqlite"))
+        graph = compile_graph("data_advisor", SqliteSaver(conn))  # type: ignore[arg-type]
+        history = list(graph.get_state_history({"configurable": {"thread_id": "t1"}}))
+        steps = [tuple(sorted(h.next)) for h in reversed(history) if h.next]
+        conn.close()
+        after = ["rule_check"] if rule_check else []
+        one_round = [("weakness_critic",), ("generator",), ("responder", "summarizer"),
+                     *[(a,) for a in after]]
+        assert steps == [("__start__",), ("load_seeds",), *one_round, *one_round]
+        assert state.round == 2 and state.responses == 6 and len(state.summary) == 12
+        assert all(r["responses"] == 3 for r in store.rounds())
 
 
 def test_self_instruct_baseline(stub, context):

@@ -180,7 +180,7 @@ def test_langgraph_dev_serves_and_runs_the_graphs(tmp_path):
             assert state["next"] == []
             seeds = read_seeds("categories")
             assert len(seeds) == 10
-            assert values["round"] == 3
+            assert values["round"] == 2
             assert values["kept"] == 6 and values["responses"] == 6
             assert len(values["summary"]) == len(seeds) + 2
             assert values["summary"][: len(seeds)] == seeds
@@ -200,7 +200,7 @@ def test_langgraph_dev_serves_and_runs_the_graphs(tmp_path):
             before = len(stub.requests)
             thread_2, state_2 = _run(client, "data_advisor",
                                      {"rounds": 1, "prompts": {"responder": CANARY}}, log)
-            assert thread_2 != thread_id and state_2["values"]["round"] == 2
+            assert thread_2 != thread_id and state_2["values"]["round"] == 1
             requests = stub.requests[before:]
             canary = [r for r in requests if r["messages"][0]["content"] == CANARY]
             # default K (10), all kept by the stub, each answered with the swapped prompt

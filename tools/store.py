@@ -157,10 +157,11 @@ class RunStore:
             )
 
     # --- samples -----------------------------------------------------------------------------
-    def prompts_before(self, round_: int) -> list[str]:
-        """Kept prompts of the rounds before ``round_``."""
+    def prompts_before(self, round_: int, since: int = 0) -> list[str]:
+        """Kept prompts of the rounds before ``round_`` (from round ``since`` on)."""
         rows = self._rows(
-            "select prompt from samples where run_id = ? and round < ?", [self.run_id, round_]
+            "select prompt from samples where run_id = ? and round >= ? and round < ?",
+            [self.run_id, since, round_],
         )
         return [r["prompt"] for r in rows]
 
@@ -233,6 +234,15 @@ class RunStore:
             ),
             "rejected": one("select count(*) n from rejections where run_id = ?"),
         }
+
+    def output_tokens(self) -> int:
+        """Output tokens of all LLM calls of the run so far (from the round records)."""
+        rows = self._rows(
+            "select coalesce(sum(t.value), 0) n from rounds, json_each(rounds.tokens) t "
+            "where rounds.run_id = ?",
+            [self.run_id],
+        )
+        return int(rows[0]["n"])
 
     # --- rounds ------------------------------------------------------------------------------
     def start_round(self, round_: int, method: str, started_at: float | None = None) -> None:
