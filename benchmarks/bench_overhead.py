@@ -9,15 +9,18 @@ stub's request log, as groups of requests answered together: every critic call (
 first answer is novel), the generator's concurrent batch, and the summarizer's call with the
 responder's batch beside it (Self-Instruct: generator batch, responder batch).
 
-    ratio = wall time per round / (sequential LLM calls per round * L)
+    ratio = wall time / sum over those groups of the longest time a request spent in the server
 
-is printed for the whole ``execute()`` call (start-up included) and for the steady state
-(round-start to round-start, from the request log), with the absolute overhead per round in ms
-and a per-node breakdown from the round records' ``timings`` (node time minus its LLM time;
-what is left of a round outside the nodes is LangGraph's stepping and checkpointing). A ratio
-of 1.10 or less is the target.
+(the server's time is ``L`` plus the stub's own handling of the request, from its arrival to its
+last byte; the same over ``calls x L`` is printed too) is printed for the whole ``execute()``
+call (start-up included) and for the steady state (round-start to round-start, from the
+request log), with the absolute overhead per round in ms and a per-node breakdown from the
+round records' ``timings`` (node time minus its calls' server time; what is left of a round
+outside the nodes is LangGraph's stepping and checkpointing). Each method runs ``--repeat``
+times, interleaved; the run with the median ratio is reported. A ratio of 1.10 or less is the
+target.
 
-    python benchmarks/bench_overhead.py --rounds 10 -k 10 --latency 0.2
+    python benchmarks/bench_overhead.py --rounds 10 -k 10 --latency 0.2 --repeat 3
     python benchmarks/bench_overhead.py --profile prof.txt   # cProfile of all threads
 """
 
@@ -274,9 +277,12 @@ def report(result: OverheadResult) -> str:
 
 def run(rounds: int = 10, k: int = 10, latency: float = 0.2,
         methods: tuple[Method, ...] = METHODS, warmup: bool = True,
-        profile: str | None = None, quiet: bool = False) -> list[OverheadResult]:
-    """Measure every method side by side in this process; print and return the results."""
-    results = []
+        profile: str | None = None, quiet: bool = False, repeat: int = 3,
+        ) -> list[OverheadResult]:
+    """Measure every method ``repeat`` times, interleaved, in this process; print all and
+    return, per method, the run with the median whole-run ratio (load on a shared machine moves
+    single runs by a few per cent)."""
+    runs: dict[str, list[OverheadResult]] = {method: [] for method in methods}
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         workdir = Path(tmp)
         if warmup:  # imports, first client and first SQLite connections, off the clock
@@ -288,18 +294,25 @@ def run(rounds: int = 10, k: int = 10, latency: float = 0.2,
                   + ", ".join(f"{n} request(s) {1000 * t:.1f} ms" for n, t in floor.items())
                   + f" (L = {1000 * latency:.0f} ms); load average {os.getloadavg()[0]:.1f}",
                   flush=True)
-        for method in methods:
-            profiler = cProfile.Profile() if profile and method == methods[0] else None
-            result = measure(method, rounds=rounds, k=k, latency=latency, workdir=workdir,
-                             floor=floor, profiler=profiler)
-            results.append(result)
-            if not quiet:
-                print(report(result), flush=True)
-            if profiler is not None and profile:
-                _write_profile(profiler, profile)
+        for rep in range(repeat):
+            for method in methods:
+                profiler = (cProfile.Profile() if profile and rep == 0 and method == methods[0]
+                            else None)
+                result = measure(method, rounds=rounds, k=k, latency=latency,
+                                 workdir=workdir / f"rep{rep}", floor=floor, profiler=profiler)
+                runs[method].append(result)
                 if not quiet:
-                    print(f"  cProfile of the {method} run (all threads) -> {profile}")
-    return results
+                    print(f"  run {rep + 1}/{repeat} {method}: ratio {result.ratio:.3f}, "
+                          f"steady {result.steady_ratio:.3f}", flush=True)
+                if profiler is not None and profile:
+                    _write_profile(profiler, profile)
+                    if not quiet:
+                        print(f"  cProfile of this run (all threads) -> {profile}")
+    medians = [sorted(runs[m], key=lambda r: r.ratio)[(len(runs[m]) - 1) // 2] for m in methods]
+    if not quiet:
+        for result in medians:
+            print(f"median run of {repeat}:\n" + report(result), flush=True)
+    return medians
 
 
 def _write_profile(profiler: cProfile.Profile, path: str) -> None:
@@ -324,12 +337,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-k", type=int, default=10, help="prompts per round")
     parser.add_argument("--latency", type=float, default=0.2, help="stub latency L, seconds")
     parser.add_argument("--method", choices=[*METHODS, "both"], default="both")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per method (median shown)")
     parser.add_argument("--no-warmup", action="store_true")
     parser.add_argument("--profile", metavar="FILE",
                         help="cProfile the first method's run (all threads) into FILE")
     args = parser.parse_args(argv)
     methods = METHODS if args.method == "both" else (args.method,)
-    results = run(args.rounds, args.k, args.latency, methods, not args.no_warmup, args.profile)
+    results = run(args.rounds, args.k, args.latency, methods, not args.no_warmup, args.profile,
+                  repeat=args.repeat)
     print()
     print(table([[r.method, r.ratio, r.overhead_ms, r.steady_ratio, r.steady_overhead_ms,
                   r.nominal_ratio, r.app_ms] for r in results],

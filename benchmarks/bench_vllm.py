@@ -162,7 +162,7 @@ def report(r: VllmResult) -> str:
         f"  kept prompts/minute: {r.kept_per_minute:.2f}",
         f"  run tokens/s: {r.run_tps:.1f} = {r.ratio:.3f} x raw {r.concurrency}-concurrent "
         f"({r.run_tps / r.single_tps:.2f} x single request)",
-        "  per node (round records):",
+        "  per node (round records; summarizer and responder run side by side):",
         *("    " + line for line in table(rows, ["node", "seconds", "share", "tokens",
                                                   "tok/s"]).splitlines()),
     ])

@@ -12,6 +12,7 @@ import re
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 _WORD = re.compile(r"[a-z0-9']+")
 _LEAD = re.compile(
@@ -97,6 +98,7 @@ _COMMON = _STOPWORDS | frozenset(
 )
 
 
+@lru_cache(maxsize=1 << 16)
 def _shingle_order(shingle: str) -> tuple[int, int]:
     """A fixed global order of shingles, likely-rare first: bigrams before unigrams, those
     with common words last, then a stable hash."""
@@ -117,13 +119,13 @@ class DuplicateFilter:
     def __init__(self, existing: Iterable[str], threshold: float) -> None:
         self.threshold = threshold
         self.exact: set[str] = set()
-        self.shingled: list[frozenset[str]] = []
+        self._shingled: list[frozenset[str]] = []
         self._index: defaultdict[str, list[int]] = defaultdict(list)
         for text in existing:
             self.add(text)
 
     def __len__(self) -> int:
-        return len(self.shingled)
+        return len(self._shingled)
 
     def _prefix(self, own: frozenset[str]) -> list[str]:
         ordered = sorted(own, key=_shingle_order)
@@ -135,8 +137,8 @@ class DuplicateFilter:
         own = shingles(text)
         self.exact.add(normalize(text))
         for shingle in self._prefix(own):
-            self._index[shingle].append(len(self.shingled))
-        self.shingled.append(own)
+            self._index[shingle].append(len(self._shingled))
+        self._shingled.append(own)
 
     def reason(self, text: str) -> str | None:
         """``"duplicate"``, ``"near_duplicate"`` or ``None``."""
@@ -144,16 +146,19 @@ class DuplicateFilter:
             return "duplicate"
         own = shingles(text)
         if self.threshold <= 0:  # every pair qualifies; prefix filtering would not hold
-            return "near_duplicate" if self.shingled else None
-        candidates = {i for shingle in self._prefix(own) for i in self._index.get(shingle, ())}
-        if any(jaccard(own, self.shingled[i]) >= self.threshold for i in candidates):
-            return "near_duplicate"
+            return "near_duplicate" if self._shingled else None
+        size, threshold = len(own), self.threshold
+        for i in {i for shingle in self._prefix(own) for i in self._index.get(shingle, ())}:
+            other = self._shingled[i]
+            shared = len(own & other)  # Jaccard = shared / union, the union counted, not built
+            if shared / (size + len(other) - shared) >= threshold:
+                return "near_duplicate"
         return None
 
     def max_similarity(self, text: str) -> float:
         """Highest Jaccard similarity to any remembered text."""
         own = shingles(text)
-        return max((jaccard(own, other) for other in self.shingled), default=0.0)
+        return max((jaccard(own, other) for other in self._shingled), default=0.0)
 
 
 _QUOTED = re.compile(r"[\"“”«»]([^\"“”«»]{3,60})[\"“”«»]")
