@@ -2,7 +2,7 @@
 
 A Data Advisor run folder is created as the CLI does (``graph.runner.create_run``) and its graph
 is streamed (``stream_mode="updates"``) with the runner's SQLite checkpointer and recursion
-limit against the loopback stub server with no latency. Each time the responder closes a round,
+limit against the loopback stub server with no latency. Each time the rule check closes a round,
 the benchmark samples:
 
 - the bytes in use in ``run.sqlite`` and ``checkpoints.sqlite`` (``(page_count -
@@ -191,7 +191,7 @@ def measure(rounds: int = 1000, k: int = 10, trace: bool = True, workdir: Path |
                     run_bytes, checkpoint_bytes = _in_use(run)
                     result.start = {"run_bytes": run_bytes, "checkpoint_bytes": checkpoint_bytes,
                                     "disk_bytes": disk_bytes(run.db_path, run.checkpoint_path)}
-                if "responder" not in update:
+                if "rule_check" not in update:  # the last step of a round
                     continue
                 now, cpu = time.perf_counter(), time.process_time()
                 result.samples.append(_sample(run, rows, len(result.samples) + 1, now - last,

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import openai
 from _common import table
 
@@ -58,6 +59,8 @@ class VllmResult:
     rejected: int = 0
     node_seconds: dict[str, float] = field(default_factory=dict)
     node_tokens: dict[str, int] = field(default_factory=dict)
+    server_tokens: dict[str, float] = field(default_factory=dict)
+    """Prompt and generated tokens the server counted during the run (its /metrics)."""
     loadavg: tuple[float, float] = (0.0, 0.0)
 
     @property
@@ -89,6 +92,17 @@ def _request(client: openai.OpenAI, model: str, i: int, max_tokens: int) -> int:
         extra_body={"ignore_eos": True},
     )
     return answer.usage.completion_tokens if answer.usage else 0
+
+
+def server_counters(base_url: str) -> dict[str, float]:
+    """vLLM's Prometheus counters of prompt and generated tokens (``/metrics``)."""
+    text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=30).text
+    totals: dict[str, float] = defaultdict(float)
+    for line in text.splitlines():
+        for name in ("prompt_tokens", "generation_tokens"):
+            if line.startswith(f"vllm:{name}_total"):
+                totals[name] += float(line.rsplit(" ", 1)[1])
+    return dict(totals)
 
 
 def throughput(client: openai.OpenAI, model: str, concurrency: int, max_tokens: int = 128,
@@ -123,9 +137,12 @@ def measure(rounds: int = 5, k: int = 10, concurrency: int = 32, max_tokens: int
             ctx = Context(base_url=server.base_url, model=name, rounds=rounds,
                           prompts_per_round=k)
             run = create_run(Path(tmp) / "da", "data_advisor", ctx, embedded=False)
+            before = server_counters(server.base_url)
             started = time.perf_counter()
             execute(run, resume=False, show_progress=False)
             result.run_wall_s = time.perf_counter() - started
+            after = server_counters(server.base_url)
+            result.server_tokens = {k: after[k] - before.get(k, 0.0) for k in after}
             result.raw_tps.append(throughput(client, name, concurrency, max_tokens))
         with RunStore(run.db_path, run.name) as store:
             records = store.rounds()
@@ -162,6 +179,9 @@ def report(r: VllmResult) -> str:
         f"  kept prompts/minute: {r.kept_per_minute:.2f}",
         f"  run tokens/s: {r.run_tps:.1f} = {r.ratio:.3f} x raw {r.concurrency}-concurrent "
         f"({r.run_tps / r.single_tps:.2f} x single request)",
+        "  the server's counters over the run: "
+        + ", ".join(f"{name} {n:.0f} ({n / r.run_wall_s:.1f}/s)"
+                    for name, n in r.server_tokens.items()),
         "  per node (round records; summarizer and responder run side by side):",
         *("    " + line for line in table(rows, ["node", "seconds", "share", "tokens",
                                                   "tok/s"]).splitlines()),
