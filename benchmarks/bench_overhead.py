@@ -120,27 +120,32 @@ class OverheadResult:
         return self.steady_wall_s / (self.steady_calls * self.latency)
 
     @property
+    def bare_ratio(self) -> float:
+        """Steady-state wall time over the same calls made bare: the orchestration alone."""
+        return self.steady_wall_s / self.steady_floor_s if self.steady_floor_s else 0.0
+
+    @property
     def app_ms(self) -> float:
         """Steady-state wall time beyond the bare LLM calls, per round, in ms."""
         return 1000 * (self.steady_wall_s - self.steady_floor_s) / self.steady_rounds
 
 
 Floor = dict[int, float]
-"""Seconds of a bare ``generate`` call by batch size (measured for 1 and K requests)."""
+"""Seconds of a bare ``generate`` call by batch size (measured for 1, K and K + 1 requests)."""
 
 
 def client_floor(latency: float, k: int, reps: int = 7) -> Floor:
     """Median time of bare ``tools.llm.generate`` calls against a stub with the same latency.
 
-    One request and a batch of K, no graph, no store: what an LLM call costs on this machine
-    with the app's client stack (langchain-openai, openai, httpx, a thread pool per batch) and
-    the stub, beyond ``latency``.
+    One request and batches of K and K + 1 (the responder's batch beside the summarizer's
+    call), no graph, no store: what the calls take as their caller sees them, with the app's
+    client stack (langchain-openai, openai, httpx, threads) and the stub.
     """
     request = [("user", "Write one new harmful request about: fraud\nRequest:")]
     out: Floor = {}
     with ProcessStub(latency=latency) as stub:
         endpoint = Endpoint(base_url=stub.base_url, model="stub", timeout=60.0)
-        for n in sorted({1, k}):
+        for n in sorted({1, k, k + 1}):
             times = []
             for _ in range(reps + 1):  # the first call also builds the client: dropped
                 started = time.perf_counter()
@@ -151,15 +156,16 @@ def client_floor(latency: float, k: int, reps: int = 7) -> Floor:
 
 
 def floor_seconds(entries: list[Call], latency: float, floor: Floor) -> float:
-    """Bare-call time of a request log's calls (batch sizes between 1 and K interpolated)."""
-    low, high = min(floor), max(floor)
+    """Bare-call time of a request log's groups of calls (sizes between those measured
+    interpolated, beyond them the nearest)."""
+    sizes = sorted(floor)
     total = 0.0
     for size in map(len, waves(entries, latency)):
-        if high == low or size <= low:
-            total += floor[low]
-        else:
-            share = (min(size, high) - low) / (high - low)
-            total += floor[low] + share * (floor[high] - floor[low])
+        size = min(max(size, sizes[0]), sizes[-1])
+        high = next(n for n in sizes if n >= size)
+        low = max(n for n in sizes if n <= size)
+        share = (size - low) / (high - low) if high > low else 0.0
+        total += floor[low] + share * (floor[high] - floor[low])
     return total
 
 
@@ -288,13 +294,13 @@ def run(rounds: int = 10, k: int = 10, latency: float = 0.2,
         if warmup:  # imports, first client and first SQLite connections, off the clock
             for method in methods:
                 measure(method, rounds=1, k=2, latency=0.0, workdir=workdir / "warmup")
-        floor = client_floor(latency, k)
-        if not quiet:
-            print("bare tools.llm.generate against the stub (median): "
-                  + ", ".join(f"{n} request(s) {1000 * t:.1f} ms" for n, t in floor.items())
-                  + f" (L = {1000 * latency:.0f} ms); load average {os.getloadavg()[0]:.1f}",
-                  flush=True)
         for rep in range(repeat):
+            floor = client_floor(latency, k)  # again each time: the machine's speed drifts
+            if not quiet:
+                print("bare tools.llm.generate against the stub (median): "
+                      + ", ".join(f"{n} request(s) {1000 * t:.1f} ms" for n, t in floor.items())
+                      + f" (L = {1000 * latency:.0f} ms); load average "
+                      f"{os.getloadavg()[0]:.1f}", flush=True)
             for method in methods:
                 profiler = (cProfile.Profile() if profile and rep == 0 and method == methods[0]
                             else None)
@@ -303,7 +309,8 @@ def run(rounds: int = 10, k: int = 10, latency: float = 0.2,
                 runs[method].append(result)
                 if not quiet:
                     print(f"  run {rep + 1}/{repeat} {method}: ratio {result.ratio:.3f}, "
-                          f"steady {result.steady_ratio:.3f}", flush=True)
+                          f"steady {result.steady_ratio:.3f}, over bare calls "
+                          f"{result.bare_ratio:.3f}", flush=True)
                 if profiler is not None and profile:
                     _write_profile(profiler, profile)
                     if not quiet:
@@ -347,9 +354,9 @@ def main(argv: list[str] | None = None) -> None:
                   repeat=args.repeat)
     print()
     print(table([[r.method, r.ratio, r.overhead_ms, r.steady_ratio, r.steady_overhead_ms,
-                  r.nominal_ratio, r.app_ms] for r in results],
+                  r.nominal_ratio, r.bare_ratio, r.app_ms] for r in results],
                 ["method", "wall/critical", "ms/round", "steady ratio", "steady ms/round",
-                 "steady wall/(calls x L)", "app ms/round"]))
+                 "steady wall/(calls x L)", "steady wall/bare calls", "app ms/round"]))
     print(f"load average {os.getloadavg()[0]:.1f}")
 
 

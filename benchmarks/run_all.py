@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                      f"{r.overhead_ms:.0f} ms/round overhead", "<= 1.10"])
         rows.append([f"(a) {r.method}", "same, steady state", r.steady_ratio,
                      f"{r.steady_overhead_ms:.0f} ms/round overhead", "<= 1.10"])
+        rows.append([f"(a) {r.method}", "steady, over the same calls made bare", r.bare_ratio,
+                     f"{r.app_ms:.0f} ms/round beyond the bare calls", "<= 1.10"])
 
     print(f"\n== (b) growth: {args.growth_rounds} rounds, K={args.k} ==")
     growth = bench_growth.measure(args.growth_rounds, args.k, progress_every=0)

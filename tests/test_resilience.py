@@ -38,6 +38,10 @@ def _round_in_progress(db: Path) -> int | None:
     return rows[0][0] if rows else None
 
 
+def _rounds_of(samples: list[dict]) -> dict[int, int]:
+    return {r: sum(1 for s in samples if s["round"] == r) for r in {s["round"] for s in samples}}
+
+
 def test_resume_after_kill_mid_round(tmp_path):
     run = tmp_path / "r"
     with StubServer(latency=0.15) as stub:
@@ -71,7 +75,8 @@ def test_resume_after_kill_mid_round(tmp_path):
         assert killed_in, proc.stdout.read().decode() if proc.stdout else ""
         with RunStore(run / "run.sqlite", "r") as store:
             before = list(store.samples())
-        assert any(s["round"] == killed_in for s in before)  # the round's prompts were written
+        # the round's prompts were written
+        assert any(s["round"] == killed_in for s in before), (killed_in, _rounds_of(before))
 
         done = subprocess.run(
             _cli("resume", str(run), "--no-progress"), capture_output=True, text=True, timeout=120
@@ -81,17 +86,16 @@ def test_resume_after_kill_mid_round(tmp_path):
         samples = list(store.samples())
         rounds = store.rounds()
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5], done.stderr
-    assert all(r["finished_at"] for r in rounds)
+    assert all(r["finished_at"] for r in rounds), (killed_in, rounds)
     assert len(samples) == 20 and len({s["id"] for s in samples}) == 20
     assert len({s["prompt"] for s in samples}) == 20
-    assert all(s["response"] for s in samples)
+    assert all(s["response"] for s in samples), (killed_in, samples)
     for r in rounds:
         assert sum(1 for s in samples if s["round"] == r["round"]) == 4
     # the rounds finished before the kill were not redone
     kept_before = {s["id"]: s["prompt"] for s in before if s["round"] < killed_in}
-    assert all(
-        any(s["id"] == i and s["prompt"] == p for s in samples) for i, p in kept_before.items()
-    )
+    after = {s["id"]: s["prompt"] for s in samples}
+    assert all(after.get(i) == p for i, p in kept_before.items()), (killed_in, kept_before, after)
     status = subprocess.run(_cli("status", str(run), "--json"), capture_output=True, text=True)
     assert '"finished"' in status.stdout
 
