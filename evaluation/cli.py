@@ -94,7 +94,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", help="name of this model in results (default: base or adapter)")
     p.add_argument("--base-url", help="evaluate a model on this server instead of embedding one")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY")
-    p.add_argument("--limit", type=int, help="only the first N questions (stratified)")
+    p.add_argument("--limit", type=int, help="N questions spread evenly over the data set")
     p.add_argument("--prompt-format", choices=["chat", "plain"], default="chat",
                    help="chat template of the model, or a plain template for base models")
     p.add_argument("--max-tokens", type=int, default=128)

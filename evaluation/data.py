@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 PROMPT_FIELDS = ("prompt", "instruction", "question", "text")
 
@@ -171,3 +174,18 @@ def _run_prompts(path: Path) -> list[Question]:
     db = sqlite_utils.Database(_existing(path))
     rows = db.query("select id, prompt, weakness from samples order by run_id, round, slot")
     return [Question(r["id"], r["prompt"], r["weakness"] or "") for r in rows]
+
+
+def subset(items: Sequence[T], limit: int | None) -> list[T]:
+    """``limit`` items spread evenly over the list (all of them when ``limit`` is None).
+
+    Evenly spaced rather than the first ``limit``: data sets sorted by category (CatQA) or
+    subject (MMLU) keep every category in proportion. Deterministic.
+    """
+    items = list(items)
+    if limit is None or limit >= len(items):
+        return items
+    if limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]

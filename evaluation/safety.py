@@ -37,7 +37,7 @@ import openai
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from evaluation.data import Question
+from evaluation.data import Question, subset
 from evaluation.judges import Judge, Judgment, RefusalJudge, make_judge, openai_client
 from tools.llm import Endpoint, EndpointError
 
@@ -128,26 +128,6 @@ def _progress(description: str, enabled: bool) -> Progress:
 def _slug(text: str) -> str:
     """A file-name-safe version of a label or dataset name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
-
-
-# --------------------------------------------------------------------------------------------
-# Selecting questions
-# --------------------------------------------------------------------------------------------
-
-
-def subset(questions: Sequence[Question], limit: int | None) -> list[Question]:
-    """``limit`` questions spread evenly over the list (all of them when ``limit`` is None).
-
-    Evenly spaced rather than the first ``limit``: data sets sorted by category (CatQA) keep
-    every category in proportion. Deterministic.
-    """
-    questions = list(questions)
-    if limit is None or limit >= len(questions):
-        return questions
-    if limit <= 0:
-        raise ValueError(f"limit must be positive, got {limit}")
-    step = len(questions) / limit
-    return [questions[int(i * step)] for i in range(limit)]
 
 
 def _check_unique(questions: Sequence[Question]) -> None:

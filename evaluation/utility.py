@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from evaluation.data import MultipleChoice
+from evaluation.data import MultipleChoice, subset
 from tools.llm import Endpoint, EndpointError
 
 if TYPE_CHECKING:
@@ -443,7 +443,7 @@ def evaluate_utility(
         raise ValueError("backend='transformers' needs a model")
     if not label or "/" in label:
         raise ValueError(f"label must be a non-empty file-name part, not {label!r}")
-    items = list(items)[:limit] if limit is not None else list(items)
+    items = subset(items, limit)
     if not items:
         raise ValueError("no MMLU items to evaluate")
     if len({it.id for it in items}) != len(items):

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from evaluation.data import Question
+from evaluation.data import Question, subset
 from evaluation.judges import LlamaGuardJudge, RefusalJudge
 from evaluation.safety import (
     PLAIN_TEMPLATE,
@@ -15,7 +15,6 @@ from evaluation.safety import (
     generate_responses,
     judge_responses,
     read_jsonl,
-    subset,
 )
 from tools.llm import Endpoint, EndpointError
 from tools.stub_server import StubServer, last_user_text

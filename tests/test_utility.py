@@ -254,6 +254,7 @@ def test_evaluate_utility_endpoint_summary_and_resume(logprob_stub: LogprobStub,
                               "progress": False}
     first = evaluate_utility(items, limit=8, **kwargs)
     assert first["n"] == 8 and len(logprob_stub.requests) == 8
+    assert set(first["per_subject"]) == {"anatomy", "virology"}  # spread, not the first 8
     # a crash mid-write leaves a torn line; it is ignored and recomputed
     pred = tmp_path / "utility-mmlu-base.jsonl"
     with pred.open("a") as fh:

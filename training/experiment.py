@@ -568,7 +568,7 @@ class _Experiment:
     def evaluation(self) -> bool:
         from evaluation.data import load_beavertails, load_catqa, load_mmlu, load_questions
         from evaluation.judges import make_judge
-        from evaluation.safety import evaluate_overrefusal, evaluate_safety, subset
+        from evaluation.safety import evaluate_overrefusal, evaluate_safety
         from evaluation.utility import evaluate_utility
 
         ev = self.cfg.evaluation
@@ -625,10 +625,8 @@ class _Experiment:
                         **common)
                     shown = f"refusal rate {100 * result['refusal_rate']:.1f}%"
                 else:
-                    # spread over the subjects (the file is sorted by subject), not the first N
-                    items = subset(data[dataset], common.pop("limit"))
                     result = evaluate_utility(
-                        items, backend="endpoint", method=ev.mmlu_method,  # type: ignore[arg-type]
+                        data[dataset], backend="endpoint", method=ev.mmlu_method,  # type: ignore[arg-type]
                         endpoint=endpoint, out_dir=self.results,
                         max_concurrency=ev.max_concurrency, **common)
                     shown = f"accuracy {100 * result['accuracy']:.1f}%"
