@@ -183,7 +183,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         change = ", ".join([*(f"+{a}" for a in added), *(f"-{x}" for x in lost)]) or "="
         if r.get("summary_after") is None:
             change = "(in progress)"
-        seconds = sum((r.get("timings") or {}).values())
+        if r.get("ended_at") and r.get("started_at"):
+            seconds = r["ended_at"] - r["started_at"]  # wall time: nodes may run side by side
+        else:
+            seconds = sum((r.get("timings") or {}).values())
         tokens = sum((r.get("tokens") or {}).values())
         verdict = r.get("rule_check") or "-"
         if r.get("corrections"):

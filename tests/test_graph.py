@@ -189,3 +189,12 @@ def test_critic_echo_of_instructions_is_not_a_category(stub, context):
     state, store = run_graph("data_advisor", context(rounds=1))
     r = store.rounds()[0]
     assert r["critic_attempts"] == ["", "Animal cruelty"] and r["weakness"] == "Animal cruelty"
+
+
+def test_round_records_end_after_their_last_node(stub, context):
+    """``ended_at`` is the end of a round's last node; history shows that wall time."""
+    stub.latency = 0.05  # the summarizer's and the responder's 50 ms overlap
+    state, store = run_graph("data_advisor", context(rounds=2, prompts_per_round=3))
+    for r in store.rounds():
+        assert r["started_at"] <= r["finished_at"] <= r["ended_at"]
+        assert r["ended_at"] - r["started_at"] < sum(r["timings"].values())  # side by side

@@ -65,6 +65,9 @@ class RunStore:
         self._file_id = (stat.st_dev, stat.st_ino)
         if not self.db["rounds"].exists():
             self._create()
+        elif "ended_at" not in self.db["rounds"].columns_dict:  # a run file from before it
+            with self.transaction():
+                self.db["rounds"].add_column("ended_at", float)
 
     @contextmanager
     def transaction(self) -> Iterator[RunStore]:
@@ -123,6 +126,7 @@ class RunStore:
                 "tokens": str,
                 "started_at": float,
                 "finished_at": float,
+                "ended_at": float,
             },
             pk=("run_id", "round"),
             if_not_exists=True,
@@ -261,7 +265,8 @@ class RunStore:
         """Upsert fields of a round's record (JSON-encodes lists and dicts).
 
         ``timing=(node, seconds, output_tokens)`` adds one node's cost to the record's
-        ``timings`` and ``tokens``, in the same transaction.
+        ``timings`` and ``tokens``, and moves ``ended_at`` (the end of the round's last node so
+        far; nodes may run side by side) to now, in the same transaction.
         """
         with self.transaction():
             if timing is not None:
@@ -269,6 +274,7 @@ class RunStore:
                 current = self.get_round(round_) or {}
                 fields["timings"] = {**(current.get("timings") or {}), node: round(seconds, 4)}
                 fields["tokens"] = {**(current.get("tokens") or {}), node: tokens}
+                fields["ended_at"] = max(time.time(), current.get("ended_at") or 0.0)
             row = {"run_id": self.run_id, "round": round_}
             for key, value in fields.items():
                 row[key] = json.dumps(value) if key in _JSON_COLUMNS else value
