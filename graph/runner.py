@@ -27,6 +27,7 @@ from graph.graph import Method, compile_graph, run_finished
 from graph.prompts import load_prompts
 from graph.seeds import read_seeds
 from graph.state import State
+from nodes.load_seeds import round_unfinished
 from tools.store import close_shared, shared_store
 
 RUN_FILE = "run.json"
@@ -200,11 +201,13 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
         elif not resume and snapshot.values and snapshot.next:
             raise RunError(f"{run.folder} has already started; use `data-advisor resume`")
         if resume and not snapshot.next:
-            if run_finished(State(**snapshot.values), run.context):
+            state = State(**snapshot.values)
+            store = shared_store(run.db_path, run.name)
+            if run_finished(state, run.context) and not round_unfinished(store, state, run.context):
                 console.print(f"run {run.name} is already finished")
-                return State(**snapshot.values)
-            # no pending step was saved (stopped between steps): restart the loop from the
-            # current state; load_seeds is idempotent and the round's writes are keyed
+                return state
+            # no pending step was saved (stopped between steps): restart from the top; load_seeds
+            # is idempotent and steps back an unfinished round, whose writes are keyed
             resume = False
         with served(run) as ctx:
             progress = _progress(console, run, show_progress)

@@ -1,4 +1,9 @@
-"""load_seeds: validate the prompts, put the seed prompts in the pool, start the summary."""
+"""load_seeds: validate the prompts, put the seed prompts in the pool, start the summary.
+
+It runs first whenever a run starts from the top, also when a stopped run is restarted without
+a pending step. A round the state says is open but whose nodes did not all finish (see
+:func:`round_unfinished`) is then stepped back, so that it runs again (its writes are keyed).
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,33 @@ from graph.context import Context
 from graph.seeds import read_seeds
 from graph.state import State
 from nodes.run import prompts, run_store
+from tools.store import RunStore
+
+ROUND_NODES = {
+    "data_advisor": ("weakness_critic", "generator", "summarizer", "responder"),
+    "self_instruct": ("generator", "responder"),
+}
+"""The nodes every round of a method runs (Data Advisor also ``rule_check`` when it is on)."""
+
+
+def round_unfinished(store: RunStore, state: State, ctx: Context) -> bool:
+    """True if round ``state.round`` was opened but not every one of its nodes finished."""
+    record = store.get_round(state.round) if state.round else None
+    if record is None:
+        return state.round > 0
+    needed = set(ROUND_NODES.get(record.get("method") or "", ()))
+    if record.get("method") == "data_advisor" and ctx.rule_check:
+        needed.add("rule_check")
+    return not needed <= set(record.get("timings") or {})
 
 
 def load_seeds(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Seed the pool (idempotent); on a fresh run, start the summary with the seed categories."""
     ctx = runtime.context
     prompts(runtime)  # fail on a bad template before any LLM call
-    run_store(runtime).seed_pool(read_seeds("prompts", ctx.seed_prompts_file))
+    store = run_store(runtime)
+    store.seed_pool(read_seeds("prompts", ctx.seed_prompts_file))
     if state.round:
-        return {}
+        return {"round": state.round - 1} if round_unfinished(store, state, ctx) else {}
     categories = state.summary or read_seeds("categories", ctx.seed_categories_file)
     return {"summary": categories[-ctx.max_summary_lines :]}

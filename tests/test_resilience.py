@@ -15,6 +15,8 @@ import pytest
 from conftest import run_graph
 
 from graph.cli import main
+from graph.context import Context
+from graph.runner import create_run, execute
 from tools.llm import EndpointError
 from tools.store import RunStore
 from tools.stub_server import StubServer
@@ -86,7 +88,12 @@ def test_resume_after_kill_mid_round(tmp_path):
         samples = list(store.samples())
         rounds = store.rounds()
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5], done.stderr
-    assert all(r["finished_at"] for r in rounds), (killed_in, rounds)
+    assert all(r["finished_at"] for r in rounds), (
+        killed_in,
+        [(r["round"], r["finished_at"], r["responses"], r["kept"], r["timings"]) for r in rounds],
+        done.stdout,
+        done.stderr,
+    )
     assert len(samples) == 20 and len({s["id"] for s in samples}) == 20
     assert len({s["prompt"] for s in samples}) == 20
     assert all(s["response"] for s in samples), (killed_in, samples)
@@ -98,6 +105,31 @@ def test_resume_after_kill_mid_round(tmp_path):
     assert all(after.get(i) == p for i, p in kept_before.items()), (killed_in, kept_before, after)
     status = subprocess.run(_cli("status", str(run), "--json"), capture_output=True, text=True)
     assert '"finished"' in status.stdout
+
+
+@pytest.mark.parametrize("method", ["data_advisor", "self_instruct"])
+def test_restart_without_a_pending_step_runs_an_unfinished_round_again(tmp_path, stub, method):
+    """A checkpoint with no pending step while the round in it did not finish (its responder's
+    record is missing here): resume steps that round back and runs it again, then stops."""
+    ctx = Context(base_url=stub.base_url, model="stub", rounds=2, prompts_per_round=3)
+    run = create_run(tmp_path / "r", method, ctx, embedded=False)
+    execute(run, resume=False, show_progress=False)
+    with RunStore(run.db_path, run.name) as store:
+        record = store.get_round(2)
+        timings = {k: v for k, v in record["timings"].items() if k != "responder"}
+        store.update_round(2, timings=timings)
+        store.db.execute("update samples set response = null where round = 2")
+    state = execute(run, resume=True, show_progress=False)
+    assert state.round == 2
+    with RunStore(run.db_path, run.name) as store:
+        assert [r["round"] for r in store.rounds()] == [1, 2]
+        assert "responder" in store.get_round(2)["timings"]
+        samples = list(store.samples())
+        assert len(samples) == 6 and all(s["response"] for s in samples)
+    # a finished run stays finished
+    before = len(stub.requests)
+    execute(run, resume=True, show_progress=False)
+    assert len(stub.requests) == before
 
 
 def test_transient_errors_are_retried(context, stub):
