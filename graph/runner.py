@@ -28,7 +28,7 @@ from graph.prompts import load_prompts
 from graph.seeds import read_seeds
 from graph.state import State
 from nodes.load_seeds import round_unfinished
-from tools.store import close_shared, shared_store
+from tools.store import RunStore, close_shared, shared_store
 
 RUN_FILE = "run.json"
 DB_FILE = "run.sqlite"
@@ -200,15 +200,12 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
             resume = False  # stopped before the first checkpoint: start again
         elif not resume and snapshot.values and snapshot.next:
             raise RunError(f"{run.folder} has already started; use `data-advisor resume`")
-        if resume and not snapshot.next:
+        store = shared_store(run.db_path, run.name)
+        if resume and not snapshot.next and not snapshot.tasks:
             state = State(**snapshot.values)
-            store = shared_store(run.db_path, run.name)
-            if run_finished(state, run.context) and not round_unfinished(store, state, run.context):
+            if _done(state, store, run.context):
                 console.print(f"run {run.name} is already finished")
                 return state
-            # no pending step was saved (stopped between steps): restart from the top; load_seeds
-            # is idempotent and steps back an unfinished round, whose writes are keyed
-            resume = False
         with served(run) as ctx:
             progress = _progress(console, run, show_progress)
             with progress or nullcontext():
@@ -219,27 +216,38 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
                     if progress
                     else None
                 )
-                store = shared_store(run.db_path, run.name)
                 started, tokens_before = time.perf_counter(), store.output_tokens()
-                state = State()
-                for values in graph.stream(
-                    None if resume else {}, config, context=ctx, stream_mode="values"
-                ):
-                    state = State(**values)
-                    if progress is not None and task is not None:
-                        tokens = store.output_tokens() - tokens_before
-                        progress.update(
-                            task,
-                            completed=max(state.round - 1, 0),  # the round in progress is open
-                            kept=state.kept,
-                            rejected=sum(state.rejected.values()),
-                            responses=state.responses,
-                            tps=tokens / (time.perf_counter() - started),
-                        )
+                state = State(**snapshot.values) if resume else State()
+                # Resuming with no input runs the pending step, or applies the writes of a step
+                # whose tasks all finished before its checkpoint was saved (then no step shows as
+                # pending). If that leaves the run unfinished, nothing was pending: start again
+                # from the top; load_seeds steps back an unfinished round (its writes are keyed).
+                for inputs in (None, {}) if resume else ({},):
+                    for values in graph.stream(
+                        inputs, config, context=ctx, stream_mode="values"
+                    ):
+                        state = State(**values)
+                        if progress is not None and task is not None:
+                            tokens = store.output_tokens() - tokens_before
+                            progress.update(
+                                task,
+                                completed=max(state.round - 1, 0),  # the round in progress
+                                kept=state.kept,
+                                rejected=sum(state.rejected.values()),
+                                responses=state.responses,
+                                tps=tokens / (time.perf_counter() - started),
+                            )
+                    if _done(State(**graph.get_state(config).values), store, run.context):
+                        break
                 if progress is not None and task is not None:
                     progress.update(task, completed=state.round)
         final = graph.get_state(config).values
     return State(**final)
+
+
+def _done(state: State, store: RunStore, ctx: Context) -> bool:
+    """The run reached its end: the stopping rule holds and its last round is complete."""
+    return run_finished(state, ctx) and not round_unfinished(store, state, ctx)
 
 
 def _progress(console: Console, run: Run, enabled: bool) -> Progress | None:

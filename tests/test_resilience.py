@@ -132,6 +132,23 @@ def test_restart_without_a_pending_step_runs_an_unfinished_round_again(tmp_path,
     assert len(stub.requests) == before
 
 
+def test_resume_applies_writes_of_a_step_whose_checkpoint_was_not_saved(tmp_path, stub):
+    """Killed after the summarizer and the responder finished but before the checkpoint of their
+    step was saved: no step shows as pending, and resume goes on from their saved writes."""
+    ctx = Context(base_url=stub.base_url, model="stub", rounds=2, prompts_per_round=3)
+    run = create_run(tmp_path / "r", "data_advisor", ctx, embedded=False)
+    final = execute(run, resume=False, show_progress=False)
+    conn = sqlite3.connect(run.checkpoint_path)
+    ids = [row[0] for row in conn.execute("select checkpoint_id from checkpoints order by 1")]
+    conn.execute("delete from checkpoints where checkpoint_id >= ?", [ids[-2]])  # rule_check's
+    conn.commit()
+    conn.close()
+    before = len(stub.requests)
+    state = execute(run, resume=True, show_progress=False)
+    assert len(stub.requests) == before  # nothing asked again: the writes were applied
+    assert state.summary == final.summary and state.round == 2 and state.responses == 6
+
+
 def test_transient_errors_are_retried(context, stub):
     stub.failures.extend([503, 429, 502])
     state, _ = run_graph("data_advisor", context(rounds=1))
