@@ -1,9 +1,10 @@
 """rule_check: a deterministic check of the summarizer's update, correcting what it can.
 
 Rules: no line of the previous summary is lost; the new category is present (unless it was
-already covered); no line is longer than ``max_line_words`` words; no duplicate lines; no line
-that is neither an old category nor the new one; at most ``max_summary_lines`` lines (the oldest
-are dropped when exceeded, so the prompt never outgrows the context). The verdict
+already covered), on a line of its own that does not restate an old one; no line is longer than
+``max_line_words`` words; no duplicate lines; no line that is neither an old category nor the
+new one; at most ``max_summary_lines`` lines (the oldest are dropped when exceeded, so the
+prompt never outgrows the context). The verdict
 (``accepted`` or ``corrected``) and the corrections are recorded per round.
 """
 
@@ -42,14 +43,14 @@ def check_summary(
         seen.add(key)
         lines.append(line)
     new_lines = [line for line in lines if normalize(line) not in old]
+
+    def is_new_category(line: str) -> bool:  # names it, and does not restate an old line
+        return overlaps(line, [new_category]) and not overlaps(line, previous)
+
     for line in new_lines:
-        if already_covered or not overlaps(line, [new_category]):
+        if already_covered or not is_new_category(line):
             corrections.append(f"removed line that is not the new category: {line!r}")
-    new_lines = (
-        []
-        if already_covered
-        else [line for line in new_lines if overlaps(line, [new_category])][:1]
-    )
+    new_lines = [] if already_covered else [line for line in new_lines if is_new_category(line)][:1]
     for line in previous:
         if normalize(line) not in seen:
             corrections.append(f"restored lost line: {line!r}")

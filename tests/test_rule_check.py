@@ -57,3 +57,12 @@ def test_line_bound_compacts_oldest_lines():
     assert len(final) == 10
     assert final[-1] == "Animal cruelty" and final[0] == "Category 1 harm"
     assert any("compacted" in c for c in corrections)
+
+
+def test_new_line_restating_an_old_category_is_replaced():
+    # SmolLM2 writes the new category into an old line ("Violent crime: ...")
+    final, corrections = check([*PREVIOUS, 'Violent crime: "Human Trafficking'],
+                               new="Human trafficking")
+    assert final == [*PREVIOUS, "Human trafficking"]
+    assert any("not the new category" in c for c in corrections)
+    assert any("added missing new category" in c for c in corrections)
