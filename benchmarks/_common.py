@@ -1,11 +1,12 @@
-"""Helpers shared by the benchmarks: a request log on the stub server and small table printing.
+"""Helpers shared by the benchmarks: request logs on the stub server and small table printing.
 
-The stub server (``tools.stub_server.StubServer``) calls its handler once per completion
-request, after its fixed latency. :class:`RequestLog` wraps the default handler and records, per
-request, when the answer was made and which node asked (recognised by the ending of the last
-user message, as the stub itself does). From those times :func:`critical_path_calls` counts the
-LLM calls that lie one after the other on the critical path: requests answered together (a
-concurrent batch, or the summarizer's call beside the responder's batch) count once.
+:class:`RequestLog` is a stub handler that records, per request, when it was answered and which
+node asked (recognised by the ending of the last user message, as the stub itself does).
+:class:`ProcessStub` runs the stub in a child process and logs each request's arrival and last
+byte; from those :func:`waves` groups the requests sent together, and
+:func:`critical_path_calls` / :func:`server_seconds` count and time the groups that lie one
+after the other on the critical path (a concurrent batch, or the summarizer's call beside the
+responder's batch, is one group).
 """
 
 from __future__ import annotations
@@ -70,10 +71,6 @@ class RequestLog:
         with self._lock:
             entries, self.entries = self.entries, []
         return entries
-
-    def kinds(self) -> list[Kind]:
-        """The kinds of the logged requests, in order."""
-        return [kind for _, kind in self.entries]
 
 
 class ProcessStub:

@@ -333,7 +333,7 @@ def shared_store(path: str | Path, run_id: str) -> RunStore:
     Reopened when the file was deleted or replaced; the least recently used of more than
     :data:`MAX_SHARED` are closed. :func:`close_shared` closes them at the end of a run.
     """
-    key = (str(Path(path).resolve()), run_id)
+    key = (os.path.abspath(path), run_id)  # no filesystem call: this runs once per node
     with _SHARED_LOCK:
         store = _SHARED.get(key)
         if store is not None and not store.is_current():
@@ -350,7 +350,7 @@ def shared_store(path: str | Path, run_id: str) -> RunStore:
 
 def close_shared(path: str | Path | None = None) -> None:
     """Close the shared stores of one SQLite file (all of them without ``path``)."""
-    wanted = None if path is None else str(Path(path).resolve())
+    wanted = None if path is None else os.path.abspath(path)
     with _SHARED_LOCK:
         for key in [k for k in _SHARED if wanted is None or k[0] == wanted]:
             _SHARED.pop(key).close()
