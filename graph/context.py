@@ -4,17 +4,24 @@ The context is passed to every invocation (``graph.invoke(..., context=Context(.
 never written to a checkpoint. It holds the *name* of the environment variable with the API
 key, never the key itself. Fields left at their defaults can be set from ``DATA_ADVISOR_*``
 environment variables, which is how `langgraph dev` / Studio picks up an endpoint.
+
+:class:`StudioContext` is the context of the Studio graphs: each thread is a run folder of its
+own, ``<runs_dir>/<thread id>/``, which the ``status``, ``history`` and ``export`` commands read.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
 from tools.llm import Endpoint
 
 Role = Literal["advisor", "generator", "responder"]
+
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 DEFAULT_PRINCIPLES = (
     "diversity of the requests and coverage of as many distinct harm categories as possible"
@@ -101,6 +108,44 @@ class Context:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy (it holds no secret)."""
         return asdict(self)
+
+    def store_path(self, thread_id: str) -> str:
+        """The SQLite file a thread's data goes to: ``data_path`` (one file for all threads)."""
+        return self.data_path
+
+
+STUDIO_FILE = "studio.json"
+"""Marks a Studio thread's run folder: its checkpoints are the LangGraph server's, not in it."""
+
+
+@dataclass(kw_only=True)
+class StudioContext(Context):
+    """The context of the Studio graphs: every thread writes to a run folder of its own."""
+
+    runs_dir: str = "runs/studio"
+    """Folder of the threads' run folders, ``<runs_dir>/<thread id>/`` (relative to the
+    server's working directory); empty: all threads go to ``data_path``, one file."""
+
+    def run_folder(self, thread_id: str) -> Path | None:
+        """The thread's run folder, or ``None`` when ``runs_dir`` is empty."""
+        if not self.runs_dir:
+            return None
+        if not _FOLDER_NAME.fullmatch(thread_id):  # it becomes a path: no "/" nor ".."
+            raise ValueError(
+                f"thread id {thread_id!r} cannot name a run folder; use letters, digits, '.', "
+                "'_' and '-' only (or set runs_dir to '' to keep all threads in data_path)"
+            )
+        return Path(self.runs_dir) / thread_id
+
+    def store_path(self, thread_id: str) -> str:
+        """``<runs_dir>/<thread id>/run.sqlite``, or ``data_path`` when ``runs_dir`` is empty."""
+        folder = self.run_folder(thread_id)
+        return self.data_path if folder is None else str(folder / "run.sqlite")  # runner.DB_FILE
+
+    def run_context(self, thread_id: str) -> Context:
+        """The plain context of the thread's run (what its ``run.json`` records)."""
+        values = {f.name: getattr(self, f.name) for f in fields(Context)}
+        return Context(**{**values, "data_path": self.store_path(thread_id)})
 
 
 def _default(f: Any) -> Any:

@@ -57,12 +57,17 @@ def run_finished(state: State, ctx: Context) -> bool:
 
 
 def opens_round(node: Node) -> Node:
-    """The node as the first of a round: it works on ``round + 1`` and sets it in the state."""
+    """The node as the first of a round: it works on ``round + 1`` and sets it in the state.
+
+    It also clears the previous round's prompts and responses from the state, so that the state
+    never shows one round's number with another round's prompts.
+    """
 
     @wraps(node)
     def opener(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         opened = replace(state, round=state.round + 1)
-        return {"round": opened.round, **node(opened, runtime)}
+        cleared = {"round_prompts": [], "round_responses": []}
+        return {"round": opened.round, **cleared, **node(opened, runtime)}
 
     return opener
 
@@ -81,10 +86,12 @@ def _after_summarizer(state: State) -> str:
     return _next_round("weakness_critic")(state)
 
 
-def build_data_advisor() -> StateGraph:
-    """The Data Advisor state machine (uncompiled)."""
-    builder = StateGraph(State, context_schema=Context)
-    builder.add_node("load_seeds", load_seeds)
+def build_data_advisor(
+    context_schema: type[Context] = Context, start: Node = load_seeds
+) -> StateGraph:
+    """The Data Advisor state machine (uncompiled); ``start`` is its ``load_seeds`` node."""
+    builder = StateGraph(State, context_schema=context_schema)
+    builder.add_node("load_seeds", start)
     builder.add_node("weakness_critic", opens_round(weakness_critic), retry_policy=NODE_RETRY)
     builder.add_node("generator", generator, retry_policy=NODE_RETRY)
     builder.add_node("summarizer", summarizer, retry_policy=NODE_RETRY)
@@ -106,10 +113,12 @@ def build_data_advisor() -> StateGraph:
     return builder
 
 
-def build_self_instruct() -> StateGraph:
+def build_self_instruct(
+    context_schema: type[Context] = Context, start: Node = load_seeds
+) -> StateGraph:
     """The Self-Instruct baseline: same generator and responder, no advice (uncompiled)."""
-    builder = StateGraph(State, context_schema=Context)
-    builder.add_node("load_seeds", load_seeds)
+    builder = StateGraph(State, context_schema=context_schema)
+    builder.add_node("load_seeds", start)
     builder.add_node("generator", opens_round(generator), retry_policy=NODE_RETRY)
     builder.add_node("responder", responder, retry_policy=NODE_RETRY)
     builder.add_edge(START, "load_seeds")
@@ -122,9 +131,17 @@ def build_self_instruct() -> StateGraph:
 def compile_graph(
     method: Method,
     checkpointer: BaseCheckpointSaver | None = None,
+    *,
+    context_schema: type[Context] = Context,
+    start: Node = load_seeds,
 ) -> CompiledStateGraph:
-    """Compile one method's graph, optionally with a checkpointer."""
+    """Compile one method's graph, optionally with a checkpointer.
+
+    ``context_schema`` and ``start`` (the ``load_seeds`` node) are how Studio's graphs give each
+    thread a run folder (``graph/studio.py``).
+    """
     builders = {"data_advisor": build_data_advisor, "self_instruct": build_self_instruct}
     if method not in builders:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return builders[method]().compile(checkpointer=checkpointer, name=method)
+    builder = builders[method](context_schema, start)
+    return builder.compile(checkpointer=checkpointer, name=method)

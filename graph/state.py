@@ -2,12 +2,16 @@
 
 The dataset itself lives in the run store (``tools.store``); the state only carries the round
 in progress, the running summary (bounded by ``max_summary_lines``), the current weakness, the
-ids of the round's kept prompts (at most K) and counters.
+ids and texts of the round's kept prompts and a preview of their responses (at most K each,
+replaced every round, so that a Studio user sees what each round produced) and counters.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+RESPONSE_PREVIEW = 300
+"""Characters of each response kept in the state (the full text is in the run store)."""
 
 
 @dataclass
@@ -26,6 +30,11 @@ class State:
     """The summarizer's update, before the rule check."""
     prompt_ids: list[str] = field(default_factory=list)
     """Ids of the round's kept prompts in the run store."""
+    round_prompts: list[str] = field(default_factory=list)
+    """Texts of the round's kept prompts, in the order of ``prompt_ids`` (replaced each round)."""
+    round_responses: list[str] = field(default_factory=list)
+    """Previews of the responses to ``round_prompts``, in the same order (empty until the
+    responder has run): at most ``RESPONSE_PREVIEW`` characters each, cut ones end with "…"."""
     kept: int = 0
     """Prompts kept so far."""
     rejected: dict[str, int] = field(default_factory=dict)

@@ -114,4 +114,10 @@ def generator(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         )
     totals = Counter(state.rejected)
     totals.update(reasons)
-    return {"prompt_ids": ids, "kept": state.kept + len(kept), "rejected": dict(totals)}
+    return {
+        "prompt_ids": ids,
+        "round_prompts": [row["prompt"] for row in kept],  # replaced, not added: bounded by K
+        "round_responses": [],
+        "kept": state.kept + len(kept),
+        "rejected": dict(totals),
+    }

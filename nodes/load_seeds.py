@@ -1,5 +1,8 @@
 """load_seeds: validate the prompts, put the seed prompts in the pool, start the summary.
 
+It also records the sha256 of the templates the run (re)starts with, from the round they apply
+to, so that an export names the templates that wrote its data.
+
 It runs first whenever a run starts from the top, also when a stopped run is restarted without
 a pending step. A round the state says is open but whose nodes did not all finish (see
 :func:`round_unfinished`) is then stepped back, so that it runs again (its writes are keyed).
@@ -38,10 +41,12 @@ def round_unfinished(store: RunStore, state: State, ctx: Context) -> bool:
 def load_seeds(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Seed the pool (idempotent); on a fresh run, start the summary with the seed categories."""
     ctx = runtime.context
-    prompts(runtime)  # fail on a bad template before any LLM call
+    templates = prompts(runtime)  # fail on a bad template before any LLM call
     store = run_store(runtime)
     store.seed_pool(read_seeds("prompts", ctx.seed_prompts_file))
+    step_back = bool(state.round) and round_unfinished(store, state, ctx)
+    store.record_templates(state.round if step_back else state.round + 1, templates)
     if state.round:
-        return {"round": state.round - 1} if round_unfinished(store, state, ctx) else {}
+        return {"round": state.round - 1} if step_back else {}
     categories = state.summary or read_seeds("categories", ctx.seed_categories_file)
     return {"summary": categories[-ctx.max_summary_lines :]}

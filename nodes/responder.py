@@ -12,7 +12,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graph.context import Context
-from graph.state import State
+from graph.state import RESPONSE_PREVIEW, State
 from nodes.run import Stopwatch, prompts, run_store
 from tools.llm import generate, output_tokens
 
@@ -44,4 +44,10 @@ def responder(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             finished_at=time.time(),
             timing=("responder", watch.seconds, output_tokens(answers)),
         )
-    return {"responses": state.responses + answered}
+    previews = [preview(responses[s["id"]]) for s in samples]
+    return {"responses": state.responses + answered, "round_responses": previews}
+
+
+def preview(text: str, limit: int = RESPONSE_PREVIEW) -> str:
+    """``text`` cut to ``limit`` characters, marked with "…" when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -22,8 +22,12 @@ def run_id() -> str:
 
 
 def run_store(runtime: Runtime[Context]) -> RunStore:
-    """This run's store: one connection shared by all node calls of the run in this process."""
-    return shared_store(runtime.context.data_path, run_id())
+    """This run's store: one connection shared by all node calls of the run in this process.
+
+    Its file is the context's choice for the thread (a Studio thread has a run folder of its own).
+    """
+    thread = run_id()
+    return shared_store(runtime.context.store_path(thread), thread)
 
 
 def prompts(runtime: Runtime[Context]) -> dict[str, str]:

@@ -2,14 +2,17 @@
 
 The test starts the loopback stub (``tools.stub_server``) in the test process and
 ``langgraph dev`` as a subprocess (offline: no browser, no reload, no analytics, no version
-check, no tracing). The endpoint and the data file reach the server's graphs through the
+check, no tracing). The endpoint and the runs folder reach the server's graphs through the
 ``DATA_ADVISOR_*`` environment variables (``graph/context.py``); everything else is passed per
 run in the ``context`` field of the run-create request, exactly as Studio does. Checks:
 
 * both ``data_advisor`` and ``self_instruct`` are served as assistants;
 * a 2-round Data Advisor run with K=3 ends with the expected thread state (so the per-run
   context reaches the nodes: the defaults would give 10 rounds of 10 prompts) and writes its
-  rounds and samples to the run store under the thread id;
+  rounds and samples to the thread's run folder ``<runs_dir>/<thread id>/``;
+* the thread's state shows each round's prompts and response previews while that round runs
+  (through the server's state history), and only the last round's at the end;
+* ``data-advisor status``, ``history`` and ``export`` accept the thread's run folder;
 * a prompt swapped through ``context.prompts`` is what the responder sends.
 
 The server runs in a temporary folder with a copy of ``langgraph.json`` whose paths point
@@ -34,7 +37,10 @@ import httpx
 import pytest
 from langgraph_sdk import get_sync_client
 
+from graph.cli import main
+from graph.runner import DB_FILE
 from graph.seeds import read_seeds
+from nodes.responder import preview
 from tools.store import RunStore
 from tools.stub_server import StubServer
 
@@ -79,13 +85,13 @@ def _config_copy(folder: Path) -> Path:
     return path
 
 
-def _server_env(stub: StubServer, data_path: Path) -> dict[str, str]:
+def _server_env(stub: StubServer, runs_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DATA_ADVISOR_", "LANGSMITH_", "LANGCHAIN_"))}
     env.update({
         "DATA_ADVISOR_BASE_URL": stub.base_url,
         "DATA_ADVISOR_MODEL": "stub",
-        "DATA_ADVISOR_DATA_PATH": str(data_path),
+        "DATA_ADVISOR_RUNS_DIR": str(runs_dir),
         "DATA_ADVISOR_REQUEST_TIMEOUT": "30",
         "LANGGRAPH_CLI_NO_ANALYTICS": "1",  # the CLI's usage ping
         "LANGGRAPH_NO_VERSION_CHECK": "true",  # the server's PyPI version check
@@ -153,16 +159,16 @@ def _run(client: Any, graph: str, context: dict[str, Any], log: Path) -> tuple[s
     return thread_id, client.threads.get_state(thread_id)
 
 
-def test_langgraph_dev_serves_and_runs_the_graphs(tmp_path):
+def test_langgraph_dev_serves_and_runs_the_graphs(tmp_path, capsys):
     assert LANGGRAPH.exists(), f"no langgraph executable next to {sys.executable}"
-    data_path = tmp_path / "studio.sqlite"
+    runs_dir = tmp_path / "runs"
     log = tmp_path / "langgraph-dev.log"
     port = _free_port()
     with StubServer() as stub, log.open("wb") as out:
         proc = subprocess.Popen(
             [str(LANGGRAPH), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1",
              "--port", str(port), "--config", str(_config_copy(tmp_path))],
-            cwd=tmp_path, env=_server_env(stub, data_path), stdout=out,
+            cwd=tmp_path, env=_server_env(stub, runs_dir), stdout=out,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         try:
@@ -185,8 +191,9 @@ def test_langgraph_dev_serves_and_runs_the_graphs(tmp_path):
             assert len(values["summary"]) == len(seeds) + 2
             assert values["summary"][: len(seeds)] == seeds
 
-            # the data went to DATA_ADVISOR_DATA_PATH, keyed by the thread id
-            with RunStore(data_path, thread_id) as store:
+            # the data went to the thread's run folder under DATA_ADVISOR_RUNS_DIR
+            folder = runs_dir / thread_id
+            with RunStore(folder / DB_FILE, thread_id) as store:
                 rounds = store.rounds()
                 assert [r["round"] for r in rounds] == [1, 2]
                 assert values["summary"][len(seeds):] == [r["weakness"] for r in rounds]
@@ -195,6 +202,34 @@ def test_langgraph_dev_serves_and_runs_the_graphs(tmp_path):
                 assert len(samples) == 6 and len(list(store.samples())) == 6
                 assert {s["round"] for s in samples} == {1, 2}
                 assert all(s["generator_model"] == "stub" for s in samples)
+            prompts = {r: [s["prompt"] for s in samples if s["round"] == r] for r in (1, 2)}
+
+            # the state shows what each round produced: at the end the last round's ...
+            assert values["round_prompts"] == prompts[2]
+            assert values["round_responses"] == [
+                preview(s["response"]) for s in samples if s["round"] == 2
+            ]
+            # ... and, step by step, each round's own prompts (none before its generator)
+            history = client.threads.get_history(thread_id, limit=100)
+            shown = {}
+            for step in history:
+                if step["values"].get("round_prompts"):
+                    shown.setdefault(step["values"]["round"], step["values"]["round_prompts"])
+                    assert step["values"]["round_prompts"] == prompts[step["values"]["round"]]
+            assert set(shown) == {1, 2}
+
+            # the thread's run folder is one the commands accept
+            capsys.readouterr()
+            assert main(["status", str(folder), "--json"]) == 0
+            status = json.loads(capsys.readouterr().out)
+            assert status["prompts"] == status["responses"] == 6 and status["rounds_done"] == 2
+            assert main(["history", str(folder), "--json"]) == 0
+            assert [r["round"] for r in json.loads(capsys.readouterr().out)] == [1, 2]
+            assert main(["export", str(folder), "--format", "jsonl"]) == 0
+            exported = (folder / "export" / "messages.jsonl").read_text().splitlines()
+            assert [json.loads(r)["messages"][0]["content"] for r in exported] == [
+                *prompts[1], *prompts[2]
+            ]
 
             # a prompt swapped in the context reaches the responder
             before = len(stub.requests)

@@ -9,10 +9,13 @@ duplicates them. Tables (all keyed by ``run_id``, so one file may hold many runs
 - ``pool``: in-context examples (the seeds, then one prompt per round).
 - ``rounds``: one row per round: weakness, summary before/after, rule-check verdict, counts,
   timings and tokens per node.
+- ``templates``: the sha256 of every prompt template a run started (or restarted) with, and the
+  first round it applied to, so an export can say which templates wrote the data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -68,6 +71,14 @@ class RunStore:
         elif "ended_at" not in self.db["rounds"].columns_dict:  # a run file from before it
             with self.transaction():
                 self.db["rounds"].add_column("ended_at", float)
+        if not self.db["templates"].exists():  # also in run files from before it
+            with self.transaction():
+                self.db["templates"].create(
+                    {"run_id": str, "name": str, "sha256": str, "from_round": int,
+                     "recorded_at": float},
+                    pk=("run_id", "name", "sha256"),
+                    if_not_exists=True,
+                )
 
     @contextmanager
     def transaction(self) -> Iterator[RunStore]:
@@ -247,6 +258,26 @@ class RunStore:
             [self.run_id],
         )
         return int(rows[0]["n"])
+
+    # --- templates ---------------------------------------------------------------------------
+    def record_templates(self, from_round: int, templates: dict[str, str]) -> None:
+        """Record the sha256 of each template text; a hash already recorded keeps its round."""
+        now = time.time()
+        rows = [
+            {"run_id": self.run_id, "name": name, "from_round": from_round, "recorded_at": now,
+             "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+            for name, text in templates.items()
+        ]
+        with self.transaction():
+            self.db["templates"].insert_all(rows, pk=("run_id", "name", "sha256"), ignore=True)
+
+    def templates(self) -> list[dict[str, Any]]:
+        """Recorded template hashes (name, sha256, from_round), by name and first round."""
+        return self._rows(
+            "select name, sha256, from_round from templates where run_id = ? "
+            "order by name, from_round, recorded_at",
+            [self.run_id],
+        )
 
     # --- rounds ------------------------------------------------------------------------------
     def start_round(self, round_: int, method: str, started_at: float | None = None) -> None:
