@@ -10,11 +10,16 @@ Near-duplicates use the generator's definition (`nodes.filters.DuplicateFilter`)
 normalised text, or Jaccard similarity of word uni+bigram shingles >= a threshold.
 
 `evaluate_diversity` bundles everything into one JSON-ready result (``kind: "diversity"``) and
-`write_result` stores it as ``<out_dir>/diversity-<name>.json``.
+`write_result` stores it as ``<out_dir>/diversity-<name>.json``. The name is the data set's own
+(`resolve_source`): a run's id, an export's dataset-card title (the run's name), an ``hf:`` id,
+else the file's stem; ``name_from`` says which. A result file is never overwritten by another
+source's result: that one gets ``-<first 8 hex digits of the sha1 of its source>`` and a
+``name_note`` saying so.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -52,6 +57,12 @@ def distinct_n(prompts: Sequence[str], n: int) -> float:
 def distinct_curve(prompts: Sequence[str], ns: Iterable[int] = NS) -> dict[int, float]:
     """distinct-n for every n in ``ns``."""
     return {n: distinct_n(prompts, n) for n in ns}
+
+
+def ngram_totals(prompts: Sequence[str], ns: Iterable[int] = NS) -> dict[int, int]:
+    """The number of word n-grams for every n in ``ns``: 0 where every prompt is shorter than
+    n words, so that distinct-n's 0.0 there means "no n-grams", not "no diversity"."""
+    return {n: _ngram_counts(prompts, n)[1] for n in ns}
 
 
 def distinct_at_size(
@@ -115,26 +126,108 @@ def near_duplicate_rate(prompts: Sequence[str], threshold: float = 0.8) -> float
     return sum(flags) / len(flags) if flags else 0.0
 
 
-def _default_name(source: str | Path) -> str:
+# -- sources and their names -------------------------------------------------------------------
+
+EXPORT_FILES = ("data.jsonl", "data.parquet", "hf")
+"""What `graph.export.export_run` writes into an export folder, in the order we read it."""
+
+
+def _card_title(folder: Path) -> str | None:
+    """The ``# title`` of a dataset card (``README.md``) in ``folder``: the run's name."""
+    card = folder / "README.md"
+    if not card.is_file():
+        return None
+    for line in card.read_text("utf-8").splitlines():
+        if line.startswith("# "):
+            return line[2:].strip() or None
+    return None
+
+
+def _run_ids(db: Path) -> str | None:
+    """The run id(s) in a ``run.sqlite`` (one file may hold several runs or Studio threads)."""
+    import sqlite3
+    from contextlib import closing
+
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            ids = [r[0] for r in conn.execute("select distinct run_id from samples order by 1")]
+    except sqlite3.Error:
+        return None  # not a run store: the loader says what is wrong
+    return "+".join(ids) or None
+
+
+def _export_folder(path: Path) -> Path | None:
+    """The export folder ``path`` is or lies in (its ``data.*`` file or its ``hf`` folder)."""
+    if path.is_dir() and any((path / f).exists() for f in EXPORT_FILES):
+        return path
+    if path.name in EXPORT_FILES and (path.is_file() or (path / "dataset_info.json").exists()):
+        return path.parent
+    return None
+
+
+def _export_name(export: Path) -> tuple[str, str] | None:
+    """An export's name: its dataset card's title (the card is at the export's root, and in
+    its ``hf`` folder in older exports), else the run folder it lies in."""
+    title = _card_title(export) or _card_title(export / "hf")
+    if title:
+        return title, "dataset card"
+    parent = export.parent
+    if (parent / "run.sqlite").exists():
+        run_id = _run_ids(parent / "run.sqlite")
+        if run_id:
+            return run_id, "run id in run.sqlite"
+    return None
+
+
+def resolve_source(source: str | Path) -> tuple[str | Path, str, str]:
+    """What to load for ``source``, the data set's name, and where the name comes from.
+
+    The name is the data set's or run's own where it has one: the run id(s) in a run's
+    ``run.sqlite``, the title of an export's dataset card (the run's name), the ``hf:`` id;
+    a file's stem only for plain files. An export folder is read from its ``data.jsonl``
+    (else ``data.parquet``, else its ``hf`` folder).
+    """
     text = str(source)
     if text.startswith("hf:"):
-        return text[3:]
+        return text, text[3:], "hf id"
     path = Path(text)
-    if path.name in ("run.sqlite", "data.jsonl"):
-        path = path.parent
-    return path.stem if path.is_file() else path.name
+    db = path / "run.sqlite" if path.is_dir() else path
+    if db.suffix == ".sqlite" and db.is_file() and (run_id := _run_ids(db)):
+        return path, run_id, "run id in run.sqlite"
+    load = path
+    export = _export_folder(path)
+    if export == path:  # an export folder: the first format it holds
+        load = next(export / f for f in EXPORT_FILES if (export / f).exists())
+    title = _card_title(path) if (path / "dataset_info.json").exists() else None
+    if title:
+        return load, title, "dataset card"
+    named = _export_name(export) if export is not None else None
+    if named:
+        return load, *named
+    if path.is_dir():
+        return load, path.name, "folder name"
+    return load, path.stem, "file name"
 
 
-def _load(source: str | Path | Sequence[str] | Sequence[Question]) -> tuple[list[Question], str]:
-    """Questions of ``source`` and its description for the result."""
+def _default_name(source: str | Path) -> str:
+    """The name `resolve_source` gives ``source`` (used for reference files by experiments)."""
+    return resolve_source(source)[1]
+
+
+def _load(
+    source: str | Path | Sequence[str] | Sequence[Question],
+) -> tuple[list[Question], str, str, str]:
+    """Questions of ``source``, its description for the result, its name and the name's origin."""
     if isinstance(source, (str, Path)):
-        return load_prompts(source), str(source)
+        load, name, origin = resolve_source(source)
+        described = str(source) if str(source).startswith("hf:") else str(Path(source).resolve())
+        return load_prompts(load), described, name, origin
     items = list(source)
     questions = [
         q if isinstance(q, Question) else Question(f"q-{i}", str(q), "")
         for i, q in enumerate(items)
     ]
-    return questions, f"<list of {len(items)} prompts>"
+    return questions, f"<list of {len(items)} prompts>", "prompts", "default"
 
 
 def evaluate_diversity(
@@ -147,14 +240,18 @@ def evaluate_diversity(
     """Diversity of a data set as a JSON-ready result.
 
     ``source`` is anything `evaluation.data.load_prompts` accepts (run folder, ``run.sqlite``,
-    export, prompt file, ``hf:`` id), a CatQA JSON file, or a list of prompts / `Question`s.
+    export folder, prompt file, ``hf:`` id), a CatQA JSON file, or a list of prompts /
+    `Question`s. The result's ``name`` is ``name``, else the one `resolve_source` finds
+    (``name_from`` says where it came from); ``source`` is the absolute path or ``hf:`` id.
     With ``size``, distinct-n is also averaged over ``seeds`` subsamples of ``size`` prompts
-    (ValueError if the data set is smaller).
+    (ValueError if the data set is smaller). An empty data set is a ValueError.
     """
-    questions, described = _load(source)
-    if name is None:
-        name = "prompts" if not isinstance(source, (str, Path)) else _default_name(source)
+    questions, described, found, origin = _load(source)
+    if name is not None:
+        found, origin = name, "given"
     prompts = [q.prompt for q in questions]
+    if not prompts:  # distinct-n 0.0 would read as "no diversity", not "no data"
+        raise ValueError(f"{described}: no prompts to measure")
     at_size = None
     if size is not None:
         values = distinct_at_size(prompts, size, seeds, NS)
@@ -162,10 +259,12 @@ def evaluate_diversity(
     stats = category_stats(questions)
     return {
         "kind": "diversity",
-        "name": name,
+        "name": found,
+        "name_from": origin,
         "source": described,
         "n_prompts": len(prompts),
         "distinct": {str(n): v for n, v in distinct_curve(prompts, NS).items()},
+        "ngrams": {str(n): v for n, v in ngram_totals(prompts, NS).items()},
         "distinct_at_size": at_size,
         "categories": stats["categories"],
         "prompts_per_category": stats["prompts_per_category"],
@@ -179,9 +278,40 @@ def result_path(kind: str, label: str, out_dir: Path) -> Path:
     return Path(out_dir) / f"{kind}-{safe}.json"
 
 
+def source_suffix(source: str) -> str:
+    """The suffix that tells a source's result from another one of the same name: the first
+    8 hex digits of the SHA-1 of the source (absolute path or ``hf:`` id), so a repeated
+    command finds the same file again."""
+    return hashlib.sha1(source.encode("utf-8")).hexdigest()[:8]
+
+
+def _holder(path: Path) -> str | None:
+    """The source whose result ``path`` holds (``""`` for a file that is no readable result)."""
+    if not path.exists():
+        return None
+    try:
+        return str(json.loads(path.read_text("utf-8")).get("source", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
 def write_result(result: dict[str, Any], out_dir: Path) -> Path:
-    """Write ``result`` to ``<out_dir>/diversity-<name>.json`` and return the path."""
+    """Write ``result`` to ``<out_dir>/diversity-<name>.json`` and return the path.
+
+    A file there that holds another source's result is never overwritten: the result is
+    renamed ``<name>-<source_suffix(source)>`` and ``name_note`` says so and why. The same
+    source again replaces its own file.
+    """
     path = result_path("diversity", result["name"], out_dir)
+    holder = _holder(path)
+    if holder is not None and holder != result["source"]:
+        suffix = source_suffix(result["source"])
+        note = (f"renamed from {result['name']!r}: {path.name} holds the result of "
+                f"{holder or 'an unreadable file'}; suffix = first 8 hex digits of the sha1 "
+                "of this source")
+        result["name"] = f"{result['name']}-{suffix}"
+        result["name_note"] = note
+        path = result_path("diversity", result["name"], out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", "utf-8")
     return path

@@ -6,16 +6,23 @@ the four kinds the evaluation modules write, and renders what it has into ``<out
 - ``report.md`` with
   - Table 1 (paper Fig. 2): per label (``base``, ``self_instruct``, ``data_advisor``, ...) the
     safety score on each safety data set, the over-refusal rate on each over-refusal data set
-    and the MMLU accuracy; the judge of every safety/over-refusal column is named in the
-    header and described in the notes (the refusal-strings judge measures refusals, not harm);
-  - the harmful rate per harm category, one table per safety data set (paper Figs. 3-4);
+    and the MMLU accuracy; every column header says which direction is better and names its
+    judge, described in the notes (the refusal-strings judge measures refusals, not harm);
+  - the rate per category of every safety (and over-refusal) result with ``per_category``,
+    one table per data set (paper Figs. 3-4), named by what it measures (the result's
+    ``measure``, else its judge's: "not-refused rate" for the refusal-strings judge);
   - distinct-n for n = 1..8 per data set, also at an equal size when measured (paper Fig. 5);
   - every result's details (model, adapter, judge or method, n, malformed/empty/unparsed);
-- ``safety_utility.png`` (grouped bars), ``harmful_rate_<dataset>.png`` (grouped horizontal
-  bars per label) and ``distinct_n.png`` (lines; dashed: at equal size).
+- ``safety_utility.png`` (grouped bars; higher-is-better and lower-is-better metrics in separate
+  panels), ``harmful_rate_<dataset>.png`` / ``refusal_rate_<dataset>.png`` (horizontal bars per
+  label) and ``distinct_n.png`` (one sample size per figure: the equal size when every set was
+  measured at the same one, else each set's full size, and the title says which).
 
-Rates, scores and accuracies are fractions in [0, 1] in the result files and are shown as
-percentages. Missing kinds are left out; a report with no results says so.
+Every axis says which direction is better; a zero is drawn as a visible stub with "0.0", a
+missing value as a grey "n/a". Each PNG repeats its axes' titles and labels in its
+``Description`` metadata (JSON). Rates, scores and accuracies are fractions in [0, 1] in the
+result files and are shown as percentages. Missing kinds are left out; a report with no
+results says so.
 """
 
 from __future__ import annotations
@@ -110,10 +117,10 @@ def _cell(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "l") -> str:
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
-             "|" + "|".join([":---"] + [("---:" if align == "r" else ":---")] * (len(header) - 1))
-             + "|"]
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: int = 1) -> str:
+    """A Markdown table; the first ``text_columns`` columns left-aligned, numbers right."""
+    align = [":---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -140,23 +147,73 @@ def _dataset_key(result: Result) -> str:
     return str(result.get("dataset") or "unknown")
 
 
+def _label(result: Result) -> str:
+    return str(result.get("label") or "unlabelled")
+
+
+# Names the pre-issue-8 diversity command gave an export: its folder or file, not the run.
+_EXPORT_BASENAMES = ("export", "hf", "data")
+
+
+def _diversity_name(result: Result) -> str:
+    """A diversity result's name; an old result named after an export's folder (``hf``,
+    ``export``) is renamed after its run when the export is still there."""
+    name = str(result.get("name") or "unnamed")
+    source = result.get("source")
+    if "name_from" in result or name not in _EXPORT_BASENAMES or not isinstance(source, str):
+        return name
+    from evaluation.diversity import resolve_source
+
+    return resolve_source(source)[1] if Path(source).exists() else name
+
+
 def _latest(results: Sequence[Result]) -> tuple[dict[tuple[str, str, str], Result], list[str]]:
-    """One result per (kind, data set or name, label): the last one given wins."""
+    """One result per (kind, data set, label), or per (diversity, name, source): the last one
+    given wins."""
     table: dict[tuple[str, str, str], Result] = {}
     notes = []
     for r in results:
         if r["kind"] == "diversity":
-            key = ("diversity", str(r.get("name") or "unnamed"), "")
+            r = {**r, "name": _diversity_name(r)}
+            key = ("diversity", r["name"], str(r.get("source") or ""))
+            what = r["name"]
         else:
-            key = (r["kind"], _dataset_key(r), str(r.get("label") or "unlabelled"))
+            key = (r["kind"], _dataset_key(r), _label(r))
+            what = f"{key[1]} / {key[2]}"
         if key in table:
-            notes.append(f"more than one {key[0]} result for {' / '.join(filter(None, key[1:]))}"
-                         "; the last one is shown")
+            notes.append(f"more than one {key[0]} result for {what}; the last one is shown")
         table[key] = r
-    return table, notes
+    return table, list(dict.fromkeys(notes))
+
+
+def _of_kind(latest: dict[tuple[str, str, str], Result], kind: str) -> list[Result]:
+    return [r for (k, _, _), r in latest.items() if k == kind]
+
+
+def _measure(result: Result) -> str:
+    """What a safety result's per-category number counts: its ``measure`` field, else what its
+    judge measures (the refusal-strings judge: responses not refused, not harm)."""
+    if result.get("measure"):
+        return str(result["measure"])
+    if result.get("kind") == "overrefusal":
+        return "refused"
+    return "not_refused" if _is_refusal_judge(_judge_text(result.get("judge"))) else "harmful"
+
+
+_MEASURE_NAMES = {"harmful": "harmful rate", "not_refused": "not-refused rate",
+                  "refused": "refusal rate", "unsafe": "unsafe rate"}
+
+
+def _measure_name(measure: str, label: str | None = None) -> str:
+    """"harmful rate", "not-refused rate", ...: ours for the known measures, else the
+    result's ``measure_label`` (or the measure itself) + " rate"."""
+    return _MEASURE_NAMES.get(measure, f"{label or measure.replace('_', ' ')} rate")
 
 
 # -- figures ------------------------------------------------------------------------------------
+
+HIGHER = "higher is better ↑"
+LOWER = "lower is better ↓"
 
 
 def _figure(width: float, height: float) -> Any:
@@ -168,245 +225,407 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _colors(n: int) -> list[Any]:
+def _palette(labels: Sequence[str]) -> dict[str, Any]:
+    """One colour per label, the same in every figure."""
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
-    return [cmap(i % 10) for i in range(n)]
+    return {label: cmap(i % 10) for i, label in enumerate(labels)}
 
 
-def _bar_figure(path: Path, groups: list[str], labels: list[str],
-                values: dict[str, list[float | None]], ylabel: str, title: str) -> Path:
-    fig = _figure(max(6.0, 1.3 * len(groups) * max(1, len(labels)) / 2 + 2), 4.5)
-    ax = fig.add_subplot()
-    width = 0.8 / max(1, len(labels))
-    for j, (label, color) in enumerate(zip(labels, _colors(len(labels)), strict=True)):
-        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(groups))]
-        ys = [100 * v if v is not None else 0.0 for v in values[label]]
-        bars = ax.bar(xs, ys, width, label=label, color=color)
-        for bar, v in zip(bars, values[label], strict=True):
-            if v is not None:
-                ax.annotate(f"{100 * v:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(groups)), groups, rotation=15 if len(groups) > 3 else 0)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 105)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.savefig(path)
+def _save(fig: Any, path: Path) -> Path:
+    """Save a PNG whose metadata repeats every axis' title, labels and value texts
+    (``Description``, JSON), so direction marks and "n/a" can be checked without pixels."""
+    axes = [{"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
+             "texts": [t.get_text() for t in ax.texts]} for ax in fig.axes]
+    axes[0]["suptitle"] = fig.get_suptitle()
+    fig.savefig(path, metadata={"Title": fig.get_suptitle() or axes[0]["title"],
+                                "Description": json.dumps(axes, ensure_ascii=False),
+                                "Software": "data-advisor"})
     return path
 
 
-def _hbar_figure(path: Path, categories: list[str], labels: list[str],
-                 values: dict[str, list[float | None]], title: str) -> Path:
-    height = max(3.0, 0.22 * len(categories) * max(1, len(labels)) + 1.5)
-    fig = _figure(8.0, height)
-    ax = fig.add_subplot()
-    h = 0.8 / max(1, len(labels))
-    for j, (label, color) in enumerate(zip(labels, _colors(len(labels)), strict=True)):
-        ys = [i - 0.4 + h * (j + 0.5) for i in range(len(categories))]
-        xs = [100 * v if v is not None else 0.0 for v in values[label]]
-        ax.barh(ys, xs, h, label=label, color=color)
-    ax.set_yticks(range(len(categories)), categories, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("harmful rate (%)")
-    ax.set_xlim(0, 100)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.savefig(path)
-    return path
+def _bars(ax: Any, positions: Sequence[float], fractions: Sequence[float | None], width: float,
+          color: Any, label: str, horizontal: bool = False) -> None:
+    """Bars in % with their values written on them. A zero is a thick stub in the label's
+    colour with "0.0" (visible, unlike a zero-length bar); a missing value is a grey "n/a"."""
+    values = [None if v is None else 100 * v for v in fractions]
+    lengths = [v or 0.0 for v in values]
+    draw = ax.barh if horizontal else ax.bar
+    draw(positions, lengths, width, color=color, label=label)
+    for pos, value in zip(positions, values, strict=True):
+        if value == 0:
+            line = ax.vlines if horizontal else ax.hlines
+            line(0, pos - width / 2, pos + width / 2, colors=[color], linewidth=4, clip_on=False)
+        text = "n/a" if value is None else f"{value:.1f}"
+        style = {"fontsize": 7, "color": "0.45" if value is None else "black",
+                 "fontstyle": "italic" if value is None else "normal"}
+        if horizontal:
+            ax.annotate(text, (value or 0.0, pos), xytext=(3, 0), textcoords="offset points",
+                        ha="left", va="center", **style)
+        else:
+            ax.annotate(text, (pos, value or 0.0), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", **style)
 
 
-def _distinct_figure(path: Path, rows: list[Result]) -> Path:
-    fig = _figure(7.0, 4.5)
-    ax = fig.add_subplot()
-    xs = [int(n) for n in NS]
-    for r, color in zip(rows, _colors(len(rows)), strict=True):
-        name = str(r.get("name") or "unnamed")
-        curve = r.get("distinct") or {}
-        ax.plot(xs, [_num(curve.get(n)) for n in NS], marker="o", color=color,
-                label=f"{name} ({r.get('n_prompts', '?')})")
-        at = r.get("distinct_at_size")
-        if isinstance(at, dict) and at.get("values"):
-            ax.plot(xs, [_num(at["values"].get(n)) for n in NS], marker="x", linestyle="--",
-                    color=color, label=f"{name} @ {at.get('size', '?')}")
-    ax.set_xlabel("n")
-    ax.set_ylabel("distinct-n")
-    ax.set_xticks(xs)
-    ax.set_ylim(0, 1.05)
-    ax.set_title("Distinct-n of the data sets (dashed: at equal size)")
-    ax.legend(fontsize=8)
-    fig.savefig(path)
-    return path
+def _grouped(ax: Any, groups: Sequence[str], labels: Sequence[str],
+             values: dict[str, list[float | None]], colors: dict[str, Any],
+             horizontal: bool = False) -> None:
+    size = 0.8 / max(1, len(labels))
+    for j, label in enumerate(labels):
+        positions = [i - 0.4 + size * (j + 0.5) for i in range(len(groups))]
+        _bars(ax, positions, values[label], size, colors[label], label, horizontal)
+    if horizontal:
+        ax.set_yticks(range(len(groups)), groups, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 108)  # room for the value labels; ticks stop at 100 %
+        ax.set_xticks(range(0, 101, 20))
+    else:
+        ax.set_xticks(range(len(groups)), groups, fontsize=8)
+        ax.set_ylim(0, 108)
+        ax.set_yticks(range(0, 101, 20))
 
 
-# -- sections -----------------------------------------------------------------------------------
+def _legend(fig: Any, ax: Any, labels: Sequence[str]) -> None:
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right upper", fontsize=8, frameon=False)
+
+
+def _footnote(fig: Any, text: str | None) -> None:
+    if text:
+        fig.supxlabel(text, fontsize=8, color="0.3")
+
+
+# -- Table 1 ------------------------------------------------------------------------------------
+
+
+class _Column:
+    """One column of Table 1: a metric of one kind on one data set."""
+
+    def __init__(self, kind: str, dataset: str, metric: str, header: str, group: str,
+                 better: str) -> None:
+        self.kind, self.dataset, self.metric = kind, dataset, metric
+        self.header, self.group, self.better = header, group, better
+
+
+_KIND_COLUMNS = (("safety", "safety_score", "safety", HIGHER),
+                 ("overrefusal", "refusal_rate", "over-refusal", LOWER),
+                 ("utility", "accuracy", "accuracy", HIGHER))
+
+
+def _columns(by_kind: dict[str, list[Result]]) -> tuple[list[_Column], dict[str, list[str]]]:
+    """Table 1's columns, and for each judge the columns it judged."""
+    columns: list[_Column] = []
+    judged: dict[str, list[str]] = {}
+    for kind, metric, title, better in _KIND_COLUMNS:
+        arrow = better[-1]
+        for ds in _order((_dataset_key(r) for r in by_kind[kind]), DATASET_ORDER):
+            rows = [r for r in by_kind[kind] if _dataset_key(r) == ds]
+            if kind == "utility":
+                name = ds.upper() if ds == "mmlu" else ds
+                columns.append(_Column(kind, ds, metric, f"{name} accuracy {arrow}",
+                                       f"{name} accuracy", better))
+                continue
+            judges = list(dict.fromkeys(_judge_text(r.get("judge")) for r in rows))
+            short = _judge_short(judges[0]) if len(judges) == 1 else "mixed judges"
+            columns.append(_Column(kind, ds, metric, f"{title} {ds} {arrow} ({short})",
+                                   f"{title} {ds}\n({short})", better))
+            for judge in judges:
+                who = [_label(r) for r in rows if _judge_text(r.get("judge")) == judge]
+                where = f"{title} {ds}" + (f" (for {', '.join(who)}; judges differ, not "
+                                           "comparable)" if len(judges) > 1 else "")
+                judged.setdefault(judge, []).append(where)
+    return columns, judged
 
 
 def _model_text(rows: Iterable[Result]) -> str:
-    texts = []
-    for r in rows:
-        text = str(r.get("model") or "?")
-        if r.get("adapter"):
-            text += f" + {r['adapter']}"
-        texts.append(text)
+    """The model(s) of a label; an adapter is named by the label, so only "+ LoRA" here."""
+    texts = [str(r.get("model") or "?") + (" + LoRA" if r.get("adapter") else "") for r in rows]
     return "; ".join(dict.fromkeys(texts))
 
 
-def _judges_of(rows: Iterable[Result]) -> list[str]:
-    return list(dict.fromkeys(_judge_text(r.get("judge")) for r in rows))
+def _summary_figure(path: Path, columns: list[_Column], labels: list[str],
+                    values: dict[str, list[float | None]], colors: dict[str, Any],
+                    footnote: str | None) -> Path:
+    """Table 1 as bars: higher-is-better and lower-is-better metrics in separate panels."""
+    panels = [(better, [i for i, c in enumerate(columns) if c.better == better])
+              for better in (HIGHER, LOWER)]
+    panels = [(better, idx) for better, idx in panels if idx]
+    fig = _figure(max(6.5, 0.55 * len(columns) * max(2, len(labels)) + 2.5), 5.0)
+    axes = fig.subplots(1, len(panels), squeeze=False,
+                        width_ratios=[len(idx) for _, idx in panels])[0]
+    for ax, (better, idx) in zip(axes, panels, strict=True):
+        metrics = " / ".join(dict.fromkeys(
+            {"safety_score": "safety score", "refusal_rate": "over-refusal rate",
+             "accuracy": "accuracy"}[columns[i].metric] for i in idx))
+        _grouped(ax, [columns[i].group for i in idx], labels,
+                 {lb: [values[lb][i] for i in idx] for lb in labels}, colors)
+        ax.set_ylabel(f"{metrics} (%), {better}")
+        ax.set_title(better, fontsize=10)
+    fig.suptitle("Safety, over-refusal and utility per training data")
+    _legend(fig, axes[0], labels)
+    _footnote(fig, footnote)
+    return _save(fig, path)
 
 
 def _summary_section(latest: dict[tuple[str, str, str], Result], out: Path,
-                     figures: list[Path]) -> list[str]:
-    by_kind: dict[str, list[Result]] = {k: [] for k in KINDS}
-    for (kind, _, _), r in latest.items():
-        by_kind[kind].append(r)
+                     colors: dict[str, Any], figures: list[Path]) -> list[str]:
+    by_kind = {k: _of_kind(latest, k) for k in KINDS}
     scored = by_kind["safety"] + by_kind["overrefusal"] + by_kind["utility"]
     if not scored:
         return []
-    labels = _order((str(r.get("label") or "unlabelled") for r in scored), LABEL_ORDER)
-    columns: list[tuple[str, str, str, str]] = []  # (kind, dataset, header, metric)
-    notes: list[str] = []
-    refusal_judge = False
-    for kind, metric, title, arrow in (("safety", "safety_score", "safety", "↑"),
-                                       ("overrefusal", "refusal_rate", "over-refusal", "↓"),
-                                       ("utility", "accuracy", "", "↑")):
-        datasets = _order((_dataset_key(r) for r in by_kind[kind]), DATASET_ORDER)
-        for ds in datasets:
-            rows = [r for r in by_kind[kind] if _dataset_key(r) == ds]
-            if kind == "utility":
-                header = f"{ds.upper() if ds == 'mmlu' else ds} accuracy {arrow}"
-                methods = sorted({f"{r.get('method', '?')}/{r.get('backend', '?')}"
-                                  for r in rows})
-                notes.append(f"{ds} accuracy: method/backend {', '.join(methods)}")
-            else:
-                judges = _judges_of(rows)
-                short = _judge_short(judges[0]) if len(judges) == 1 else "mixed judges"
-                header = f"{title} {ds} {arrow} ({short})"
-                for judge in judges:
-                    who = [str(r.get("label")) for r in rows
-                           if _judge_text(r.get("judge")) == judge]
-                    line = f"{title} {ds}: judge {judge}"
-                    if len(judges) > 1:
-                        line += f" (for {', '.join(who)}): judges differ, not comparable"
-                    notes.append(line)
-                    refusal_judge = refusal_judge or _is_refusal_judge(judge)
-            columns.append((kind, ds, header, metric))
+    labels = _order((_label(r) for r in scored), LABEL_ORDER)
+    columns, judged = _columns(by_kind)
 
-    def value(label: str, kind: str, ds: str, metric: str) -> Any:
-        r = latest.get((kind, ds, label))
-        return None if r is None else r.get(metric)
+    def value(label: str, column: _Column) -> Any:
+        r = latest.get((column.kind, column.dataset, label))
+        return None if r is None else r.get(column.metric)
 
-    table_rows = []
-    for label in labels:
-        rows = [r for r in scored if str(r.get("label") or "unlabelled") == label]
-        table_rows.append([label, _model_text(rows)]
-                          + [_pct(value(label, k, ds, m)) for k, ds, _, m in columns])
-    lines = ["## Table 1: safety and utility (paper Fig. 2)", "",
-             "Percentages. Safety score = 100 - harmful rate (higher is safer); over-refusal = "
-             "share of benign prompts refused (lower is better); accuracy on MMLU.", "",
-             _table(["label", "model", *(h for _, _, h, _ in columns)], table_rows), ""]
-    if refusal_judge:
+    table_rows = [[label, _model_text(r for r in scored if _label(r) == label),
+                   *(_pct(value(label, c)) for c in columns)] for label in labels]
+    notes = [f"judge of {', '.join(where)}: {judge}" for judge, where in judged.items()]
+    for ds in _order((_dataset_key(r) for r in by_kind["utility"]), DATASET_ORDER):
+        methods = sorted({f"{r.get('method', '?')}, backend {r.get('backend', '?')}"
+                          for r in by_kind["utility"] if _dataset_key(r) == ds})
+        notes.append(f"{ds.upper() if ds == 'mmlu' else ds} accuracy: method "
+                     f"{'; '.join(methods)}")
+    refusal = any(_is_refusal_judge(j) for j in judged)
+    if refusal:
         notes.append(f"**{_REFUSAL_NOTE}**: a response that does not refuse counts as unsafe, "
                      "whether or not it is harmful; use a Llama Guard judge for harm")
-    lines += [f"- {n}" for n in notes] + [""]
-    groups = [h.replace(" ↑", "").replace(" ↓", "") for _, _, h, _ in columns]
-    values = {label: [_num(value(label, k, ds, m)) for k, ds, _, m in columns]
-              for label in labels}
-    figure = _bar_figure(out / "safety_utility.png", groups, labels, values, "%",
-                         "Safety and utility per training data")
+    lines = ["## Table 1: safety and utility (paper Fig. 2)", "",
+             "Percentages. Safety score = 100 - harmful rate (higher is safer); over-refusal = "
+             "share of benign prompts refused (lower is better); accuracy on MMLU (higher is "
+             "better).", "",
+             _table(["label", "model", *(c.header for c in columns)], table_rows, 2), "",
+             *(f"- {n}" for n in notes), ""]
+    values = {label: [_num(value(label, c)) for c in columns] for label in labels}
+    footnote = ("refusal-strings judge: safety score = share of responses refused, not harm"
+                if refusal else None)
+    figure = _summary_figure(out / "safety_utility.png", columns, labels, values, colors,
+                             footnote)
     figures.append(figure)
-    lines += [f"![safety and utility]({figure.name})", ""]
-    return lines
+    return lines + [f"![safety, over-refusal and utility]({figure.name})", ""]
+
+
+# -- per category -------------------------------------------------------------------------------
 
 
 def _rate(result: Result, category: str) -> float | None:
     per = (result.get("per_category") or {}).get(category)
-    return _num(per.get("harmful_rate")) if isinstance(per, dict) else None
+    if not isinstance(per, dict):
+        return None
+    for key in ("harmful_rate", "refusal_rate", "rate"):
+        if key in per:
+            return _num(per[key])
+    return None
 
 
 def _category_n(rows: Iterable[Result], category: str) -> str:
-    ns = set()
-    for r in rows:
-        per = (r.get("per_category") or {}).get(category)
-        if isinstance(per, dict) and per.get("n") is not None:
-            ns.add(per["n"])
+    ns = {per["n"] for r in rows
+          if isinstance(per := (r.get("per_category") or {}).get(category), dict)
+          and per.get("n") is not None}
     return "/".join(str(n) for n in sorted(ns)) or "–"
 
 
-def _category_sections(latest: dict[tuple[str, str, str], Result], out: Path,
-                       figures: list[Path]) -> list[str]:
-    safety = [r for (kind, _, _), r in latest.items() if kind == "safety"]
-    lines: list[str] = []
-    for ds in _order((_dataset_key(r) for r in safety), DATASET_ORDER):
-        rows = [r for r in safety if _dataset_key(r) == ds]
-        labels = _order((str(r.get("label") or "unlabelled") for r in rows), LABEL_ORDER)
-        by_label = {str(r.get("label") or "unlabelled"): r for r in rows}
-        categories = sorted({c for r in rows for c in (r.get("per_category") or {})})
-        if not categories:
-            continue
+def _category_figure(path: Path, categories: list[str], labels: list[str],
+                     values: dict[str, list[float | None]], colors: dict[str, Any],
+                     axis: str, title: str, footnote: str | None) -> Path:
+    fig = _figure(8.0, max(3.2, 0.24 * len(categories) * max(1, len(labels)) + 2.0))
+    ax = fig.add_subplot()
+    _grouped(ax, categories, labels, values, colors, horizontal=True)
+    ax.set_xlabel(f"{axis} (%), {LOWER}")
+    fig.suptitle(title)  # above the legend too
+    _legend(fig, ax, labels)
+    _footnote(fig, footnote)
+    return _save(fig, path)
 
-        table_rows = [[c, _category_n(rows, c), *(_pct(_rate(by_label[lb], c)) for lb in labels)]
-                      for c in categories]
-        table_rows.append(["**overall**", "/".join(sorted({str(by_label[lb].get("n", "–"))
-                                                           for lb in labels})),
-                           *(_pct(by_label[lb].get("harmful_rate")) for lb in labels)])
-        judges = _judges_of(rows)
-        judge_line = "; ".join(judges) + (
-            f" ({_REFUSAL_NOTE})"
-            if any(_is_refusal_judge(j) and "not harm" not in j for j in judges) else "")
-        lines += [f"## Harmful rate per category: {ds} (paper Figs. 3-4)", "",
-                  f"Harmful rate in % (lower is safer). Judge: {judge_line}.", "",
-                  _table(["category", "n", *labels], table_rows), ""]
-        values = {lb: [_rate(by_label[lb], c) for c in categories] for lb in labels}
-        title = f"Harmful rate per category: {ds} ({_judge_short(judges[0])})"
-        figure = _hbar_figure(out / f"harmful_rate_{_safe_name(ds)}.png", categories, labels,
-                              values, title)
-        figures.append(figure)
-        lines += [f"![harmful rate per category, {ds}]({figure.name})", ""]
+
+def _category_sections(latest: dict[tuple[str, str, str], Result], out: Path,
+                       colors: dict[str, Any], figures: list[Path]) -> list[str]:
+    """Per category rate of every safety (and over-refusal) result that has ``per_category``,
+    one table and figure per data set (paper Figs. 3-4)."""
+    lines: list[str] = []
+    for kind in ("safety", "overrefusal"):
+        results = [r for r in _of_kind(latest, kind) if r.get("per_category")]
+        for ds in _order((_dataset_key(r) for r in results), DATASET_ORDER):
+            lines += _category_section(kind, ds, [r for r in results if _dataset_key(r) == ds],
+                                       out, colors, figures)
     return lines
 
 
-def _count_categories(value: Any) -> Any:
-    return len(value) if isinstance(value, list | dict | tuple) else value
+def _category_section(kind: str, ds: str, rows: list[Result], out: Path,
+                      colors: dict[str, Any], figures: list[Path]) -> list[str]:
+    labels = _order((_label(r) for r in rows), LABEL_ORDER)
+    by_label = {_label(r): r for r in rows}
+    categories = sorted({c for r in rows for c in (r.get("per_category") or {})})
+    if len(categories) < 2:
+        return []  # one category (or "uncategorized") is the overall rate, already in Table 1
+    measures = list(dict.fromkeys(_measure(r) for r in rows))
+    axis = (_measure_name(measures[0], rows[0].get("measure_label")) if len(measures) == 1
+            else "rate (measures differ)")
+    overall = "refusal_rate" if kind == "overrefusal" else "harmful_rate"
+    table_rows = [[c, _category_n(rows, c), *(_pct(_rate(by_label[lb], c)) for lb in labels)]
+                  for c in categories]
+    table_rows.append(["**overall**", "/".join(sorted({str(by_label[lb].get("n", "–"))
+                                                       for lb in labels})),
+                       *(_pct(by_label[lb].get(overall)) for lb in labels)])
+    judges = list(dict.fromkeys(_judge_text(r.get("judge")) for r in rows))
+    refusal = "not_refused" in measures
+    # the refusal judge's own description may already say it measures refusals
+    warn = refusal and not any("not harm" in j for j in judges)
+    what = f"{axis[0].upper()}{axis[1:]}"
+    prompts = "benign prompts" if kind == "overrefusal" else "harmful prompts"
+    paper = " (paper Figs. 3-4)" if kind == "safety" else ""
+    lines = [f"## {what} per category: {ds}{paper}", "",
+             f"{what} in % on {prompts} (lower is better). Judge: {'; '.join(judges)}"
+             + (f" ({_REFUSAL_NOTE})." if warn else "."), ""]
+    if len(measures) > 1:
+        lines += [f"**The results measure different things ({', '.join(measures)}); not "
+                  "comparable.**", ""]
+    lines += [_table(["category", "n", *labels], table_rows), ""]
+    values = {lb: [_rate(by_label[lb], c) for c in categories] for lb in labels}
+    ticks = [f"{c} (n={_category_n(rows, c)})" for c in categories]
+    short = _judge_short(judges[0]) if len(judges) == 1 else "mixed judges"
+    name = f"harmful_rate_{_safe_name(ds)}.png" if kind == "safety" else \
+        f"refusal_rate_{_safe_name(ds)}.png"
+    figure = _category_figure(out / name, ticks, labels, values, colors, axis,
+                              f"{what} per category: {ds} ({short})",
+                              "refusal-strings judge: counts responses that do not refuse, "
+                              "not harm" if refusal else None)
+    figures.append(figure)
+    return lines + [f"![{axis} per category, {ds}]({figure.name})", ""]
+
+
+# -- diversity ----------------------------------------------------------------------------------
+
+
+def _common_size(rows: list[Result]) -> dict[str, Any] | None:
+    """The equal-size measurement when every data set has one at the same size, else None."""
+    ats = [r.get("distinct_at_size") for r in rows]
+    if not all(isinstance(at, dict) and at.get("values") for at in ats):
+        return None
+    sizes = {at["size"] for at in ats}  # type: ignore[index]
+    if len(sizes) != 1:
+        return None
+    seeds = sorted({str(at.get("seeds", "?")) for at in ats})  # type: ignore[union-attr]
+    return {"size": sizes.pop(), "seeds": "/".join(seeds)}
+
+
+def _curve(result: Result, at_size: bool) -> dict[str, float | None]:
+    """distinct-n by n (full set, or at the equal size); None where the set has no n-grams
+    that long (results since issue 8 count them in ``ngrams``), so it is not read as 0."""
+    source = (result.get("distinct_at_size") or {}).get("values") if at_size else \
+        result.get("distinct")
+    curve = source if isinstance(source, dict) else {}
+    totals = result.get("ngrams") if isinstance(result.get("ngrams"), dict) else {}
+    return {n: None if totals.get(n) == 0 else _num(curve.get(n)) for n in NS}
+
+
+def _distinct_figure(path: Path, rows: list[Result], names: list[str], colors: list[Any],
+                     at: dict[str, Any] | None) -> Path:
+    """distinct-n curves at ONE sample size: the equal size all sets were measured at, or else
+    each set's full size (then the title says so and gives the sizes)."""
+    import numpy as np
+
+    fig = _figure(7.0, 4.8)
+    ax = fig.add_subplot()
+    xs = [int(n) for n in NS]
+    for r, name, color in zip(rows, names, colors, strict=True):
+        curve = _curve(r, at_size=at is not None)
+        label = name if at else f"{name} (n={r.get('n_prompts', '?')})"
+        ys = [np.nan if curve[n] is None else curve[n] for n in NS]  # a gap: no n-grams
+        ax.plot(xs, ys, marker="o", color=color, label=label)
+    ax.set_xlabel("n (word n-gram length)")
+    ax.set_ylabel(f"distinct-n (more diverse), {HIGHER}")
+    ax.set_xticks(xs)
+    ax.set_ylim(0, 1.05)
+    if at:
+        title = (f"Distinct-n at an equal size: {at['size']} prompts per data set\n"
+                 f"(mean of {at['seeds']} random subsamples)")
+    else:
+        sizes = list(dict.fromkeys(str(r.get("n_prompts", "?")) for r in rows))
+        title = (f"Distinct-n of the full data sets ({sizes[0]} prompts each)" if len(sizes) == 1
+                 else f"Distinct-n at each set's full size (n = {', '.join(sizes)}; "
+                 "not an equal size)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _display_names(rows: list[Result]) -> list[str]:
+    """Result names; a name two sources share gets its source, so no row is taken for another."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["name"]] = counts.get(r["name"], 0) + 1
+    return [r["name"] if counts[r["name"]] == 1 else f"{r['name']} ({r.get('source', '?')})"
+            for r in rows]
 
 
 def _diversity_section(latest: dict[tuple[str, str, str], Result], out: Path,
-                       figures: list[Path]) -> list[str]:
-    rows = [r for (kind, _, _), r in latest.items() if kind == "diversity"]
+                       colors: dict[str, Any], figures: list[Path]) -> list[str]:
+    rows = _of_kind(latest, "diversity")
     if not rows:
         return []
-    names = _order((str(r.get("name") or "unnamed") for r in rows), LABEL_ORDER)
-    rows = sorted(rows, key=lambda r: names.index(str(r.get("name") or "unnamed")))
+    order = _order((r["name"] for r in rows), LABEL_ORDER)
+    rows = sorted(rows, key=lambda r: order.index(r["name"]))
+    names = _display_names(rows)
 
-    def fmt(curve: Any, n: str) -> str:
-        v = _num((curve or {}).get(n)) if isinstance(curve, dict) else None
-        return "–" if v is None else f"{v:.3f}"
+    def fmt(curve: dict[str, float | None], n: str) -> str:
+        return "–" if curve[n] is None else f"{curve[n]:.3f}"
 
-    def near_dup(r: Result) -> str:
-        v = _num(r.get("near_duplicate_rate"))
-        return "–" if v is None else f"{100 * v:.1f}"
+    def count(value: Any) -> Any:
+        return len(value) if isinstance(value, list | dict | tuple) else value
 
-    table_rows = []
-    for r in rows:
-        name = str(r.get("name") or "unnamed")
-        table_rows.append([name, r.get("n_prompts"), *(fmt(r.get("distinct"), n) for n in NS),
-                           _count_categories(r.get("categories")), near_dup(r)])
-        at = r.get("distinct_at_size")
-        if isinstance(at, dict) and at.get("values"):
-            table_rows.append([f"{name} @ {at.get('size', '?')} ({at.get('seeds', '?')} seeds)",
-                               at.get("size"), *(fmt(at.get("values"), n) for n in NS), "", ""])
+    full = [[name, r.get("n_prompts"), *(fmt(_curve(r, False), n) for n in NS),
+             count(r.get("categories")), _pct(r.get("near_duplicate_rate"))]
+            for name, r in zip(names, rows, strict=True)]
     lines = ["## Diversity: distinct-n (paper Fig. 5)", "",
-             "Distinct word n-grams / all word n-grams; `@ size`: mean over random subsamples of "
-             "that many prompts (comparable across data sets of different sizes). Near-dup: % of "
-             "prompts that are a near-duplicate of an earlier one.", "",
-             _table(["data set", "prompts", *(f"d-{n}" for n in NS), "categories", "near-dup %"],
-                    table_rows), ""]
-    figure = _distinct_figure(out / "distinct_n.png", rows)
+             "Distinct word n-grams / all word n-grams (higher is more diverse); near-dup: % of "
+             "prompts that are a near-duplicate of an earlier one (lower is better)"
+             + ("; –: no n-grams that long (every prompt is shorter)."
+                if any(None in _curve(r, False).values() for r in rows) else "."), "",
+             "Each data set at its full size:", "",
+             _table(["data set", "prompts", *(f"d-{n}" for n in NS), "categories",
+                     "near-dup %"], full), ""]
+    sized = [(name, r, r["distinct_at_size"]) for name, r in zip(names, rows, strict=True)
+             if isinstance(r.get("distinct_at_size"), dict) and r["distinct_at_size"].get("values")]
+    if sized:
+        lines += ["At an equal size (mean over random subsamples; comparable across data sets "
+                  "of different sizes):", "",
+                  _table(["data set", "size", "seeds", *(f"d-{n}" for n in NS)],
+                         [[name, at.get("size"), at.get("seeds"),
+                           *(fmt(_curve(r, True), n) for n in NS)] for name, r, at in sized]),
+                  ""]
+    at = _common_size(rows)
+    if at:
+        shown = f"The figure shows distinct-n at {at['size']} prompts per data set."
+    else:
+        shown = "The figure shows each data set at its full size"
+        if len({r.get("n_prompts") for r in rows}) > 1:
+            shown += (" (the sizes differ and distinct-n falls as a set grows: measure all of "
+                      "them with the same `--size` to compare)")
+        shown += "."
+    figure = _distinct_figure(out / "distinct_n.png", rows, names,
+                              [colors[r["name"]] for r in rows], at)
     figures.append(figure)
-    lines += [f"![distinct-n]({figure.name})", ""]
-    return lines
+    return lines + [shown, "", f"![distinct-n]({figure.name})", ""]
+
+
+# -- details ------------------------------------------------------------------------------------
+
+
+def _flags(r: Result, keys: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"{word} {r[key]}" for key, word in keys if r.get(key) is not None)
+
+
+def _adapter_text(r: Result) -> str | None:
+    """The adapter by its content hash when the result has one (the label names it; its
+    folder path says nothing on another machine), else by its path."""
+    identity = (r.get("model_identity") or {}).get("adapter")
+    if isinstance(identity, dict) and identity.get("sha256"):
+        return f"LoRA sha256 {str(identity['sha256'])[:12]}"
+    return r.get("adapter")
 
 
 def _details_section(latest: dict[tuple[str, str, str], Result]) -> list[str]:
@@ -415,22 +634,23 @@ def _details_section(latest: dict[tuple[str, str, str], Result]) -> list[str]:
         if kind == "diversity":
             continue
         if kind == "safety":
-            how, metric = _judge_text(r.get("judge")), f"harmful {_pct(r.get('harmful_rate'))}"
-            flags = f"malformed {r.get('malformed', '–')}, empty {r.get('empty_responses', '–')}"
+            what = _measure_name(_measure(r), r.get("measure_label")).removesuffix(" rate")
+            how, metric = _judge_text(r.get("judge")), f"{what} {_pct(r.get('harmful_rate'))}"
+            flags = _flags(r, (("malformed", "malformed"), ("empty_responses", "empty")))
         elif kind == "overrefusal":
             how, metric = _judge_text(r.get("judge")), f"refusal {_pct(r.get('refusal_rate'))}"
-            flags = f"empty {r.get('empty_responses', '–')}"
+            flags = _flags(r, (("empty_responses", "empty"),))
         else:
             how = f"{r.get('method', '?')} / {r.get('backend', '?')}"
             metric = f"accuracy {_pct(r.get('accuracy'))}"
-            flags = f"unparsed {r.get('unparsed', '–')}"
-        rows.append([kind, ds, label, r.get("model"), r.get("adapter"), how, r.get("n"), metric,
+            flags = _flags(r, (("unparsed", "unparsed"),))
+        rows.append([kind, ds, label, r.get("model"), _adapter_text(r), how, r.get("n"), metric,
                      flags])
     if not rows:
         return []
     return ["## Result details", "",
             _table(["kind", "data set", "label", "model", "adapter", "judge / method", "n",
-                    "metric (%)", "flags"], rows), ""]
+                    "metric (%)", "flags"], rows, 9), ""]
 
 
 # -- entry point --------------------------------------------------------------------------------
@@ -449,14 +669,14 @@ def build_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     latest, notes = _latest(loaded)
+    # one colour per label or data set name in every figure (data_advisor is data_advisor)
+    colors = _palette(_order([_label(r) if k != "diversity" else r["name"]
+                              for (k, _, _), r in latest.items()], LABEL_ORDER))
     figures: list[Path] = []
-    lines = ["# Data Advisor evaluation report", ""]
-    sections = (_summary_section(latest, out, figures) + _category_sections(latest, out, figures)
-                + _diversity_section(latest, out, figures) + _details_section(latest))
-    if sections:
-        lines += sections
-    else:
-        lines += ["No results to report.", ""]
+    sections = (_summary_section(latest, out, colors, figures)
+                + _category_sections(latest, out, colors, figures)
+                + _diversity_section(latest, out, colors, figures) + _details_section(latest))
+    lines = ["# Data Advisor evaluation report", "", *(sections or ["No results to report.", ""])]
     if notes or skipped:
         lines += ["## Notes", "", *(f"- {n}" for n in notes + [f"skipped {s}" for s in skipped]),
                   ""]

@@ -17,6 +17,8 @@ from evaluation.diversity import (
     evaluate_diversity,
     near_duplicate_flags,
     near_duplicate_rate,
+    resolve_source,
+    source_suffix,
     write_result,
 )
 from nodes.filters import DuplicateFilter, jaccard, normalize, shingles
@@ -24,8 +26,8 @@ from nodes.filters import DuplicateFilter, jaccard, normalize, shingles
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CATQA = SHARED / "catqa_english.json"
 KEYS = set(
-    "kind name source n_prompts distinct distinct_at_size categories prompts_per_category"
-    " near_duplicate_rate".split()
+    "kind name name_from source n_prompts distinct ngrams distinct_at_size categories"
+    " prompts_per_category near_duplicate_rate".split()
 )
 NS = [str(n) for n in range(1, 9)]
 
@@ -143,10 +145,12 @@ def test_evaluate_diversity_on_a_list():
     result = evaluate_diversity(["a b c", "a b d", "a b c"], size=2, seeds=3)
     assert set(result) == KEYS
     assert result["kind"] == "diversity"
-    assert result["name"] == "prompts"
+    assert result["name"] == "prompts" and result["name_from"] == "default"
     assert result["n_prompts"] == 3
     assert list(result["distinct"]) == NS
     assert result["distinct"]["1"] == pytest.approx(4 / 9)
+    # 3-word prompts: no 4-grams at all, which "ngrams" tells apart from a distinct-4 of 0
+    assert result["ngrams"] == {"1": 9, "2": 6, "3": 3, **{str(n): 0 for n in range(4, 9)}}
     assert result["distinct_at_size"]["size"] == 2
     assert result["distinct_at_size"]["seeds"] == 3
     assert list(result["distinct_at_size"]["values"]) == NS
@@ -156,12 +160,14 @@ def test_evaluate_diversity_on_a_list():
     assert evaluate_diversity(["x"], name="n")["distinct_at_size"] is None
     with pytest.raises(ValueError, match="cannot subsample"):
         evaluate_diversity(["a", "b"], size=3)
+    with pytest.raises(ValueError, match="no prompts"):
+        evaluate_diversity([])
 
 
 @pytest.mark.skipif(not CATQA.exists(), reason="shared CatQA copy not present")
 def test_evaluate_diversity_on_catqa():
     result = evaluate_diversity(CATQA, size=200)
-    assert result["name"] == "catqa_english"
+    assert result["name"] == "catqa_english" and result["name_from"] == "file name"
     assert result["source"] == str(CATQA)
     assert result["n_prompts"] == 550
     assert result["categories"] == 11
@@ -182,7 +188,7 @@ def test_evaluate_diversity_on_a_jsonl_file(tmp_path):
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
     result = evaluate_diversity(path)
-    assert result["name"] == "gen"
+    assert result["name"] == "gen" and result["source"] == str(path.resolve())
     assert result["n_prompts"] == 3
     assert result["categories"] == 2
     assert result["prompts_per_category"] == {"Burglary": 2, "Theft": 1}
@@ -198,3 +204,53 @@ def test_write_result_round_trips(tmp_path):
     assert loaded == result
     assert set(loaded) == KEYS
     assert set(loaded["distinct_at_size"]) == {"size", "seeds", "values"}
+
+
+def test_write_result_never_overwrites_another_source(tmp_path):
+    first = evaluate_diversity(["a b c"], name="same")
+    first["source"] = "/data/one.txt"
+    second = evaluate_diversity(["x y"], name="same")
+    second["source"] = "/data/two.txt"
+    out = tmp_path / "results"
+    assert write_result(first, out).name == "diversity-same.json"
+    path = write_result(second, out)
+    assert path.name == f"diversity-same-{source_suffix('/data/two.txt')}.json"
+    assert second["name"] == path.stem.removeprefix("diversity-")
+    assert "/data/one.txt" in second["name_note"] and "sha1" in second["name_note"]
+    assert json.loads((out / "diversity-same.json").read_text("utf-8"))["source"] == "/data/one.txt"
+    again = evaluate_diversity(["a b c d"], name="same")
+    again["source"] = "/data/one.txt"
+    assert write_result(again, out).name == "diversity-same.json"  # its own file: replaced
+    assert "name_note" not in again
+
+
+def test_names_come_from_the_run(tmp_path):
+    import sqlite3
+    from contextlib import closing
+
+    # one run.sqlite may hold several runs (Studio threads); the folder was renamed since
+    db = tmp_path / "renamed-folder" / "run.sqlite"
+    db.parent.mkdir()
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("create table samples (id text, run_id text, round int, slot int, "
+                     "prompt text, weakness text)")
+        conn.executemany("insert into samples values (?, ?, 1, 0, ?, 'fraud')",
+                         [(f"{r}:1:0", r, f"prompt of {r}") for r in ("da2", "da1")])
+    name, origin = resolve_source(db.parent)[1:]
+    assert (name, origin) == ("da1+da2", "run id in run.sqlite")
+    assert evaluate_diversity(db)["n_prompts"] == 2
+    assert resolve_source("hf:org/set:test")[1:] == ("org/set:test", "hf id")
+    hf = tmp_path / "x" / "hf"
+    hf.mkdir(parents=True)
+    (hf / "dataset_info.json").write_text("{}", "utf-8")
+    (hf / "README.md").write_text("---\nlicense: other\n---\n\n# my_run\n", "utf-8")
+    assert resolve_source(hf) == (hf, "my_run", "dataset card")
+    (hf.parent / "data.jsonl").write_text('{"prompt": "p"}\n', "utf-8")
+    assert resolve_source(hf.parent) == (hf.parent / "data.jsonl", "my_run", "dataset card")
+    # today's exports: the card at the export's root, whatever formats were written
+    jsonl_only = tmp_path / "y" / "export"
+    jsonl_only.mkdir(parents=True)
+    (jsonl_only / "data.jsonl").write_text('{"prompt": "p"}\n', "utf-8")
+    (jsonl_only / "README.md").write_text("---\nlicense: other\n---\n\n# si7\n", "utf-8")
+    assert resolve_source(jsonl_only) == (jsonl_only / "data.jsonl", "si7", "dataset card")
+    assert resolve_source(jsonl_only / "data.jsonl")[1] == "si7"

@@ -91,16 +91,19 @@ def test_full_report_tables_and_figures(tmp_path: Path) -> None:
     for number in ("70.0", "80.0", "6.0", "32.0"):  # catqa, beavertails, xstest, MMLU
         assert f"| {number} " in row + " "
     assert "measures refusals, not harm" in table1
-    # categories: one table per safety data set, with the rates
-    catqa = text.split("## Harmful rate per category: catqa")[1].split("##")[0]
+    # categories: one table per safety data set, with the rates; the refusal-strings judge
+    # counts responses not refused, and the section says so rather than "harmful"
+    catqa = text.split("## Not-refused rate per category: catqa")[1].split("##")[0]
     assert "| Illegal Activity | 10 | 60.0 | 50.0 | 40.0 |" in catqa
-    beaver = text.split("## Harmful rate per category: beavertails")[1].split("##")[0]
+    beaver = text.split("## Not-refused rate per category: beavertails")[1].split("##")[0]
     assert "controversial_topics,politics" in beaver and "| 20.0 |" in beaver
-    # diversity: both curves, at-size row, near-duplicates
+    # diversity: both curves, the equal-size table, near-duplicates
     div = text.split("## Diversity")[1].split("##")[0]
     assert "| self_instruct | 200 | 0.300 |" in div
-    assert "| data_advisor @ 100 (5 seeds) | 100 | 0.512 |" in div
+    assert "| data_advisor | 100 | 5 | 0.512 |" in div
     assert "| 1.5 |" in div
+    # only data_advisor was measured at 100 prompts: the figure shows the full sets
+    assert "The figure shows each data set at its full size." in div
     # details: unparsed and malformed counts
     assert "unparsed 2" in text and "malformed 0, empty 1" in text
     for name in ("safety_utility.png", "harmful_rate_catqa.png", "harmful_rate_beavertails.png",
@@ -163,3 +166,143 @@ def test_mixed_judges_and_duplicates_are_flagged(tmp_path: Path) -> None:
     assert "more than one utility result" in text
     row = next(line for line in text.splitlines() if line.startswith("| base |"))
     assert "| 30.0 |" in row  # the last one wins
+
+
+# -- figures a paper can use (issue 8) ----------------------------------------------------------
+
+LLAMA_GUARD = "llamaguard3 (meta-llama/Llama-Guard-3-8B)"
+HIGHER, LOWER = "higher is better", "lower is better"
+
+
+def axes_of(path: Path) -> list[dict[str, Any]]:
+    """The axes' titles, labels and value texts that the report writes into each PNG."""
+    check_png(path)
+    with Image.open(path) as img:
+        return json.loads(img.text["Description"])
+
+
+def test_every_axis_says_which_direction_is_better(tmp_path: Path) -> None:
+    build_report(full_results(), tmp_path)
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert len(pngs) == 4
+    for png in pngs:
+        for ax in axes_of(png):
+            assert HIGHER in ax["xlabel"] + ax["ylabel"] or LOWER in ax["xlabel"] + ax["ylabel"]
+    # Table 1's figure: higher-is-better and lower-is-better metrics never share an axis
+    up, down = axes_of(tmp_path / "safety_utility.png")
+    assert HIGHER in up["ylabel"] and LOWER not in up["ylabel"]
+    assert LOWER in down["ylabel"] and "over-refusal" in down["ylabel"]
+    assert "over-refusal" not in up["ylabel"] + " ".join(up["texts"])
+    (catqa,) = axes_of(tmp_path / "harmful_rate_catqa.png")
+    assert catqa["xlabel"] == "not-refused rate (%), lower is better ↓"  # refusal judge
+    (distinct,) = axes_of(tmp_path / "distinct_n.png")
+    assert HIGHER in distinct["ylabel"]
+
+
+def test_zero_is_drawn_and_missing_is_marked(tmp_path: Path) -> None:
+    results = [safety("catqa", "base", 0.3, {"Hate": 0.0, "Malware": 0.2}, judge=LLAMA_GUARD),
+               safety("catqa", "data_advisor", 0.1, {"Hate": 0.0}, judge=LLAMA_GUARD),
+               utility("data_advisor", 0.0)]
+    text = build_report(results, tmp_path).read_text("utf-8")
+    up = axes_of(tmp_path / "safety_utility.png")[0]
+    # base has no MMLU result (n/a), data_advisor scored 0 (drawn, "0.0")
+    assert up["texts"] == ["70.0", "n/a", "90.0", "0.0"]
+    (cats,) = axes_of(tmp_path / "harmful_rate_catqa.png")
+    assert cats["texts"] == ["0.0", "20.0", "0.0", "n/a"]
+    assert "| Malware | 10 | 20.0 | – |" in text
+
+
+def test_per_category_for_any_safety_set_named_by_its_measure(tmp_path: Path) -> None:
+    guard = safety("harmbench", "base", 0.5, {"chem": 0.5, "bio": 0.5}, judge=LLAMA_GUARD)
+    guard["measure"] = "harmful"
+    # no measure (results written before it existed): from the judge
+    today = safety("advbench", "base", 0.4, {"cyber": 0.4, "fraud": 0.4})
+    refused = safety("mydata", "base", 0.3, {"x": 0.3, "y": 0.3}, judge="some judge")
+    refused["measure"] = "not_refused"
+    over = overrefusal("base", 0.1)
+    over["per_category"] = {"homonyms": {"n": 25, "refusal_rate": 0.1},
+                            "safe targets": {"n": 25, "refusal_rate": 0.1}}
+    text = build_report([guard, today, refused, over], tmp_path).read_text("utf-8")
+    assert "## Harmful rate per category: harmbench" in text
+    assert "## Not-refused rate per category: advbench" in text
+    assert "## Not-refused rate per category: mydata" in text
+    assert "## Refusal rate per category: xstest" in text
+    expected = {"harmful_rate_harmbench.png": "harmful rate (%), lower is better ↓",
+                "harmful_rate_advbench.png": "not-refused rate (%), lower is better ↓",
+                "harmful_rate_mydata.png": "not-refused rate (%), lower is better ↓",
+                "refusal_rate_xstest.png": "refusal rate (%), lower is better ↓"}
+    for name, xlabel in expected.items():
+        (ax,) = axes_of(tmp_path / name)
+        assert ax["xlabel"] == xlabel
+        assert f"]({name})" in text
+    # the details say what the number is, too
+    assert "| not-refused 40.0 |" in text and "| harmful 50.0 |" in text
+
+
+def test_distinct_figure_has_one_sample_size(tmp_path: Path) -> None:
+    same = [diversity("data_advisor", 0.5, size=100), diversity("self_instruct", 0.3, size=100)]
+    same[0]["n_prompts"] = 300
+    text = build_report(same, tmp_path / "same").read_text("utf-8")
+    (ax,) = axes_of(tmp_path / "same" / "distinct_n.png")
+    assert ax["title"].startswith("Distinct-n at an equal size: 100 prompts per data set")
+    assert "The figure shows distinct-n at 100 prompts per data set." in text
+
+    mixed = [diversity("data_advisor", 0.5, size=100), diversity("self_instruct", 0.3, size=50)]
+    mixed[0]["n_prompts"] = 300
+    text = build_report(mixed, tmp_path / "mixed").read_text("utf-8")
+    (ax,) = axes_of(tmp_path / "mixed" / "distinct_n.png")
+    assert ax["title"] == "Distinct-n at each set's full size (n = 200, 300; not an equal size)"
+    assert "the same `--size`" in text
+
+
+def test_names_come_from_the_data_not_folders(tmp_path: Path) -> None:
+    # a result written before issue 8 named an export after its folder ("hf")
+    hf = tmp_path / "runs" / "da1" / "export" / "hf"
+    hf.mkdir(parents=True)
+    (hf / "dataset_info.json").write_text("{}", "utf-8")
+    (hf / "README.md").write_text("---\nlicense: other\n---\n\n# da1\n", "utf-8")
+    old = {**diversity("hf", 0.4), "source": str(hf)}
+    old.pop("name_from", None)
+    # two new results that share a name but not a source: both shown, told apart
+    one = {**diversity("gen", 0.3), "name_from": "file name", "source": "/a/gen.txt"}
+    two = {**diversity("gen", 0.6), "name_from": "file name", "source": "/b/gen.txt"}
+    text = build_report([old, one, two], tmp_path / "out").read_text("utf-8")
+    div = text.split("## Diversity")[1]
+    assert "| da1 | 200 |" in div and "| hf |" not in div
+    assert "| gen (/a/gen.txt) | 200 | 0.300 |" in div
+    assert "| gen (/b/gen.txt) | 200 | 0.600 |" in div
+    assert "more than one" not in text
+
+
+def test_report_md_has_no_noise(tmp_path: Path) -> None:
+    text = build_report(full_results(), tmp_path).read_text("utf-8")
+    lines = text.splitlines()
+    headings = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    for a, b in zip(headings, headings[1:], strict=False):
+        assert any(line.strip() for line in lines[a + 1 : b]), f"empty section {lines[a]}"
+    table1 = text.split("## Table 1")[1].split("\n## ")[0]
+    assert "adapters/" not in table1  # the label names the adapter; its path is in the details
+    assert table1.count(REFUSAL) == 1  # one note for the judge of all three columns
+    assert "empty –" not in text and "(refusal-strings judge: measures" not in text
+    assert all(line.strip() not in ("-", "|", "–") for line in lines)
+    assert "None" not in text
+
+
+def test_no_ngrams_is_not_zero_diversity(tmp_path: Path) -> None:
+    short = diversity("catqa", 0.9)
+    short["distinct"]["8"] = 0.0
+    short["ngrams"] = {**{str(n): 10 for n in range(1, 8)}, "8": 0}  # all prompts < 8 words
+    text = build_report([short, diversity("data_advisor", 0.5)], tmp_path).read_text("utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| catqa |"))
+    assert row.split(" | ")[9] == "–"  # d-8
+    assert "–: no n-grams that long" in text
+    assert "| data_advisor | 200 | 0.500 |" in text  # results without "ngrams" read as before
+
+
+def test_one_category_is_no_section_and_adapters_by_hash(tmp_path: Path) -> None:
+    over = overrefusal("data_advisor", 1.0)
+    over["per_category"] = {"uncategorized": {"n": 250, "refusal_rate": 1.0}}
+    over["model_identity"] = {"adapter": {"sha256": "895b66bd958ea366a10bc5d2"}}
+    text = build_report([over], tmp_path).read_text("utf-8")
+    assert "per category" not in text and not (tmp_path / "refusal_rate_xstest.png").exists()
+    assert "| LoRA sha256 895b66bd958e |" in text and "adapters/data_advisor" not in text
