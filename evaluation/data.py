@@ -1,16 +1,20 @@
-"""Loaders for evaluation data: CatQA, BeaverTails-Evaluation, MMLU, and plain prompt lists.
+"""Loaders for evaluation data: any prompt set (with row selection), CatQA, BeaverTails, MMLU.
 
 Every loader takes a local path or a Hugging Face dataset id (``hf:<id>[:<split>]``, loaded with
-`datasets`), and returns plain records. The formats understood are those of the public releases:
+`datasets`), and returns plain records.
 
-- CatQA: ``{category: {subcategory: [question, ...]}}`` (subcategory keys may end with ":").
-- BeaverTails-Evaluation: CSV with columns ``prompt, category[, category_id]``.
+- Any prompt set (:func:`prompt_set`): ``.csv``, ``.jsonl``, ``.json`` (a list of objects),
+  ``.parquet``, ``.txt`` (one prompt a line) or ``hf:``; the prompt and category columns are
+  named or found (``prompt``/``instruction``/``question``/``text``; ``category``), and rows are
+  selected by column value: ``COL=VALUE`` keeps, ``COL!=VALUE`` drops; values given for one
+  column are alternatives (OR), conditions on different columns must all hold (AND).
+- CatQA: ``{category: {subcategory: [question, ...]}}`` (subcategory keys may end with ":");
+  :func:`catqa_set` is a shortcut over :func:`prompt_set`.
+- BeaverTails-Evaluation: CSV with columns ``prompt, category[, category_id]``; likewise.
 - MMLU (qlora formatting): JSONL ``{"subject", "input", "output"}``; ``input`` ends with
   ``Answer:`` and ``output`` is the gold letter.
-- Prompt lists: a run folder or its ``run.sqlite``, an export folder, a CatQA file,
-  ``.jsonl``/``.json``
-  (field ``prompt``, ``instruction`` or ``question``), ``.csv`` (column ``prompt``), ``.parquet``,
-  ``.txt`` (one per line), or a saved HF dataset folder.
+- Prompt lists for diversity (:func:`load_prompts`): the above, a run folder or its
+  ``run.sqlite``, an export folder, or a saved HF dataset folder.
 """
 
 from __future__ import annotations
@@ -62,33 +66,246 @@ def _existing(path: str | Path) -> Path:
     return p
 
 
-def load_catqa(source: str | Path) -> list[Question]:
-    """CatQA (550 questions, 11 categories x 5 subcategories x 10)."""
+def _catqa_rows(data: Any) -> list[dict[str, Any]] | None:
+    """The rows of a CatQA-style object ``{category: {subcategory: [question, ...]}}``, or
+    None when ``data`` is not one."""
+    if not (isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values())):
+        return None
+    return [{"prompt": str(question), "category": category,
+             "subcategory": sub.rstrip(":").strip()}
+            for category, subs in data.items() for sub, questions in subs.items()
+            for question in questions]
+
+
+def read_rows(source: str | Path) -> list[dict[str, Any]]:
+    """The rows of a data file as dicts: ``.csv``, ``.jsonl``, ``.json`` (a list of objects,
+    or CatQA's nested form), ``.parquet``, ``.txt`` (one prompt a line, column ``prompt``), or
+    ``hf:<id>[:<split>]``."""
     if str(source).startswith("hf:"):
-        rows = _hf_rows(str(source))
-        return [Question(f"catqa-{i}", r["Question"] if "Question" in r else r["prompt"],
-                         r.get("Category", r.get("category", "")),
-                         r.get("Subcategory", r.get("subcategory", "")))
-                for i, r in enumerate(rows)]
-    data = json.loads(_existing(source).read_text("utf-8"))
+        return _hf_rows(str(source))
+    path = _existing(source)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = [json.loads(x) for x in path.read_text("utf-8").splitlines() if x.strip()]
+    elif suffix == ".json":
+        data = json.loads(path.read_text("utf-8"))
+        rows = _catqa_rows(data)
+        if rows is None:
+            rows = data
+    elif suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    elif suffix == ".txt":
+        rows = [{"prompt": x.strip()} for x in path.read_text("utf-8").splitlines() if x.strip()]
+    else:
+        raise ValueError(f"{path}: unknown data file type {suffix!r} (csv, jsonl, json, parquet, "
+                         "txt, or hf:<id>)")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path}: expected a list of objects, one per prompt")
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Row selection: --where COL=VALUE / COL!=VALUE
+# --------------------------------------------------------------------------------------------
+
+Condition = tuple[str, str, bool]
+"""(column, value, negated) of one ``--where``."""
+
+
+def parse_where(specs: Sequence[str]) -> list[Condition]:
+    """``COL=VALUE`` (keep rows whose COL is VALUE) and ``COL!=VALUE`` (drop them).
+
+    The first ``!=`` or ``=`` splits; the value may contain more of them.
+    """
     out = []
-    for category, subs in data.items():
-        for sub, questions in subs.items():
-            for question in questions:
-                out.append(Question(f"catqa-{len(out)}", question.strip(), category,
-                                    sub.rstrip(":").strip()))
+    for spec in specs:
+        eq, neq = spec.find("="), spec.find("!=")
+        negated = neq >= 0 and neq < eq
+        column, value = (spec[:neq], spec[neq + 2 :]) if negated else (spec[:eq], spec[eq + 1 :])
+        if eq < 0 or not column.strip():
+            raise ValueError(f"--where {spec!r}: write COL=VALUE or COL!=VALUE")
+        out.append((column.strip(), value, negated))
     return out
 
 
-def load_beavertails(source: str | Path) -> list[Question]:
-    """BeaverTails-Evaluation (700 prompts, 14 categories)."""
-    if str(source).startswith("hf:"):
-        rows = _hf_rows(str(source))
+def cell(value: Any) -> str:
+    """A cell as the text ``--where`` compares: booleans as ``true``/``false``, None as ``""``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return sorted({str(k) for r in rows for k in r})
+
+
+def _show(conditions: Sequence[Condition]) -> str:
+    return " ".join(f"--where {c}{'!=' if neg else '='}{v}" for c, v, neg in conditions)
+
+
+def select_rows(
+    rows: Sequence[dict[str, Any]], conditions: Sequence[Condition], source: str
+) -> list[tuple[int, dict[str, Any]]]:
+    """``(row number, row)`` of the rows that match every column's conditions.
+
+    Values given for one column are alternatives (OR); conditions on different columns must all
+    hold (AND); a negated value drops the rows that have it. An unknown column or a selection
+    that leaves nothing is a ValueError naming the columns (and values) found.
+    """
+    columns = _columns(rows)
+    keep: dict[str, set[str]] = {}
+    drop: dict[str, set[str]] = {}
+    for column, value, negated in conditions:
+        if column not in columns:
+            raise ValueError(f"--where: column {column!r} not in {source}; columns found: "
+                             f"{', '.join(columns)}")
+        (drop if negated else keep).setdefault(column, set()).add(value)
+    selected = [
+        (i, r) for i, r in enumerate(rows)
+        if all(cell(r.get(c)) in values for c, values in keep.items())
+        and all(cell(r.get(c)) not in values for c, values in drop.items())
+    ]
+    if not selected:
+        seen = []
+        for column in dict.fromkeys(c for c, _, _ in conditions):
+            values = sorted({cell(r.get(column)) for r in rows})
+            more = ", ..." if len(values) > 12 else ""
+            seen.append(f"values of {column}: {', '.join(values[:12])}{more}")
+        raise ValueError(f"no row of {source} ({len(rows)} rows) matches {_show(conditions)} "
+                         f"({'; '.join(seen)})")
+    return selected
+
+
+def _column(columns: Sequence[str], given: str | None, candidates: Sequence[str], what: str,
+            source: str) -> str | None:
+    """The column to read ``what`` from: ``given`` (which must exist), else the first of
+    ``candidates`` present (exact, then case-insensitive), else None."""
+    if given is not None:
+        if given not in columns:
+            raise ValueError(f"{what} column {given!r} not in {source}; columns found: "
+                             f"{', '.join(columns)}")
+        return given
+    for candidate in candidates:
+        if candidate in columns:
+            return candidate
+    lower = {c.lower(): c for c in columns}
+    return next((lower[c.lower()] for c in candidates if c.lower() in lower), None)
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt sets
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """The selected questions of a data file, its name, and how they were read."""
+
+    name: str
+    questions: list[Question]
+    data: dict[str, Any]
+    """``{"source", "prompt_column", "category_column", "where", "rows"}`` (``rows``: in the
+    file, before ``where``), recorded in result files."""
+
+
+def dataset_name(source: str | Path, where: Sequence[str] = ()) -> str:
+    """A data set's default name: the file's stem (``hf:org/xstest:test`` -> ``xstest-test``)
+    followed by the selection (``--where label=benign`` -> ``-label-benign``, ``!=`` -> ``-not-``).
+    """
+    text = str(source)
+    if text.startswith("hf:"):
+        repo, _, split = text[3:].partition(":")
+        stem = repo.rstrip("/").rsplit("/", 1)[-1] + (f"-{split}" if split else "")
     else:
-        with _existing(source).open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    return [Question(f"beavertails-{i}", r["prompt"].strip(), r.get("category", ""))
-            for i, r in enumerate(rows)]
+        stem = Path(text).stem
+    for column, value, negated in parse_where(where):
+        stem += f"-{column}-{'not-' if negated else ''}{value}"
+    return stem
+
+
+def prompt_set(
+    source: str | Path,
+    *,
+    name: str | None = None,
+    prompt_column: str | None = None,
+    category_column: str | None = None,
+    subcategory_column: str | None = None,
+    where: Sequence[str] = (),
+    id_prefix: str = "q",
+    rows: Sequence[dict[str, Any]] | None = None,
+) -> PromptSet:
+    """Questions from any data file or ``hf:`` id (:func:`read_rows`), with row selection.
+
+    ``prompt_column`` defaults to the first of :data:`PROMPT_FIELDS` present,
+    ``category_column`` to ``category`` if present (else no categories); a column given that
+    the file does not have is an error naming the columns found. ``where`` (``COL=VALUE`` /
+    ``COL!=VALUE``, see :func:`select_rows`) selects rows. Question ids are
+    ``<id_prefix>-<row number in the file>``, the same whatever the selection.
+    """
+    label = str(source)
+    rows = read_rows(source) if rows is None else list(rows)
+    if not rows:
+        raise ValueError(f"{label} has no rows")
+    columns = _columns(rows)
+    prompt_col = _column(columns, prompt_column, PROMPT_FIELDS, "prompt", label)
+    if prompt_col is None:
+        raise ValueError(f"no prompt column ({', '.join(PROMPT_FIELDS)}) in {label}; give "
+                         f"--prompt-column; columns found: {', '.join(columns)}")
+    category_col = _column(columns, category_column, ("category",), "category", label)
+    sub_col = _column(columns, subcategory_column, ("subcategory",), "subcategory", label)
+    conditions = parse_where(where)
+    questions = []
+    for i, row in select_rows(rows, conditions, label):
+        prompt = row.get(prompt_col)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{label}: row {i} has no prompt in column {prompt_col!r}")
+        questions.append(Question(f"{id_prefix}-{i}", prompt.strip(),
+                                  cell(row.get(category_col)) if category_col else "",
+                                  cell(row.get(sub_col)) if sub_col else ""))
+    data = {"source": label, "prompt_column": prompt_col, "category_column": category_col,
+            "where": list(where), "rows": len(rows)}
+    return PromptSet(name or dataset_name(source, where), questions, data)
+
+
+def load_prompt_set(source: str | Path, **options: Any) -> list[Question]:
+    """The questions of :func:`prompt_set` (same options)."""
+    return prompt_set(source, **options).questions
+
+
+def catqa_set(source: str | Path, **options: Any) -> PromptSet:
+    """CatQA (550 questions, 11 categories x 5 subcategories x 10), as a prompt set named
+    ``catqa`` (``options``: ``where``, ``name``)."""
+    rows = None
+    if not str(source).startswith("hf:"):
+        data = json.loads(_existing(source).read_text("utf-8"))
+        rows = _catqa_rows(data)
+        if rows is None:
+            raise ValueError(f"{source} is not a CatQA file ({{category: {{subcategory: "
+                             "[question, ...]}}}}); use --data for other files")
+    return prompt_set(source, rows=rows, id_prefix="catqa",
+                      name=options.pop("name", None) or "catqa", **options)
+
+
+def beavertails_set(source: str | Path, **options: Any) -> PromptSet:
+    """BeaverTails-Evaluation (700 prompts, 14 categories), as a prompt set named
+    ``beavertails`` (``options``: ``where``, ``name``)."""
+    return prompt_set(source, prompt_column="prompt", id_prefix="beavertails",
+                      name=options.pop("name", None) or "beavertails", **options)
+
+
+def load_catqa(source: str | Path, **options: Any) -> list[Question]:
+    """CatQA questions (:func:`catqa_set`)."""
+    return catqa_set(source, **options).questions
+
+
+def load_beavertails(source: str | Path, **options: Any) -> list[Question]:
+    """BeaverTails-Evaluation prompts (:func:`beavertails_set`)."""
+    return beavertails_set(source, **options).questions
 
 
 def load_mmlu(source: str | Path) -> list[MultipleChoice]:
@@ -102,38 +319,9 @@ def load_mmlu(source: str | Path) -> list[MultipleChoice]:
             for i, r in enumerate(rows)]
 
 
-def _prompt_of(row: dict[str, Any]) -> str:
-    for name in PROMPT_FIELDS:
-        if isinstance(row.get(name), str):
-            return row[name]
-    raise ValueError(f"no prompt field ({', '.join(PROMPT_FIELDS)}) in row {sorted(row)}")
-
-
-def load_questions(source: str | Path, category_field: str = "category") -> list[Question]:
-    """Generic prompt file (JSONL/JSON/CSV/TXT/Parquet or HF id) as questions."""
-    if str(source).startswith("hf:"):
-        rows = _hf_rows(str(source))
-    else:
-        path = _existing(source)
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            rows = [json.loads(x) for x in path.read_text("utf-8").splitlines() if x.strip()]
-        elif suffix == ".json":
-            rows = json.loads(path.read_text("utf-8"))
-        elif suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-        elif suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows = pq.read_table(path).to_pylist()
-        elif suffix == ".txt":
-            rows = [{"prompt": x.strip()} for x in path.read_text("utf-8").splitlines()
-                    if x.strip()]
-        else:
-            raise ValueError(f"{path}: unknown prompt file type {suffix!r}")
-    return [Question(f"q-{i}", _prompt_of(r).strip(), str(r.get(category_field) or ""))
-            for i, r in enumerate(rows)]
+def load_questions(source: str | Path, category_field: str | None = None) -> list[Question]:
+    """Generic prompt file (JSONL/JSON/CSV/TXT/Parquet or HF id) as questions ``q-<row>``."""
+    return load_prompt_set(source, category_column=category_field)
 
 
 def load_prompts(source: str | Path) -> list[Question]:
@@ -151,12 +339,12 @@ def load_prompts(source: str | Path) -> list[Question]:
             from datasets import load_from_disk
 
             rows = [dict(r) for r in load_from_disk(str(path))]
-            return [Question(f"q-{i}", _prompt_of(r), str(r.get("category") or ""))
-                    for i, r in enumerate(rows)]
+            return load_prompt_set(path, rows=rows)
         if path.suffix == ".sqlite":
             return _run_prompts(path)
         if _is_catqa(path):
             return load_catqa(path)
+        return load_questions(path)  # the resolved file (an export folder's data.jsonl)
     return load_questions(source)
 
 

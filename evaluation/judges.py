@@ -34,6 +34,7 @@ from typing import Literal, Protocol, TypeVar
 
 import openai
 
+from evaluation.identity import canonical_hash
 from tools.llm import Endpoint, EndpointError
 
 T = TypeVar("T")
@@ -76,11 +77,25 @@ class Judge(Protocol):
     """What the judge is and measures: written as ``judge`` in result files."""
     measures_refusal: bool
     """Whether judgments carry ``refusal`` (needed for over-refusal evaluation)."""
+    measure: str
+    """What an *unsafe* verdict means, a key of :data:`MEASURE_LABELS`: ``harmful`` (Llama
+    Guard) or ``not_refused`` (the refusal-string judge). Results label their rates with it."""
+    identity: dict[str, object]
+    """What determines the judge's verdicts (name, judge model, prompt version): part of the
+    key of the judgments' cache (:func:`evaluation.identity.judge_identity`)."""
 
     def judge(self, pairs: Sequence[Pair]) -> list[Judgment]:
         """One judgment per pair, in order."""
         ...
 
+
+MEASURE_LABELS: dict[str, str] = {
+    "harmful": "harmful",
+    "not_refused": "not refused",
+    "unsafe": "judged unsafe",
+    "refused": "refused",
+}
+"""How results name the share of *unsafe* verdicts, by the judge's ``measure``."""
 
 # --------------------------------------------------------------------------------------------
 # Refusal strings (fallback, no model)
@@ -190,10 +205,16 @@ class RefusalJudge:
     name = "refusal-strings"
     description = "refusal-strings (fallback: measures refusal, not harmfulness)"
     measures_refusal = True
+    measure = "not_refused"
 
     def __init__(self, strings: Sequence[str] | None = None) -> None:
         self.strings = tuple(strings) if strings is not None else REFUSAL_STRINGS
         self._pattern = _pattern(self.strings)
+
+    @property
+    def identity(self) -> dict[str, object]:
+        """Name and the refusal strings (their hash): another list is another judge."""
+        return {"name": self.name, "strings_sha256": canonical_hash(list(self.strings))}
 
     def judge_one(self, response: str) -> Judgment:
         """Judge one response."""
@@ -455,12 +476,20 @@ class LlamaGuardJudge:
     name: str = field(init=False)
     description: str = field(init=False)
     measures_refusal: bool = field(default=False, init=False)
+    measure: str = field(default="harmful", init=False)
 
     def __post_init__(self) -> None:
         if self.version not in (1, 3):
             raise ValueError(f"unknown Llama Guard version {self.version!r} (1 or 3)")
         self.name = f"llamaguard{self.version}"
         self.description = f"llamaguard{self.version} ({self.endpoint.model})"
+
+    @property
+    def identity(self) -> dict[str, object]:
+        """Version, judge model, prompt (hash of the template) and verdict length."""
+        template = render_llama_guard("{prompt}", "{response}", self.version)
+        return {"name": self.name, "model": self.endpoint.model, "max_tokens": self.max_tokens,
+                "prompt_sha256": canonical_hash(template)}
 
     def request_prompt(self, prompt: str, response: str) -> str:
         """The text sent to ``/v1/completions`` for one pair."""

@@ -9,27 +9,33 @@
 3. :func:`evaluate_safety` / :func:`evaluate_overrefusal`: run both and write a result JSON
    (``safety-<dataset>-<label>.json`` / ``overrefusal-<dataset>-<label>.json``) in ``out_dir``.
 
-Files in ``out_dir`` (``<stem>`` is ``<dataset>-<label>``):
+Caches in ``out_dir/cache/``, named by a hash of what determines their content
+(:mod:`evaluation.identity`), never by the label:
 
-- ``responses-<stem>.jsonl``: ``{id, prompt, category, response}`` per question, with
-  ``responses-<stem>.jsonl.meta.json`` holding the generation settings; resuming with other
-  settings (model, max_tokens, temperature, prompt format) is an error instead of a silent mix;
-- ``judgments-<stem>-<judge>.jsonl``: ``{id, safe, categories, raw, judge, refusal, malformed,
-  empty}`` per question.
+- ``responses-<key>.jsonl``: ``{id, prompt, category, response}`` per question; the key covers
+  the base model, the adapter's content, the prompt format, the generation settings and the
+  data set's content; ``responses-<key>.jsonl.meta.json`` holds those parts in full;
+- ``judgments-<key>.jsonl``: ``{id, safe, categories, raw, judge, refusal, malformed,
+  empty}`` per question; the key is the responses' key and the judge (name, judge model,
+  prompt version); a meta JSON likewise.
+
+So a second model, adapter, data set, setting or judge gets its own cache, and the same ones
+find theirs again (resumable after a crash or Ctrl-C). A label is a display name: a label that
+already names another model in ``out_dir``, or a data set name that already names other data,
+is refused (:func:`evaluation.identity.check_result_slot`).
 
 A LoRA adapter is evaluated through the server that serves it: ``EmbeddedServer(lora_modules=
-{label: path})`` and ``Endpoint(base_url, model=label)``.
+{name: path})`` and ``Endpoint(base_url, model=name)``; ``adapter`` (the folder) identifies it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +44,24 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from evaluation.data import Question, subset
-from evaluation.judges import Judge, Judgment, RefusalJudge, make_judge, openai_client
+from evaluation.identity import (
+    cache_file,
+    cache_key,
+    check_result_slot,
+    claim_cache,
+    file_part,
+    judge_identity,
+    model_identity,
+    questions_hash,
+)
+from evaluation.judges import (
+    MEASURE_LABELS,
+    Judge,
+    Judgment,
+    RefusalJudge,
+    make_judge,
+    openai_client,
+)
 from tools.llm import Endpoint, EndpointError
 
 PromptFormat = Literal["chat", "plain"]
@@ -125,9 +148,9 @@ def _progress(description: str, enabled: bool) -> Progress:
     )
 
 
-def _slug(text: str) -> str:
-    """A file-name-safe version of a label or dataset name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+_slug = file_part
+
+
 
 
 def _check_unique(questions: Sequence[Question]) -> None:
@@ -210,6 +233,7 @@ def generate_responses(
     prompt_format: PromptFormat = "chat",
     max_concurrency: int = 32,
     progress: bool = True,
+    meta: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """The target model's response to every question: ``{question id: response}``.
 
@@ -221,22 +245,18 @@ def generate_responses(
     (JSONL ``{id, prompt, category, response}``) as they arrive, and ids already in it are not
     generated again. A request that still fails raises :class:`EndpointError`; what arrived
     before is kept in the file.
+
+    ``meta`` (default: the served model name and the settings) is written beside the file
+    (``<out_file>.meta.json``); a file holding responses made with another meta is an error.
     """
     if prompt_format not in ("chat", "plain"):
         raise ValueError(f"prompt_format must be 'chat' or 'plain', got {prompt_format!r}")
     _check_unique(questions)
     out_file = Path(out_file)
-    meta_file = out_file.with_name(out_file.name + ".meta.json")
-    meta = _generation_meta(endpoint, max_tokens, temperature, prompt_format)
+    if meta is None:
+        meta = _generation_meta(endpoint, max_tokens, temperature, prompt_format)
     existing = {str(r["id"]): r for r in read_jsonl(out_file) if "id" in r and "response" in r}
-    if existing and meta_file.exists():
-        old = json.loads(meta_file.read_text("utf-8"))
-        if old != meta:
-            raise ValueError(
-                f"{out_file} holds responses generated with {old}, not {meta}; "
-                "use another label or out_dir, or delete the file"
-            )
-    _write_json(meta_file, meta)
+    claim_cache(out_file, meta, bool(existing), "responses")
 
     responses: dict[str, str] = {}
     todo: list[Question] = []
@@ -321,13 +341,16 @@ def judge_responses(
     *,
     chunk_size: int | None = None,
     progress: bool = True,
+    meta: Mapping[str, Any] | None = None,
 ) -> dict[str, Judgment]:
     """Judge ``(id, prompt, response)`` items: ``{id: Judgment}``.
 
     Items are judged in chunks of ``chunk_size`` (default: four times the judge's
     ``max_concurrency``, at least 32) and appended to ``out_file`` (JSONL
     ``{id, safe, categories, raw, judge, refusal, malformed, empty}``) after each chunk; ids
-    already judged there by the same judge are not judged again.
+    already judged there by the same judge are not judged again. ``meta`` (the cache key's
+    parts), when given, is kept beside the file and must match it, as for
+    :func:`generate_responses`.
     """
     items = list(items)
     out_file = Path(out_file)
@@ -338,6 +361,8 @@ def judge_responses(
         for r in read_jsonl(out_file)
         if "id" in r and "safe" in r and r.get("judge") == judge.name
     }
+    if meta is not None:
+        claim_cache(out_file, meta, bool(existing), "judgments")
     judgments = {i: _judgment_from_row(existing[i]) for i, _, _ in items if i in existing}
     todo = [item for item in items if item[0] not in judgments]
     if not todo:
@@ -371,52 +396,115 @@ def _as_judge(judge: Judge | str | None) -> Judge:
     return make_judge(judge) if isinstance(judge, str) else judge
 
 
-def _files(out_dir: Path, dataset: str, label: str, judge: Judge) -> tuple[Path, Path]:
-    stem = f"{_slug(dataset)}-{_slug(label)}"
-    return (
-        out_dir / f"responses-{stem}.jsonl",
-        out_dir / f"judgments-{stem}-{_slug(judge.name)}.jsonl",
-    )
+def questions_sha256(questions: Iterable[Question]) -> str:
+    """The content hash of a data set's questions (id, prompt, category), in order."""
+    return questions_hash((q.id, q.prompt, q.category) for q in questions)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One model's responses to a data set and their judgments, with what identifies them."""
+
+    selected: list[Question]
+    responses: dict[str, str]
+    judgments: dict[str, Judgment]
+    fields: dict[str, Any]
+    """Result fields shared by safety and over-refusal (identity, keys, files, data)."""
+
+
+def _response_parts(
+    model: Mapping[str, Any], prompt_format: str, max_tokens: int, temperature: float,
+    dataset_sha256: str,
+) -> dict[str, Any]:
+    """What determines a response: the cache key's parts (kept in the cache's meta JSON)."""
+    plain = prompt_format == "plain"
+    return {
+        "cache": "responses",
+        "model": dict(model),
+        "prompt_format": prompt_format,
+        "generation": {
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "template": PLAIN_TEMPLATE if plain else "chat template of the model",
+            "stop": PLAIN_STOP if plain else None,
+        },
+        "data_sha256": dataset_sha256,
+    }
 
 
 def _respond_and_judge(
     questions: Sequence[Question],
     *,
+    kind: str,
     dataset: str,
     endpoint: Endpoint,
     judge: Judge,
     out_dir: Path,
     label: str,
+    model: str,
+    adapter: str | None,
     limit: int | None,
     max_tokens: int,
     temperature: float,
     prompt_format: PromptFormat,
     max_concurrency: int,
     progress: bool,
-) -> tuple[list[Question], dict[str, str], dict[str, Judgment], Path, Path]:
+    serving: Mapping[str, Any] | None,
+    data: Mapping[str, Any] | None,
+) -> _Run:
+    """Responses and judgments from the caches keyed by what determines them (module doc)."""
+    _check_unique(questions)
     selected = subset(questions, limit)
     if not selected:
         raise ValueError(f"no questions to evaluate for {dataset!r}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    responses_file, judgments_file = _files(out_dir, dataset, label, judge)
+    identity = model_identity(model, adapter, endpoint.model)
+    dataset_sha256 = questions_sha256(questions)
+    shown_model = {**identity, "prompt_format": prompt_format}
+    check_result_slot(out_dir, kind=kind, dataset=dataset, slug=_slug(dataset), label=label,
+                      model=shown_model, dataset_sha256=dataset_sha256)
+    response_parts = _response_parts(identity, prompt_format, max_tokens, temperature,
+                                     dataset_sha256)
+    response_key = cache_key(response_parts)
+    judgment_parts = {"cache": "judgments", "responses": response_key,
+                      "judge": judge_identity(judge)}
+    judgment_key = cache_key(judgment_parts)
+    responses_file = cache_file(out_dir, "responses", response_key)
+    judgments_file = cache_file(out_dir, "judgments", judgment_key)
     responses = generate_responses(
-        selected,
-        endpoint,
-        responses_file,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        prompt_format=prompt_format,
-        max_concurrency=max_concurrency,
-        progress=progress,
+        selected, endpoint, responses_file, max_tokens=max_tokens, temperature=temperature,
+        prompt_format=prompt_format, max_concurrency=max_concurrency, progress=progress,
+        meta=response_parts,
     )
     judgments = judge_responses(
-        [(q.id, q.prompt, responses[q.id]) for q in selected],
-        judge,
-        judgments_file,
-        progress=progress,
+        [(q.id, q.prompt, responses[q.id]) for q in selected], judge, judgments_file,
+        progress=progress, meta=judgment_parts,
     )
-    return selected, responses, judgments, responses_file, judgments_file
+    fields = {
+        "model_identity": shown_model,
+        "serving": dict(serving) if serving is not None else {"served_name": endpoint.model},
+        "prompt_format": prompt_format,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "data": dict(data) if data is not None else None,
+        "dataset_sha256": dataset_sha256,
+        "categories": sorted({q.category for q in selected if q.category}),
+        "cache_key": response_key,
+        "judgments_key": judgment_key,
+        "responses_file": responses_file.relative_to(out_dir).as_posix(),
+        "judgments_file": judgments_file.relative_to(out_dir).as_posix(),
+    }
+    return _Run(selected, responses, judgments, fields)
+
+
+def _per_category(
+    selected: Sequence[Question], flags: Mapping[str, bool], key: str
+) -> dict[str, dict[str, Any]]:
+    """``{category: {"n", key: share of flagged}}`` (``uncategorized`` without a category)."""
+    by_category: dict[str, list[bool]] = defaultdict(list)
+    for q in selected:
+        by_category[q.category or UNCATEGORIZED].append(flags[q.id])
+    return {cat: {"n": len(f), key: sum(f) / len(f)} for cat, f in by_category.items()}
 
 
 def evaluate_safety(
@@ -435,43 +523,47 @@ def evaluate_safety(
     prompt_format: PromptFormat = "chat",
     max_concurrency: int = 32,
     progress: bool = True,
+    serving: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Safety of a target model on harmful questions; writes ``safety-<dataset>-<label>.json``.
 
     ``endpoint.model`` is what the server serves (the adapter's name for a LoRA adapter);
-    ``model`` and ``adapter`` are only recorded. ``limit`` evaluates that many questions spread
-    evenly over the data set (:func:`subset`). The result::
+    ``model`` (base model id or path) and ``adapter`` (its folder) identify the model: with the
+    prompt format, the settings and the questions they name the caches, so another adapter
+    never reuses this one's responses. ``label`` is the display name; one label names one
+    model in ``out_dir`` and one ``dataset`` name one data set (else ValueError). ``limit``
+    evaluates that many questions spread evenly over the data set (:func:`subset`).
+    ``serving`` (how the model was served) and ``data`` (where the questions came from) are
+    recorded. The result::
 
         {"kind": "safety", "dataset", "label", "model", "adapter", "judge", "n",
+         "measure",        # what an unsafe verdict means: "harmful" (Llama Guard) or
+                           # "not_refused" (refusal judge); "measure_label": its words
          "safety_score",   # share judged safe, 0..1
-         "harmful_rate",   # 1 - safety_score
-         "per_category": {category: {"n", "harmful_rate"}},
+         "harmful_rate",   # 1 - safety_score: the share of `measure`
+         "per_category": {category: {"n", "harmful_rate"}},  # share of `measure` too
+         "categories",     # categories found in the questions evaluated
          "malformed",      # judge outputs that could not be parsed (counted as safe)
          "empty_responses",
-         "responses_file", "judgments_file"}  # file names, in out_dir beside this file
+         "model_identity", "serving", "prompt_format", "max_tokens", "temperature", "data",
+         "dataset_sha256", "cache_key", "judgments_key",
+         "responses_file", "judgments_file"}  # paths relative to out_dir (cache/...)
 
-    With the refusal judge, ``judge`` says so: the score is then a refusal rate.
+    With the refusal judge, ``judge`` and ``measure`` say so: the score is then a refusal rate.
     """
     judge = _as_judge(judge)
-    selected, responses, judgments, responses_file, judgments_file = _respond_and_judge(
-        questions,
-        dataset=dataset,
-        endpoint=endpoint,
-        judge=judge,
-        out_dir=out_dir,
-        label=label,
-        limit=limit,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        prompt_format=prompt_format,
-        max_concurrency=max_concurrency,
-        progress=progress,
+    run = _respond_and_judge(
+        questions, kind="safety", dataset=dataset, endpoint=endpoint, judge=judge,
+        out_dir=out_dir, label=label, model=model, adapter=adapter, limit=limit,
+        max_tokens=max_tokens, temperature=temperature, prompt_format=prompt_format,
+        max_concurrency=max_concurrency, progress=progress, serving=serving, data=data,
     )
+    selected, judgments = run.selected, run.judgments
     n = len(selected)
     safe = sum(judgments[q.id].safe for q in selected)
-    by_category: dict[str, list[bool]] = defaultdict(list)
-    for q in selected:
-        by_category[q.category or UNCATEGORIZED].append(not judgments[q.id].safe)
+    measure = getattr(judge, "measure", "unsafe")
+    unsafe = {q.id: not judgments[q.id].safe for q in selected}
     result = {
         "kind": "safety",
         "dataset": dataset,
@@ -479,17 +571,15 @@ def evaluate_safety(
         "model": model,
         "adapter": adapter,
         "judge": judge.description,
+        "measure": measure,
+        "measure_label": MEASURE_LABELS.get(measure, measure),
         "n": n,
         "safety_score": safe / n,
         "harmful_rate": (n - safe) / n,
-        "per_category": {
-            cat: {"n": len(flags), "harmful_rate": sum(flags) / len(flags)}
-            for cat, flags in by_category.items()
-        },
+        "per_category": _per_category(selected, unsafe, "harmful_rate"),
         "malformed": sum(judgments[q.id].malformed for q in selected),
-        "empty_responses": sum(not responses[q.id].strip() for q in selected),
-        "responses_file": responses_file.name,
-        "judgments_file": judgments_file.name,
+        "empty_responses": sum(not run.responses[q.id].strip() for q in selected),
+        **run.fields,
     }
     _write_json(Path(out_dir) / f"safety-{_slug(dataset)}-{_slug(label)}.json", result)
     return result
@@ -498,12 +588,12 @@ def evaluate_safety(
 def evaluate_overrefusal(
     questions: Sequence[Question],
     *,
+    dataset: str,
     endpoint: Endpoint,
     out_dir: Path,
     label: str,
     model: str,
     adapter: str | None = None,
-    dataset: str = "overrefusal",
     judge: Judge | str | None = None,
     limit: int | None = None,
     max_tokens: int = 128,
@@ -511,33 +601,32 @@ def evaluate_overrefusal(
     prompt_format: PromptFormat = "chat",
     max_concurrency: int = 32,
     progress: bool = True,
+    serving: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Over-refusal on benign-but-scary prompts; writes ``overrefusal-<dataset>-<label>.json``.
 
-    The refusal rate is the share of responses the judge marks as refusals (default: the
-    refusal-string judge; a given judge must measure refusal). Empty responses count as
-    refusals. The result: ``{"kind": "overrefusal", "dataset", "label", "model", "adapter",
-    "judge", "n", "refusal_rate", "responses_file", "judgments_file"}``.
+    Every question given counts as benign: select the benign rows of a mixed set first
+    (:func:`evaluation.data.prompt_set` ``where``). The refusal rate is the share of responses
+    the judge marks as refusals (default: the refusal-string judge; a given judge must measure
+    refusal). Empty responses count as refusals. Caches, names and arguments as for
+    :func:`evaluate_safety`. The result: ``{"kind": "overrefusal", "dataset", "label",
+    "model", "adapter", "judge", "measure": "refused", "n", "refusal_rate",
+    "per_category": {category: {"n", "refusal_rate"}}, "categories", ...}`` with the same
+    identity, cache and file fields.
     """
     judge = _as_judge(judge)
     if not getattr(judge, "measures_refusal", False):
         raise ValueError(f"judge {judge.name} does not measure refusal; use the refusal judge")
-    selected, _, judgments, responses_file, judgments_file = _respond_and_judge(
-        questions,
-        dataset=dataset,
-        endpoint=endpoint,
-        judge=judge,
-        out_dir=out_dir,
-        label=label,
-        limit=limit,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        prompt_format=prompt_format,
-        max_concurrency=max_concurrency,
-        progress=progress,
+    run = _respond_and_judge(
+        questions, kind="overrefusal", dataset=dataset, endpoint=endpoint, judge=judge,
+        out_dir=out_dir, label=label, model=model, adapter=adapter, limit=limit,
+        max_tokens=max_tokens, temperature=temperature, prompt_format=prompt_format,
+        max_concurrency=max_concurrency, progress=progress, serving=serving, data=data,
     )
+    selected = run.selected
+    refused = {q.id: bool(run.judgments[q.id].refusal) for q in selected}
     n = len(selected)
-    refused = sum(bool(judgments[q.id].refusal) for q in selected)
     result = {
         "kind": "overrefusal",
         "dataset": dataset,
@@ -545,10 +634,12 @@ def evaluate_overrefusal(
         "model": model,
         "adapter": adapter,
         "judge": judge.description,
+        "measure": "refused",
+        "measure_label": MEASURE_LABELS["refused"],
         "n": n,
-        "refusal_rate": refused / n,
-        "responses_file": responses_file.name,
-        "judgments_file": judgments_file.name,
+        "refusal_rate": sum(refused.values()) / n,
+        "per_category": _per_category(selected, refused, "refusal_rate"),
+        **run.fields,
     }
     _write_json(Path(out_dir) / f"overrefusal-{_slug(dataset)}-{_slug(label)}.json", result)
     return result

@@ -13,8 +13,10 @@ Two backends give the same predictions (up to float noise):
 
 :func:`score_by_generation` is the generate-and-parse alternative (greedy, first standalone
 A-D letter of the output). :func:`evaluate_utility` runs one of them over MMLU items, appends
-every prediction to ``<out_dir>/utility-mmlu-<label>.jsonl`` as it is made (so an interrupted
-run resumes where it stopped), and writes the summary ``<out_dir>/utility-mmlu-<label>.json``.
+every prediction to a cache ``<out_dir>/cache/utility-<key>.jsonl`` as it is made (the key: what
+determines the predictions, :mod:`evaluation.identity`; so an interrupted run resumes where it
+stopped, and another model never reuses it), and writes the summary
+``<out_dir>/utility-mmlu-<label>.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from evaluation.data import MultipleChoice, subset
+from evaluation.identity import (
+    cache_file,
+    cache_key,
+    check_result_slot,
+    claim_cache,
+    file_part,
+    model_identity,
+    questions_hash,
+    served_adapter_identity,
+)
 from tools.llm import Endpoint, EndpointError
 
 if TYPE_CHECKING:
@@ -385,18 +397,24 @@ def _read_predictions(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-def _check_same_setup(summary_path: Path, setup: dict[str, Any]) -> None:
-    """Refuse to resume predictions that were made by another model, adapter or method."""
-    try:
-        old = json.loads(summary_path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return
-    diff = {k: (old.get(k), v) for k, v in setup.items() if k in old and old[k] != v}
-    if diff:
-        raise ValueError(
-            f"{summary_path} was made with a different setup {diff} (old, new); use another "
-            "label, or overwrite=True to start again"
-        )
+def items_sha256(items: Sequence[MultipleChoice]) -> str:
+    """The content hash of MMLU items (id, subject, prompt, answer), in order."""
+    return questions_hash((it.id, it.subject, it.prompt, it.answer) for it in items)
+
+
+def _loaded_model_identity(model: Any) -> dict[str, Any]:
+    """A model passed as an object: its name and a hash of its weights (it may have been
+    changed in memory since it was loaded, so its path does not identify it)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return {"name": str(getattr(model, "name_or_path", type(model).__name__)),
+            "weights_sha256": digest.hexdigest()}
 
 
 def evaluate_utility(
@@ -417,6 +435,8 @@ def evaluate_utility(
     max_tokens: int = 8,
     overwrite: bool = False,
     progress: bool = True,
+    dataset: str = "mmlu",
+    serving: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """MMLU accuracy of one model; writes the summary JSON and the predictions JSONL.
 
@@ -425,11 +445,14 @@ def evaluate_utility(
     ``model`` defaults to ``endpoint.model`` for the record. ``backend="transformers"`` loads
     ``model`` (HF id, path, ``"default"`` or a loaded model) and ``adapter`` (PEFT folder).
 
-    Predictions go to ``<out_dir>/utility-mmlu-<label>.jsonl`` as they are made; those already
-    there are kept and not recomputed (unless ``overwrite``). The summary is
-    ``<out_dir>/utility-mmlu-<label>.json``; ``predictions_file`` is the JSONL's file name,
-    next to it. ``unparsed`` counts predictions that are None (no answer letter found); they
-    count as wrong.
+    Predictions go to ``<out_dir>/cache/utility-<key>.jsonl`` as they are made, the key a hash
+    of what determines them (:mod:`evaluation.identity`: base model, adapter content, backend,
+    method and its settings, the items' content), never the label; those already there are
+    kept and not recomputed (unless ``overwrite``). The summary is
+    ``<out_dir>/utility-<dataset>-<label>.json``; ``predictions_file`` is the JSONL's path
+    relative to ``out_dir``. A label that already names another model there is refused.
+    ``unparsed`` counts predictions that are None (no answer letter found); they count as
+    wrong.
     """
     from tqdm.auto import tqdm
 
@@ -443,30 +466,39 @@ def evaluate_utility(
         raise ValueError("backend='transformers' needs a model")
     if not label or "/" in label:
         raise ValueError(f"label must be a non-empty file-name part, not {label!r}")
+    if len({it.id for it in items}) != len(items):
+        raise ValueError("MMLU item ids are not unique")
+    dataset_sha256 = items_sha256(items)
     items = subset(items, limit)
     if not items:
         raise ValueError("no MMLU items to evaluate")
-    if len({it.id for it in items}) != len(items):
-        raise ValueError("MMLU item ids are not unique")
 
-    if model is None:
-        model_name = endpoint.model  # type: ignore[union-attr]
-    elif isinstance(model, str):
-        model_name = model
+    served = endpoint.model if endpoint is not None else "transformers"
+    if model is None or isinstance(model, str):
+        model_name = model or endpoint.model  # type: ignore[union-attr]
+        identity = model_identity(model_name, adapter, served)
     else:
-        model_name = str(getattr(model, "name_or_path", type(model).__name__))
-    setup = {"model": model_name, "adapter": adapter, "method": method, "backend": backend}
+        identity = {"base": _loaded_model_identity(model),
+                    "adapter": served_adapter_identity(adapter, served)}
+        model_name = identity["base"]["name"]
+    settings = ({"max_tokens": max_tokens} if method == "generate"
+                else {"logprobs": 20} if backend == "endpoint" else {"letter_variants": True})
+    parts = {"cache": "utility", "model": identity, "backend": backend, "method": method,
+             "settings": settings, "data_sha256": dataset_sha256}
+    key = cache_key(parts)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary_path = out / f"utility-mmlu-{label}.json"
-    pred_path = out / f"utility-mmlu-{label}.jsonl"
+    summary_path = out / f"utility-{file_part(dataset)}-{label}.json"
+    check_result_slot(out, kind="utility", dataset=dataset, slug=file_part(dataset), label=label,
+                      model=identity, dataset_sha256=dataset_sha256)
+    pred_path = cache_file(out, "utility", key)
     if overwrite:
         pred_path.unlink(missing_ok=True)
         summary_path.unlink(missing_ok=True)
-    elif pred_path.exists():
-        _check_same_setup(summary_path, setup)
     done = _read_predictions(pred_path)
+    pred_path.parent.mkdir(parents=True, exist_ok=True)
+    claim_cache(pred_path, parts, bool(done), "predictions")
     for item in items:
         row = done.get(item.id)
         if row is not None and row.get("answer") != item.answer:
@@ -515,19 +547,24 @@ def evaluate_utility(
     correct = sum(c for _, c in per_subject.values())
     summary = {
         "kind": "utility",
-        "dataset": "mmlu",
+        "dataset": dataset,
         "label": label,
         "model": model_name,
         "adapter": adapter,
         "method": method,
         "backend": backend,
+        "settings": settings,
         "n": len(items),
         "accuracy": correct / len(items),
         "unparsed": sum(p is None for p in predictions),
         "per_subject": {
             s: {"n": n, "accuracy": c / n} for s, (n, c) in sorted(per_subject.items())
         },
-        "predictions_file": pred_path.name,
+        "model_identity": identity,
+        "serving": serving if serving is not None else {"served_name": served},
+        "dataset_sha256": dataset_sha256,
+        "cache_key": key,
+        "predictions_file": pred_path.relative_to(out).as_posix(),
     }
     tmp = summary_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n", "utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -35,7 +36,7 @@ def test_eval_overrefusal_and_safety_against_stub(tmp_path, stub, capsys):
     out = tmp_path / "results"
     assert main(["eval", "overrefusal", "--data", str(benign), "--base-url", stub.base_url,
                  "--model", "stub", "--out", str(out)]) == 0
-    result = json.loads((out / "overrefusal-overrefusal-base.json").read_text())
+    result = json.loads((out / "overrefusal-benign-base.json").read_text())  # named after the file
     # the stub's responder refuses everything: an over-refusing model
     assert result["n"] == 2 and result["refusal_rate"] == 1.0
     assert "refusal rate" in capsys.readouterr().out
@@ -46,3 +47,30 @@ def test_eval_overrefusal_and_safety_against_stub(tmp_path, stub, capsys):
         safety = json.loads((out / "safety-catqa-base.json").read_text())
         assert safety["n"] == 11 and safety["safety_score"] == 1.0
         assert len(safety["per_category"]) == 11
+
+
+def _eval_command(name: str) -> argparse.ArgumentParser:
+    from graph.cli import parser
+
+    def choices(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    return choices(choices(parser())["eval"])[name]
+
+
+@pytest.mark.parametrize("command", ["safety", "overrefusal", "utility"])
+def test_help_explains_every_option_with_its_default_and_an_example(command, capsys):
+    sub = _eval_command(command)
+    formatter = sub._get_formatter()
+    for action in sub._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        text = formatter._get_help_string(action) or ""
+        assert len(text) > 15, f"--{action.dest} is not explained"
+        if not action.required:
+            assert "default" in text, f"--{action.dest} does not say its default"
+    with pytest.raises(SystemExit):
+        main(["eval", command, "--help"])
+    printed = capsys.readouterr().out
+    assert f"data-advisor eval {command} --" in printed.split("example")[-1]
+    assert "(default: 128)" in printed or command == "utility"

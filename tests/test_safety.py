@@ -19,14 +19,19 @@ from evaluation.safety import (
 from tools.llm import Endpoint, EndpointError
 from tools.stub_server import StubServer, last_user_text
 
+IDENTITY_KEYS = {
+    "model_identity", "serving", "prompt_format", "max_tokens", "temperature", "data",
+    "dataset_sha256", "categories", "cache_key", "judgments_key", "responses_file",
+    "judgments_file",
+}  # fmt: skip
 SAFETY_KEYS = {
-    "kind", "dataset", "label", "model", "adapter", "judge", "n", "safety_score", "harmful_rate",
-    "per_category", "malformed", "empty_responses", "responses_file", "judgments_file",
-}  # fmt: skip
+    "kind", "dataset", "label", "model", "adapter", "judge", "measure", "measure_label", "n",
+    "safety_score", "harmful_rate", "per_category", "malformed", "empty_responses",
+} | IDENTITY_KEYS  # fmt: skip
 OVERREFUSAL_KEYS = {
-    "kind", "dataset", "label", "model", "adapter", "judge", "n", "refusal_rate",
-    "responses_file", "judgments_file",
-}  # fmt: skip
+    "kind", "dataset", "label", "model", "adapter", "judge", "measure", "measure_label", "n",
+    "refusal_rate", "per_category",
+} | IDENTITY_KEYS  # fmt: skip
 
 # 8 questions: "weapons" has 3 of 4 refused, "fraud" 1 of 4 -> half refused overall.
 QUESTIONS = [
@@ -74,6 +79,9 @@ def test_evaluate_safety_refusal_judge(tmp_path: Path) -> None:
     assert result["label"] == "base" and result["model"] == "SmolLM2-135M-Instruct"
     assert result["adapter"] is None
     assert result["judge"].startswith("refusal-strings") and "not harmfulness" in result["judge"]
+    assert result["measure"] == "not_refused" and result["measure_label"] == "not refused"
+    assert result["categories"] == ["fraud", "weapons"]
+    assert result["responses_file"].startswith("cache/responses-")
     assert result["n"] == 8
     assert result["safety_score"] == 0.5 and result["harmful_rate"] == 0.5
     assert result["per_category"] == {
@@ -211,7 +219,13 @@ def test_evaluate_safety_with_llama_guard(tmp_path: Path) -> None:
     judgments = {r["id"]: r for r in read_jsonl(tmp_path / result["judgments_file"])}
     assert judgments["q-3"]["categories"] == ["O3"] and judgments["q-3"]["safe"] is False
     assert judgments["q-7"]["malformed"] is True and judgments["q-7"]["raw"] == "no idea"
-    assert result["judgments_file"] == "judgments-beavertails-da-lora-llamaguard1.jsonl"
+    assert result["measure"] == "harmful"
+    # the adapter is not on this machine: identified by its path and served name
+    assert result["model_identity"]["adapter"] == {
+        "sha256": None, "path": "runs/da1/adapter", "served_name": "my-adapter"}
+    meta = json.loads((tmp_path / (result["judgments_file"] + ".meta.json")).read_text())
+    assert meta["judge"]["name"] == "llamaguard1" and meta["judge"]["model"] == "llama-guard"
+    assert meta["responses"] == result["cache_key"]
 
 
 def test_empty_responses_are_counted(tmp_path: Path) -> None:
@@ -267,6 +281,7 @@ def test_evaluate_overrefusal(tmp_path: Path) -> None:
     with StubServer(handler=target_handler) as stub:
         result = evaluate_overrefusal(
             BENIGN,
+            dataset="overrefusal",
             endpoint=endpoint_of(stub),
             out_dir=tmp_path,
             label="base",
@@ -276,6 +291,7 @@ def test_evaluate_overrefusal(tmp_path: Path) -> None:
         assert len(stub.requests) == 4
         again = evaluate_overrefusal(
             BENIGN,
+            dataset="overrefusal",
             endpoint=endpoint_of(stub),
             out_dir=tmp_path,
             label="base",
@@ -286,7 +302,11 @@ def test_evaluate_overrefusal(tmp_path: Path) -> None:
     assert set(result) == OVERREFUSAL_KEYS and again == result
     assert result["kind"] == "overrefusal" and result["dataset"] == "overrefusal"
     assert result["n"] == 4 and result["refusal_rate"] == 0.25
-    assert result["judge"].startswith("refusal-strings")
+    assert result["judge"].startswith("refusal-strings") and result["measure"] == "refused"
+    assert result["per_category"] == {
+        "homonyms": {"n": 2, "refusal_rate": 0.5},
+        "figurative": {"n": 2, "refusal_rate": 0.0},
+    }
     on_disk = json.loads((tmp_path / "overrefusal-overrefusal-base.json").read_text())
     assert on_disk == result
 
@@ -296,6 +316,7 @@ def test_overrefusal_needs_a_refusal_judge(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not measure refusal"):
         evaluate_overrefusal(
             BENIGN,
+            dataset="benign",
             endpoint=Endpoint("http://127.0.0.1:9/v1", "m"),
             out_dir=tmp_path,
             label="x",

@@ -32,8 +32,9 @@ from evaluation.utility import (
 from tools.llm import Endpoint, EndpointError
 from tools.stub_server import StubServer
 
-SUMMARY_KEYS = {"kind", "dataset", "label", "model", "adapter", "method", "backend", "n",
-                "accuracy", "unparsed", "per_subject", "predictions_file"}
+SUMMARY_KEYS = {"kind", "dataset", "label", "model", "adapter", "method", "backend", "settings",
+                "n", "accuracy", "unparsed", "per_subject", "model_identity", "serving",
+                "dataset_sha256", "cache_key", "predictions_file"}
 
 
 def make_items(answers: str, subjects: tuple[str, ...] = ("anatomy", "virology")) -> list[
@@ -256,7 +257,8 @@ def test_evaluate_utility_endpoint_summary_and_resume(logprob_stub: LogprobStub,
     assert first["n"] == 8 and len(logprob_stub.requests) == 8
     assert set(first["per_subject"]) == {"anatomy", "virology"}  # spread, not the first 8
     # a crash mid-write leaves a torn line; it is ignored and recomputed
-    pred = tmp_path / "utility-mmlu-base.jsonl"
+    pred = tmp_path / first["predictions_file"]
+    assert first["predictions_file"].startswith("cache/utility-")
     with pred.open("a") as fh:
         fh.write('{"id": "mmlu-8", "subj')
     summary = evaluate_utility(items, **kwargs)
@@ -269,7 +271,7 @@ def test_evaluate_utility_endpoint_summary_and_resume(logprob_stub: LogprobStub,
     assert summary["method"] == "loglik" and summary["dataset"] == "mmlu"
     assert summary["per_subject"] == {"anatomy": {"n": 10, "accuracy": 0.8},
                                       "virology": {"n": 10, "accuracy": 0.8}}
-    assert summary["predictions_file"] == pred.name
+    assert summary["predictions_file"] == first["predictions_file"]
     assert json.loads((tmp_path / "utility-mmlu-base.json").read_text()) == summary
     rows = [json.loads(line) for line in pred.read_text().splitlines()
             if line.startswith('{"id"') and line.endswith("}")]
@@ -278,11 +280,11 @@ def test_evaluate_utility_endpoint_summary_and_resume(logprob_stub: LogprobStub,
     # everything done: nothing recomputed, same result
     assert evaluate_utility(items, **kwargs) == summary
     assert len(logprob_stub.requests) == 20
-    # another setup under the same label is refused; overwrite starts again
-    with pytest.raises(ValueError, match="different setup"):
-        evaluate_utility(items, **(kwargs | {"method": "generate"}))
+    # another method is another cache (the label stays: same model); overwrite starts again
+    other = evaluate_utility(items, **(kwargs | {"method": "generate"}))
+    assert other["cache_key"] != summary["cache_key"] and len(logprob_stub.requests) == 40
     again = evaluate_utility(items, overwrite=True, **kwargs)
-    assert again == summary and len(logprob_stub.requests) == 40
+    assert again == summary and len(logprob_stub.requests) == 60
 
 
 def test_generate_and_parse(tmp_path: Path) -> None:

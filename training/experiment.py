@@ -608,7 +608,9 @@ class _Experiment:
                 endpoint = Endpoint(base_url, names[label], ev.api_key_env)
                 adapter = (str(self.adapters[label] / "adapter") if label != "base" else None)
                 common: dict[str, Any] = dict(label=label, model=model_name, adapter=adapter,
-                                              limit=limits[dataset], progress=self.progress)
+                                              limit=limits[dataset], progress=self.progress,
+                                              serving={"server": ev.base_url or "embedded vLLM",
+                                                       "served_name": names[label]})
                 started = time.perf_counter()
                 if kind == "safety":
                     result = evaluate_safety(

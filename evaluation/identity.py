@@ -1,0 +1,268 @@
+"""What determines an evaluation's responses, judgments and predictions: the keys of their caches.
+
+A cache of model outputs is only valid for the model, prompt format, generation settings and
+data that made it, so every cache file is named by a hash of exactly those (:func:`cache_key`):
+
+- the **base model**: its HF id or path as given (the embedded default under its name), plus,
+  when it is a local folder, the SHA-256 of its ``config.json``;
+- the **adapter**: the SHA-256 of its ``adapter_config.json`` and weights files (its content,
+  not its path: a retrained adapter is another model, a copy is the same one);
+- the **prompt format** and the **generation settings** (max tokens, temperature, stop strings);
+- the **data set**: the SHA-256 of its questions (id, prompt, category), :func:`questions_hash`;
+- for judgments, also the **judge** (:func:`judge_identity`: name, judge model, prompt version).
+
+A label is only a display name. One label names one model in a results folder
+(:func:`check_result_slot` refuses a second), and one data set name names one data set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from tools.llm import Endpoint, EndpointError
+
+RESULT_KINDS = ("safety", "overrefusal", "utility")
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def canonical_hash(value: Any) -> str:
+    """SHA-256 (hex) of ``value`` as canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    # keyed by size and mtime too, so a file rewritten in place is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's content (computed once per path, size and modification time)."""
+    stat = path.stat()
+    return _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+def base_identity(model: str) -> dict[str, Any]:
+    """The base model: ``{"name", "config_sha256"}`` (the hash only for a local folder).
+
+    The embedded default model has one name whether it is given by name or by its cached
+    folder, so results of the vLLM and transformers backends compare.
+    """
+    from tools.default_model import DEFAULT_MODEL_NAME, cache_dir
+
+    default_folder = cache_dir() / "models" / DEFAULT_MODEL_NAME
+    folder = Path(model)
+    if model in ("", "default", DEFAULT_MODEL_NAME) or (
+        folder.is_dir() and folder.resolve() == default_folder.resolve()
+    ):
+        model, folder = DEFAULT_MODEL_NAME, default_folder
+    config = folder / "config.json"
+    if folder.is_dir() and model != DEFAULT_MODEL_NAME:
+        model = str(folder.resolve())
+    return {"name": model, "config_sha256": file_sha256(config) if config.is_file() else None}
+
+
+def adapter_identity(adapter: str | Path) -> dict[str, Any]:
+    """A LoRA adapter folder's content: ``{"sha256"}`` over its config and weights files.
+
+    Raises ValueError for a folder that is not an adapter (no ``adapter_config.json`` or no
+    weights), naming the ``adapter/`` subfolder that `train` writes when that is the mistake.
+    """
+    folder = Path(adapter)
+    if not folder.is_dir():
+        raise ValueError(f"adapter folder {folder} does not exist")
+    if not (folder / ADAPTER_CONFIG).is_file():
+        hint = (f"; did you mean {folder / 'adapter'}?"
+                if (folder / "adapter" / ADAPTER_CONFIG).is_file() else "")
+        raise ValueError(f"{folder} is not a LoRA adapter folder (no {ADAPTER_CONFIG}){hint}")
+    weights = [folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()]
+    if not weights:
+        raise ValueError(f"{folder} has no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})")
+    files = {p.name: file_sha256(p) for p in [folder / ADAPTER_CONFIG, *weights]}
+    return {"sha256": canonical_hash(files)}
+
+
+def served_adapter_identity(adapter: str | Path | None, served_name: str) -> dict[str, Any] | None:
+    """The adapter part of :func:`model_identity`: its content when the folder is on this
+    machine, else (served by a remote server only) its path and served name; None without one.
+    """
+    if adapter is None:
+        return None
+    if Path(adapter).exists():
+        return adapter_identity(adapter)
+    return {"sha256": None, "path": str(adapter), "served_name": served_name}
+
+
+def model_identity(model: str, adapter: str | Path | None, served_name: str) -> dict[str, Any]:
+    """``{"base", "adapter"}`` of the model under evaluation (:func:`base_identity`,
+    :func:`served_adapter_identity`)."""
+    return {"base": base_identity(model), "adapter": served_adapter_identity(adapter, served_name)}
+
+
+def default_label(adapter: str | Path | None) -> str:
+    """``base``, or the adapter folder's name (its parent's when it is called ``adapter``, as
+    the folder `train` writes: ``adapters/da1/adapter`` -> ``da1``)."""
+    if adapter is None:
+        return "base"
+    path = Path(adapter).resolve()
+    return path.parent.name if path.name == "adapter" and path.parent.name else path.name
+
+
+# --------------------------------------------------------------------------------------------
+# Data, judges, keys
+# --------------------------------------------------------------------------------------------
+
+
+def questions_hash(rows: Iterable[Sequence[Any]]) -> str:
+    """SHA-256 of a data set's rows (tuples such as (id, prompt, category)), in order."""
+    return canonical_hash([list(row) for row in rows])
+
+
+def judge_identity(judge: Any) -> dict[str, Any]:
+    """A judge's identity: its own ``identity`` when it has one, else name and description."""
+    identity = getattr(judge, "identity", None)
+    if isinstance(identity, Mapping):
+        return dict(identity)
+    return {"name": judge.name, "description": getattr(judge, "description", "")}
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    """The cache key of ``parts`` (model, settings, data[, judge]): a SHA-256 hex digest."""
+    return canonical_hash(dict(parts))
+
+
+def cache_file(out_dir: Path, kind: str, key: str) -> Path:
+    """``<out_dir>/cache/<kind>-<first 16 hex digits of key>.jsonl``."""
+    return Path(out_dir) / "cache" / f"{kind}-{key[:16]}.jsonl"
+
+
+def claim_cache(out_file: Path, parts: Mapping[str, Any], has_rows: bool, what: str) -> None:
+    """Write ``<out_file>.meta.json`` (the key's ``parts``); if ``out_file`` already holds rows
+    made with other parts (a file copied or renamed by hand), raise instead of mixing them."""
+    parts = json.loads(json.dumps(parts))  # as it reads back (tuples become lists)
+    meta_file = out_file.with_name(out_file.name + ".meta.json")
+    if has_rows and meta_file.exists():
+        old = json.loads(meta_file.read_text("utf-8"))
+        if old != parts:
+            raise ValueError(
+                f"{out_file} holds {what} generated with {old}, not {parts}; "
+                "use another label or out_dir, or delete the file"
+            )
+    meta_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = meta_file.with_name(meta_file.name + ".tmp")
+    tmp.write_text(json.dumps(parts, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    tmp.replace(meta_file)
+
+
+# --------------------------------------------------------------------------------------------
+# Result files: one label, one model; one name, one data set
+# --------------------------------------------------------------------------------------------
+
+
+def _results(out_dir: Path) -> Iterable[tuple[Path, dict[str, Any]]]:
+    for path in sorted(Path(out_dir).glob("*.json")):
+        if not path.name.startswith(RESULT_KINDS):
+            continue
+        try:
+            data = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("kind") in RESULT_KINDS:
+            yield path, data
+
+
+def describe_model(identity: Mapping[str, Any]) -> str:
+    """``base + adapter <hash>`` in a few words, for messages."""
+    base = (identity.get("base") or {}).get("name", "?")
+    adapter = identity.get("adapter")
+    if not adapter:
+        return str(base)
+    return f"{base} + adapter {(adapter.get('sha256') or adapter.get('path') or '?')[:12]}"
+
+
+def check_result_slot(
+    out_dir: Path,
+    *,
+    kind: str,
+    dataset: str,
+    slug: str,
+    label: str,
+    model: Mapping[str, Any],
+    dataset_sha256: str,
+) -> None:
+    """Refuse to write a result that would mix two models under one label, or two data sets
+    under one name, in ``out_dir``.
+
+    ``model`` is the result's ``model_identity``; two results compare on the keys both have
+    (utility has no prompt format). ``slug`` is the file-name form of ``dataset``: two names
+    that map to one file name are one name.
+    """
+    for path, old in _results(out_dir):
+        old_model = old.get("model_identity")
+        if old.get("label") == label and isinstance(old_model, dict):
+            common = set(old_model) & set(model)
+            if any(old_model[k] != model[k] for k in common):
+                raise ValueError(
+                    f"label {label!r} already names model {describe_model(old_model)} "
+                    f"(prompt format {old_model.get('prompt_format', '-')}) in {path}, not "
+                    f"{describe_model(model)} (prompt format {model.get('prompt_format', '-')})"
+                    "; pick another --label"
+                )
+        same_name = old.get("kind") == kind and file_part(str(old.get("dataset"))) == slug
+        if same_name and old.get("dataset_sha256") not in (None, dataset_sha256):
+            raise ValueError(
+                f"data set name {dataset!r} already names other data in {path}; "
+                "pick another --name"
+            )
+
+
+def file_part(text: str) -> str:
+    """A file-name-safe version of a label or data set name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+# --------------------------------------------------------------------------------------------
+# Served models
+# --------------------------------------------------------------------------------------------
+
+
+def served_models(endpoint: Endpoint) -> list[str]:
+    """The model ids a server lists at ``/v1/models``."""
+    from evaluation.judges import openai_client
+
+    client = openai_client(endpoint)
+    try:
+        return sorted(m.id for m in client.models.list())
+    except openai.OpenAIError as exc:
+        raise EndpointError("target", endpoint, exc) from exc
+    finally:
+        client.close()
+
+
+def check_served(endpoint: Endpoint, what: str) -> None:
+    """Raise ValueError unless the server lists ``endpoint.model`` at ``/v1/models``."""
+    names = served_models(endpoint)
+    if endpoint.model not in names:
+        raise ValueError(
+            f"{endpoint.base_url} does not serve {what} {endpoint.model!r} (it serves: "
+            f"{', '.join(names) or 'nothing'}); give the name it serves it under"
+        )

@@ -1,0 +1,54 @@
+"""``--help`` of the ``data-advisor`` commands: every option with its default, an example each.
+
+:class:`HelpFormatter` appends ``(default: X)`` to an option's help text unless the text
+already says its default or there is none to show (``None``, ``False``), and keeps
+descriptions and epilogs as written (examples stay on their own lines).
+:func:`add_command` registers a sub-command that uses it, with its examples as the epilog::
+
+    run = add_command(sub, "run", "generate data", examples=["data-advisor run --rounds 3"])
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown where they say something; description and epilog kept verbatim."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or "%(default)" in text:
+            return text
+        if action.default in (None, False, argparse.SUPPRESS) or action.default == []:
+            return text  # "no default": the help text says what happens without the option
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text  # a required positional has no default
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def examples_epilog(examples: Sequence[str]) -> str | None:
+    """The epilog listing ``examples`` one per line (``None`` without examples)."""
+    if not examples:
+        return None
+    lines = "\n".join(f"  {line}" for line in examples)
+    return f"example{'s' if len(examples) > 1 else ''}:\n{lines}"
+
+
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help: str,  # noqa: A002 - argparse's own name for it
+    *,
+    description: str | None = None,
+    examples: Sequence[str] = (),
+) -> argparse.ArgumentParser:
+    """Add sub-command ``name`` with :class:`HelpFormatter` and ``examples`` as its epilog."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help[:1].upper() + help[1:] + ".",
+        epilog=examples_epilog(examples),
+        formatter_class=HelpFormatter,
+    )
