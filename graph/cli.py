@@ -1,9 +1,15 @@
-"""The ``data-advisor`` command line: run, resume, status, history, export, serve."""
+"""data-advisor: safety-alignment data by dynamic data curation (Data Advisor, arXiv 2410.05269).
+
+It generates harmful prompts with safe responses (Data Advisor or the Self-Instruct baseline)
+against any OpenAI-compatible server, or an embedded vLLM server it starts itself, trains LoRA
+adapters on the data, evaluates models (safety, over-refusal, utility, diversity) and reports.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,13 +17,15 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from evaluation.cli import add_commands as add_evaluation_commands
 from graph.context import Context
-from graph.export import FORMATS, export_run
+from graph.export import FORMATS, export_run, push_to_hub, run_settings
 from graph.graph import METHODS
 from graph.prompts import PromptError
 from graph.runner import Run, RunError, create_run, execute
+from tools.helpformat import HelpFormatter, add_command
 from tools.llm import EndpointError
 from tools.server import ServerError
 from tools.store import RunStore
@@ -27,33 +35,107 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 
 
+ROLES = ("advisor", "generator", "responder")
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=METHODS, default="data_advisor")
+    p.add_argument(
+        "--method", choices=METHODS, default="data_advisor",
+        help="data_advisor (advised by a weakness critic) or the self_instruct baseline",
+    )
     p.add_argument("--run", type=Path, help="run folder (default: runs/<method>-<time>)")
-    p.add_argument("--rounds", type=int, help="number of rounds (default 10)")
-    p.add_argument("--target-size", type=int, help="stop once this many prompts are kept")
-    p.add_argument("-k", "--prompts-per-round", type=int, default=10)
+    p.add_argument(
+        "--rounds", type=int,
+        help="number of rounds (default 10; no bound with --target-size alone)",
+    )
+    p.add_argument(
+        "--target-size", type=int, help="stop once this many prompts are kept (default: no target)"
+    )
+    p.add_argument(
+        "-k", "--prompts-per-round", type=int, default=10, help="prompts asked for per round (K)"
+    )
     p.add_argument("--examples", type=int, default=3, help="in-context examples per request")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--principles", help="guiding principles of the weakness critic")
-    p.add_argument("--no-rule-check", action="store_true", help="switch the rule check off")
-    p.add_argument("--prompts", type=Path, help="folder of <node>.txt templates to override")
-    p.add_argument("--seed-prompts", type=Path, help="file of seed prompts, one per line")
-    p.add_argument("--seed-categories", type=Path, help="file of seed categories, one per line")
-    p.add_argument("--base-url", help="OpenAI-compatible server (default: start embedded vLLM)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the example sampling")
     p.add_argument(
-        "--model",
-        help="model: served name with --base-url, else HF id or path "
-        "for the embedded server (default: SmolLM2-135M-Instruct)",
+        "--principles",
+        help="guiding principles of the weakness critic (default: diversity and coverage of "
+        "harm categories)",
     )
-    for role in ("advisor", "generator", "responder"):
-        p.add_argument(f"--{role}-url", help=f"base URL of the {role} (default: --base-url)")
-        p.add_argument(f"--{role}-model", help=f"model of the {role} (default: --model)")
     p.add_argument(
-        "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key"
+        "--no-rule-check", action="store_true",
+        help="switch the deterministic check of the summary update off (default: on)",
     )
-    p.add_argument("--max-concurrency", type=int, default=32)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--prompts", type=Path,
+        help="folder of <node>.txt templates overriding the shipped ones by name "
+        "(default: graph/prompts/ only)",
+    )
+    p.add_argument(
+        "--seed-prompts", type=Path,
+        help="file of seed prompts, one per line (default: graph/seeds/seed_prompts.txt)",
+    )
+    p.add_argument(
+        "--seed-categories", type=Path,
+        help="file of seed categories, one per line (default: graph/seeds/seed_categories.txt)",
+    )
+    _add_endpoint_options(p, resume=False)
+    p.add_argument(
+        "--max-concurrency", type=int, default=32, help="concurrent requests per node at most"
+    )
+    _add_progress_option(p)
+
+
+def _add_endpoint_options(p: argparse.ArgumentParser, *, resume: bool) -> None:
+    """``--base-url``, ``--model``, the per-role overrides and ``--api-key-env``; on resume
+    each one changes where the run's servers are (default: as recorded in run.json)."""
+    keep = " (default: as recorded in run.json)"
+    if resume:
+        p.add_argument(
+            "--base-url",
+            help="new OpenAI-compatible base URL for every role without a URL of its own; "
+            "a run on the embedded server switches to it" + keep,
+        )
+        p.add_argument(
+            "--model",
+            help="new served model name for every role without one of its own (a run on the "
+            "embedded server needs --base-url with it)" + keep,
+        )
+    else:
+        p.add_argument(
+            "--base-url",
+            help="OpenAI-compatible base URL, e.g. http://host:8000/v1 (default: start the "
+            "embedded vLLM server)",
+        )
+        p.add_argument(
+            "--model",
+            help="model: served name with --base-url, else HF id or path for the embedded "
+            "server (default: SmolLM2-135M-Instruct)",
+        )
+    for role in ROLES:
+        p.add_argument(
+            f"--{role}-url",
+            help=f"{'new ' if resume else ''}base URL of the {role}"
+            + (keep if resume else " (default: --base-url)"),
+        )
+        p.add_argument(
+            f"--{role}-model",
+            help=f"{'new ' if resume else ''}served model name of the {role}"
+            + (keep if resume else " (default: --model)"),
+        )
+    p.add_argument(
+        "--api-key-env",
+        default=None if resume else "OPENAI_API_KEY",
+        help="name of the environment variable holding the API key (the key itself is never "
+        "written anywhere)" + (keep if resume else ""),
+    )
+
+
+def _add_progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress (default: a bar on a terminal, else one line per round, and a status "
+        "line while the embedded vLLM server starts)",
+    )
 
 
 def _context(args: argparse.Namespace) -> Context:
@@ -77,7 +159,7 @@ def _context(args: argparse.Namespace) -> Context:
         values["base_url"] = args.base_url
     if args.model and args.base_url:
         values["model"] = args.model
-    for role in ("advisor", "generator", "responder"):
+    for role in ROLES:
         values[f"{role}_base_url"] = getattr(args, f"{role}_url")
         values[f"{role}_model"] = getattr(args, f"{role}_model")
     return Context(**values)
@@ -86,6 +168,7 @@ def _context(args: argparse.Namespace) -> Context:
 def cmd_run(args: argparse.Namespace) -> int:
     """Start a new run."""
     folder = args.run or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.run = folder  # for the hint after an endpoint error
     embedded = not args.base_url
     run = create_run(
         folder,
@@ -99,8 +182,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    """Continue a run from its last checkpoint."""
-    return _execute(Run.load(args.run), resume=True, progress=not args.no_progress)
+    """Continue a run from its last checkpoint, at new endpoints if asked."""
+    run = Run.load(args.run)
+    for entry in run.change_endpoints(_endpoint_changes(args)):
+        err.print(
+            f"{entry['field']}: {entry['old']} -> {entry['new']} "
+            f"(recorded in {run.folder / 'run.json'})",
+            highlight=False,
+        )
+    return _execute(run, resume=True, progress=not args.no_progress)
+
+
+def _endpoint_changes(args: argparse.Namespace) -> dict[str, str]:
+    """The context fields the endpoint options of ``resume`` set."""
+    options = {"base_url": args.base_url, "model": args.model, "api_key_env": args.api_key_env}
+    for role in ROLES:
+        options[f"{role}_base_url"] = getattr(args, f"{role}_url")
+        options[f"{role}_model"] = getattr(args, f"{role}_model")
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _execute(run: Run, *, resume: bool, progress: bool) -> int:
@@ -113,7 +212,35 @@ def _execute(run: Run, *, resume: bool, progress: bool) -> int:
         f"[green]done:[/] {state.kept} prompts kept, {state.responses} answered, "
         f"{sum(state.rejected.values())} rejected, in {run.folder}"
     )
+    _show_samples(run)
     return 0
+
+
+def _show_samples(run: Run, rows: int = 3) -> None:
+    """A few kept rows (one from each of the last rounds) and the commands to go on with."""
+    with RunStore(run.db_path, run.name) as store:
+        by_round: dict[int, dict[str, Any]] = {}
+        for sample in store.samples(with_response=True):
+            by_round.setdefault(sample["round"], sample)  # the round's first kept prompt
+    picked = [by_round[r] for r in sorted(by_round)[-rows:]]
+    width = max(min(console.width, 110) - 12, 20)  # a glance, not the data: see export
+    if picked:
+        console.print(f"[bold]a few kept rows[/] of {run.name}:", highlight=False)
+    for sample in picked:
+        console.print(
+            f"round {sample['round']} | {sample.get('weakness') or 'no weakness (self_instruct)'}",
+            highlight=False, soft_wrap=True, markup=False,
+        )
+        for label in ("prompt", "response"):
+            text = Text(" ".join(sample[label].split()))  # one line, cut to the width
+            text.truncate(width, overflow="ellipsis")
+            console.print(Text.assemble(f"  {label + ':':<10}", text), highlight=False)
+    console.print(
+        f"next: data-advisor history {run.folder}  |  data-advisor export {run.folder}  |  "
+        f"data-advisor eval diversity {run.folder}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -212,70 +339,146 @@ def cmd_export(args: argparse.Namespace) -> int:
     run = Run.load(args.run)
     formats = tuple(args.format or FORMATS)
     with RunStore(run.db_path, run.name) as store:
-        info = {
-            "generator_model": run.context.endpoint("generator").model,
-            "responder_model": run.context.endpoint("responder").model,
-            "rounds": len(store.rounds()),
-        }
-        paths = export_run(store, args.out or run.folder / "export", formats, info)
-        n = store.counts()["responses"]
+        paths = export_run(
+            store, args.out or run.folder / "export", formats, run_settings(run),
+            license=args.license,
+        )
+        counts = store.counts()
     for fmt, path in paths.items():
         console.print(f"{fmt}: {path}")
-    console.print(f"{n} rows")
+    console.print(f"{counts['responses']} rows ({counts['prompts'] - counts['responses']} "
+                  "prompts without a response left out)")
+    if args.push_to_hub:
+        url = push_to_hub(paths, args.push_to_hub, private=not args.public)
+        visibility = "public" if args.public else "private"
+        console.print(f"pushed to the Hub ({visibility} dataset {args.push_to_hub}): {url}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Start the embedded vLLM server and wait."""
+    """Start the embedded vLLM server and wait until Ctrl-C, SIGTERM or SIGHUP.
+
+    The ``with`` block turns SIGTERM and SIGHUP into KeyboardInterrupt (also during the start),
+    so a ``kill`` of this process stops vLLM's whole process group before it exits.
+    """
     from tools.server import EmbeddedServer
 
     log = args.log or Path("runs") / "serve-vllm.log"
-    with EmbeddedServer(
+    server = EmbeddedServer(
         args.model, log_path=log, port=args.port, max_model_len=args.max_model_len
-    ) as server:
-        console.print(
-            f"serving {server.model_name} at {server.base_url} (log: {log}); Ctrl-C stops"
-        )
-        console.print(
-            f"export DATA_ADVISOR_BASE_URL={server.base_url} DATA_ADVISOR_MODEL={server.model_name}"
-        )
-        try:
+    )
+    try:
+        with server:
+            console.print(
+                f"serving {server.model_name} at {server.base_url} (log: {log}); "
+                f"Ctrl-C or `kill {os.getpid()}` stops it",
+                highlight=False,
+            )
+            console.print(
+                f"export DATA_ADVISOR_BASE_URL={server.base_url} "
+                f"DATA_ADVISOR_MODEL={server.model_name}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.stdout.flush()  # a background `serve > file &` shows the URL at once
             while server.running:
                 time.sleep(1)
-        except KeyboardInterrupt:
-            pass
-    return 0
+            err.print(f"[red]error:[/] the vLLM server exited; see {log}")
+            return 1
+    except KeyboardInterrupt:
+        err.print("stopped the vLLM server")
+        return 0
+
+
+TOP_EXAMPLES = """\
+examples:
+  data-advisor run --rounds 3 --run runs/da1        # generate with the embedded SmolLM2
+  data-advisor history runs/da1                     # what each round did
+  data-advisor export runs/da1                      # JSONL, Parquet, HF datasets folder
+  data-advisor train --safety runs/da1 --instructions alpaca.json --out adapters/da1
+  data-advisor eval diversity runs/da1 runs/si1
+  data-advisor experiment configs/cpu-small.toml    # generate, train, evaluate, report
+
+`data-advisor COMMAND --help` explains each command's options, with their defaults."""
 
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser."""
-    p = argparse.ArgumentParser(prog="data-advisor", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="generate data with Data Advisor or Self-Instruct")
+    p = argparse.ArgumentParser(
+        prog="data-advisor", description=__doc__, epilog=TOP_EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = add_command(
+        sub, "run", "generate data with Data Advisor or Self-Instruct",
+        description="Start a new run: generate harmful prompts with safe responses, round by "
+        "round, into a run folder\n(run.json, run.sqlite, checkpoints.sqlite, vllm.log).",
+        examples=[
+            "data-advisor run --rounds 20 -k 10 --run runs/da1         # embedded vLLM + SmolLM2",
+            "data-advisor run --method self_instruct --rounds 20 --run runs/si1",
+            "data-advisor run --base-url http://gpu-box:8000/v1 --model mistralai/Mistral-7B-"
+            "Instruct-v0.2 --target-size 10000 --run runs/big",
+        ],
+    )
     _add_run_options(run)
     run.set_defaults(func=cmd_run)
-    resume = sub.add_parser("resume", help="continue a stopped or crashed run")
-    resume.add_argument("run", type=Path)
-    resume.add_argument("--no-progress", action="store_true")
+    resume = add_command(
+        sub, "resume", "continue a stopped or crashed run, at new endpoints if asked",
+        description="Continue a run from its last checkpoint (after Ctrl-C, kill, a crash or a "
+        "dead endpoint).\nThe endpoint options point it at servers that moved; each change is "
+        "recorded in the\n`history` of run.json. Nothing else about a run can change.",
+        examples=[
+            "data-advisor resume runs/da1",
+            "data-advisor resume runs/big --base-url http://new-box:8000/v1",
+            "data-advisor resume runs/big --responder-url http://guard:8001/v1 "
+            "--responder-model my-responder",
+        ],
+    )
+    resume.add_argument("run", type=Path, help="the run folder")
+    _add_endpoint_options(resume, resume=True)
+    _add_progress_option(resume)
     resume.set_defaults(func=cmd_resume)
     for name, func, text in (
-        ("status", cmd_status, "where a run stands"),
-        ("history", cmd_history, "one line per round"),
+        ("status", cmd_status, "where a run stands: next node, counts, summary"),
+        ("history", cmd_history, "one line per round: weakness, summary change, counts, time"),
     ):
-        sp = sub.add_parser(name, help=text)
-        sp.add_argument("run", type=Path)
-        sp.add_argument("--json", action="store_true")
+        sp = add_command(sub, name, text, examples=[f"data-advisor {name} runs/da1 --json"])
+        sp.add_argument("run", type=Path, help="the run folder")
+        sp.add_argument("--json", action="store_true", help="JSON instead of a table")
         sp.set_defaults(func=func)
-    export = sub.add_parser("export", help="write JSONL, Parquet and a HF datasets folder")
-    export.add_argument("run", type=Path)
+    export = add_command(
+        sub, "export", "write JSONL, Parquet and a HF datasets folder",
+        examples=["data-advisor export runs/da1 --format jsonl --out data/da1"],
+    )
+    export.add_argument("run", type=Path, help="the run folder")
     export.add_argument("--out", type=Path, help="output folder (default: RUN/export)")
-    export.add_argument("--format", action="append", choices=FORMATS)
+    export.add_argument(
+        "--format", action="append", choices=FORMATS,
+        help="a format to write, may be repeated (default: all)",
+    )
+    export.add_argument("--license", help="license id for the dataset card (e.g. cc-by-4.0)")
+    export.add_argument(
+        "--push-to-hub", metavar="REPO",
+        help="upload the card and the data files to this Hub dataset (token: HF_TOKEN or login)",
+    )
+    export.add_argument(
+        "--public", action="store_true",
+        help="with --push-to-hub: make a new dataset public (default: private)",
+    )
     export.set_defaults(func=cmd_export)
-    serve = sub.add_parser("serve", help="start the embedded vLLM server and print its URL")
+    serve = add_command(
+        sub, "serve", "start the embedded vLLM server and print its URL",
+        description="Start the embedded vLLM server (an OpenAI-compatible endpoint on "
+        "loopback) and wait;\nCtrl-C, kill (SIGTERM) or a closed terminal (SIGHUP) stops it.",
+        examples=[
+            "data-advisor serve --port 8000 &     # prints DATA_ADVISOR_BASE_URL=...",
+            "kill %1                              # stops vLLM too",
+        ],
+    )
     serve.add_argument("--model", help="HF id or path (default: SmolLM2-135M-Instruct)")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--max-model-len", type=int, default=4096)
-    serve.add_argument("--log", type=Path)
+    serve.add_argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
+    serve.add_argument("--max-model-len", type=int, default=4096, help="context length")
+    serve.add_argument("--log", type=Path, help="vLLM's log file (default: runs/serve-vllm.log)")
     serve.set_defaults(func=cmd_serve)
     add_evaluation_commands(sub)
     add_training_commands(sub)
@@ -284,7 +487,18 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``data-advisor`` script."""
-    args = parser().parse_args(argv)
+    p = parser()
+    args, unknown = p.parse_known_args(argv)
+    if unknown and args.command == "resume":
+        err.print(
+            f"[red]error:[/] resume changes only where the servers are (--base-url, --model, "
+            f"--<role>-url, --<role>-model, --api-key-env), not {' '.join(unknown)}; "
+            "start a new run with `data-advisor run` to change anything else",
+            highlight=False,
+        )
+        return 2
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
     except (RunError, PromptError, FileNotFoundError, ValueError) as exc:
@@ -295,7 +509,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except EndpointError as exc:
         err.print(f"[red]error:[/] {exc}")
-        err.print("data written so far is kept; fix the endpoint and run `data-advisor resume RUN`")
+        folder = getattr(args, "run", None) or "RUN"
+        err.print(
+            f"data written so far is kept; fix the endpoint and run `data-advisor resume "
+            f"{folder}`, or if the server moved: `data-advisor resume {folder} --base-url URL` "
+            f"(or --{exc.role}-url URL)",
+            highlight=False,
+        )
         return 1
 
 

