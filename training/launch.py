@@ -74,8 +74,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="output folder (checkpoints, adapter/, loss.png)")
     p.add_argument("--ratio", type=float, help="safety share of the mix, 0..1 (default: all "
                    "safety data and as many instructions)")
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="share of the mix held out for validation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the mix shuffle and of training")
     p.add_argument("--rank", type=int, help="LoRA rank (default 32)")
     p.add_argument("--alpha", type=int, help="LoRA alpha (default 16)")
     p.add_argument("--dropout", type=float, help="LoRA dropout (default 0.1)")
