@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,18 @@ from tools.store import RunStore
 from tools.stub_server import StubServer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the test process (and the processes it starts) the default stop signals.
+
+    A shell starts background jobs with SIGINT ignored and `nohup` ignores SIGHUP; ignored
+    dispositions are inherited across exec, and the product rightly leaves an ignored signal
+    ignored. The Ctrl-C / SIGTERM / SIGHUP tests need the defaults, wherever CI is run from.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 @pytest.fixture
