@@ -209,7 +209,7 @@ def measure(rounds: int = 1000, k: int = 10, trace: bool = True, workdir: Path |
         if trace:
             result.heap_peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
-        with RunStore(run.db_path, run.name) as store:
+        with RunStore(run.db_path, run.run_id) as store:
             result.kept = store.counts()["prompts"]
             result.node_seconds = [r.get("timings") or {} for r in store.rounds()]
     result.maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

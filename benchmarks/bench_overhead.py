@@ -190,7 +190,7 @@ def measure(method: Method, *, rounds: int, k: int, latency: float, workdir: Pat
     per_round = split_rounds(entries, FIRST_KIND[method])  # type: ignore[arg-type]
     starts = [r[0][0] for r in per_round]
     steady = per_round[:-1] if len(per_round) > 1 else per_round  # 1 round: no steady state
-    with RunStore(run.db_path, run.name) as store:
+    with RunStore(run.db_path, run.run_id) as store:
         records = store.rounds()
         kept = store.counts()["prompts"]
     node_rows = _node_rows(method, records[:len(steady)], steady, latency, floor)

@@ -144,7 +144,7 @@ def measure(rounds: int = 5, k: int = 10, concurrency: int = 32, max_tokens: int
             after = server_counters(server.base_url)
             result.server_tokens = {k: after[k] - before.get(k, 0.0) for k in after}
             result.raw_tps.append(throughput(client, name, concurrency, max_tokens))
-        with RunStore(run.db_path, run.name) as store:
+        with RunStore(run.db_path, run.run_id) as store:
             records = store.rounds()
             counts = store.counts()
     seconds: dict[str, float] = defaultdict(float)

@@ -1,10 +1,12 @@
-"""Run the three benchmarks one after the other and print a summary table of their ratios.
+"""Run the generation benchmarks one after the other and print a summary table of their ratios.
 
 (a) ``bench_overhead``: wall time per round over the critical-path LLM latency (stub, L=0.2 s);
 (b) ``bench_growth``: SQLite bytes added per round, last 50 rounds over the first 50 (stub,
     a modest number of rounds by default; ``--growth-rounds 1000`` for the full measurement);
 (c) ``bench_vllm``: run tokens/s over the embedded vLLM's raw 32-concurrent tokens/s
-    (``--skip-vllm`` leaves it out; it starts the real server, minutes on CPU).
+    (``--skip-vllm`` leaves it out; it starts the real server, minutes on CPU);
+(d) ``bench_novelty``: novel weaknesses in the last 100 rounds, today's summary design against
+    the merging one, and the round time at the end over round 10 (``--novelty-rounds``).
 
 Ratios are measured side by side in one run; nothing here asserts a number.
 
@@ -21,6 +23,7 @@ import time
 from collections.abc import Sequence
 
 import bench_growth
+import bench_novelty
 import bench_overhead
 import bench_vllm
 from _common import table
@@ -34,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.2, help="(a) stub latency, s")
     parser.add_argument("--growth-rounds", type=int, default=200, help="(b) rounds")
     parser.add_argument("--vllm-rounds", type=int, default=5, help="(c) rounds")
+    parser.add_argument("--novelty-rounds", type=int, default=200, help="(d) rounds")
     parser.add_argument("--skip-vllm", action="store_true", help="leave (c) out")
     args = parser.parse_args(argv)
 
@@ -59,6 +63,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows.append(["(b) growth", f"bytes added/round, last {n} / first {n}", growth.total_ratio,
                  f"peak heap {(growth.heap_peak or 0) / 1e6:.1f} MB, "
                  f"maxrss {growth.maxrss_kib / 1024:.0f} MB", "<= 1.2"])
+
+    print(f"\n== (d) novelty: {args.novelty_rounds} rounds, K={args.k} ==")
+    novelty = [bench_novelty.measure(d, args.novelty_rounds, args.k) for d in ("today", "new")]
+    print(bench_novelty.report(novelty, args.k))
+    last = {r.design: sum(r.novel[-100:]) for r in novelty}
+    rows.append(["(d) novelty", "novel weaknesses, last 100 rounds (new)", last["new"],
+                 f"today's design: {last['today']}", "higher"])
+    rows.append(["(d) novelty", "round time at the end / at round 10 (new)",
+                 bench_novelty.round_time_ratio(novelty[1].seconds), "", "<= 1.5"])
 
     if not args.skip_vllm:
         print(f"\n== (c) embedded vLLM: {args.vllm_rounds} rounds, K={args.k} ==")

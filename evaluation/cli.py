@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tools.helpformat import add_command
+from tools.helpformat import positive_int as _positive_int
 from tools.llm import Endpoint
 
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -151,14 +152,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--out", type=Path, default=Path("results") / "report", metavar="DIR",
                      help="folder for report.md and the PNGs (default: %(default)s)")
     rep.set_defaults(func=cmd_report)
-
-
-def _positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def cmd_diversity(args: argparse.Namespace) -> int:

@@ -359,8 +359,14 @@ def _is_catqa(path: Path) -> bool:
 def _run_prompts(path: Path) -> list[Question]:
     import sqlite_utils
 
+    from tools.store import run_id_of_store
+
     db = sqlite_utils.Database(_existing(path))
-    rows = db.query("select id, prompt, weakness from samples order by run_id, round, slot")
+    run_id = run_id_of_store(path)  # a run folder's run: the id in its run.json (else all)
+    where, params = ("where run_id = ? ", [run_id]) if run_id else ("", [])
+    rows = db.query(
+        f"select id, prompt, weakness from samples {where}order by run_id, round, slot", params
+    )
     return [Question(r["id"], r["prompt"], r["weakness"] or "") for r in rows]
 
 

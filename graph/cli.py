@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -20,12 +21,21 @@ from rich.table import Table
 from rich.text import Text
 
 from evaluation.cli import add_commands as add_evaluation_commands
-from graph.context import Context
+from graph.context import Context, env_var, field_default, is_variable_name
 from graph.export import FORMATS, export_run, push_to_hub, run_settings
 from graph.graph import METHODS
 from graph.prompts import PromptError
-from graph.runner import Run, RunError, create_run, execute
-from tools.helpformat import HelpFormatter, add_command
+from graph.runner import (
+    WAIT_FIELDS,
+    Run,
+    RunError,
+    check_not_studio,
+    create_run,
+    execute,
+    run_lock,
+    storage_error,
+)
+from tools.helpformat import HelpFormatter, add_command, positive_int
 from tools.llm import EndpointError
 from tools.server import ServerError
 from tools.store import RunStore
@@ -38,24 +48,50 @@ err = Console(stderr=True, soft_wrap=True)
 ROLES = ("advisor", "generator", "responder")
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"give a positive number of seconds, not {text!r}")
+    return value
+
+
+def _retries(text: str) -> int:
+    """An argparse type: a number of retries, 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"give a whole number, 0 or more, not {text!r}")
+    return int(text)
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method", choices=METHODS, default="data_advisor",
         help="data_advisor (advised by a weakness critic) or the self_instruct baseline",
     )
     p.add_argument("--run", type=Path, help="run folder (default: runs/<method>-<time>)")
+    # Context options default to None: only those given reach the Context, which fills the
+    # others from DATA_ADVISOR_* variables, then its defaults (explicit > environment > default).
     p.add_argument(
-        "--rounds", type=int,
-        help="number of rounds (default 10; no bound with --target-size alone)",
+        "--rounds", type=positive_int,
+        help="number of rounds" + _or_env("rounds", "; no bound with --target-size alone"),
     )
     p.add_argument(
-        "--target-size", type=int, help="stop once this many prompts are kept (default: no target)"
+        "--target-size", type=positive_int,
+        help="stop once this many prompts are kept (default: no target, or "
+        f"${env_var('target_size')})",
     )
     p.add_argument(
-        "-k", "--prompts-per-round", type=int, default=10, help="prompts asked for per round (K)"
+        "-k", "--prompts-per-round", type=positive_int,
+        help="prompts asked for per round (K)" + _or_env("prompts_per_round"),
     )
-    p.add_argument("--examples", type=int, default=3, help="in-context examples per request")
-    p.add_argument("--seed", type=int, default=0, help="seed of the example sampling")
+    p.add_argument(
+        "--examples", type=positive_int,
+        help="in-context examples per request" + _or_env("examples_per_request"),
+    )
+    p.add_argument("--seed", type=int, help="seed of the example sampling" + _or_env("seed"))
     p.add_argument(
         "--principles",
         help="guiding principles of the weakness critic (default: diversity and coverage of "
@@ -80,9 +116,33 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     _add_endpoint_options(p, resume=False)
     p.add_argument(
-        "--max-concurrency", type=int, default=32, help="concurrent requests per node at most"
+        "--max-concurrency", type=positive_int,
+        help="concurrent requests per node at most" + _or_env("max_concurrency"),
     )
+    _add_wait_options(p, resume=False)
     _add_progress_option(p)
+
+
+def _add_wait_options(p: argparse.ArgumentParser, *, resume: bool) -> None:
+    """``--request-timeout``, ``--max-retries`` and ``--node-timeout``."""
+
+    def default(name: str) -> str:
+        return " (default: as recorded in run.json)" if resume else _or_env(name)
+
+    p.add_argument(
+        "--request-timeout", type=_seconds,
+        help="seconds one try of a request may take" + default("request_timeout"),
+    )
+    p.add_argument(
+        "--max-retries", type=_retries,
+        help="tries after the first of a request, on connection errors, timeouts, 429, 5xx and "
+        "malformed answers (with backoff)" + default("max_retries"),
+    )
+    p.add_argument(
+        "--node-timeout", type=_seconds,
+        help="seconds one request may take in all, retries included: how long a node waits for "
+        "a hung server before the run stops" + default("node_timeout"),
+    )
 
 
 def _add_endpoint_options(p: argparse.ArgumentParser, *, resume: bool) -> None:
@@ -123,10 +183,9 @@ def _add_endpoint_options(p: argparse.ArgumentParser, *, resume: bool) -> None:
             + (keep if resume else " (default: --model)"),
         )
     p.add_argument(
-        "--api-key-env",
-        default=None if resume else "OPENAI_API_KEY",
+        "--api-key-env", type=_variable_name, metavar="NAME",
         help="name of the environment variable holding the API key (the key itself is never "
-        "written anywhere)" + (keep if resume else ""),
+        "written anywhere)" + (keep if resume else _or_env("api_key_env")),
     )
 
 
@@ -138,31 +197,49 @@ def _add_progress_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _or_env(name: str, more: str = "") -> str:
+    """`` (default: X, or $DATA_ADVISOR_<NAME>)``: the end of a context option's help."""
+    return f" (default: {field_default(name)}, or ${env_var(name)}{more})"
+
+
+def _variable_name(text: str) -> str:
+    """An argparse type: the name of an environment variable (never echoes a key given)."""
+    if not is_variable_name(text):
+        raise argparse.ArgumentTypeError(
+            "takes the NAME of an environment variable, not the key (letters, digits and _; "
+            "e.g. export MY_KEY=... then --api-key-env MY_KEY)"
+        )
+    return text
+
+
 def _context(args: argparse.Namespace) -> Context:
-    rounds = args.rounds or (1_000_000 if args.target_size else 10)
+    """The run's context from the options given; the Context fills the others (and checks
+    every field, before anything is created)."""
     values: dict[str, Any] = {
-        "rounds": rounds,
+        "rounds": args.rounds,
         "target_size": args.target_size,
         "prompts_per_round": args.prompts_per_round,
         "examples_per_request": args.examples,
         "seed": args.seed,
-        "rule_check": not args.no_rule_check,
+        "rule_check": False if args.no_rule_check else None,
         "prompts_dir": str(args.prompts) if args.prompts else None,
         "seed_prompts_file": str(args.seed_prompts) if args.seed_prompts else None,
         "seed_categories_file": str(args.seed_categories) if args.seed_categories else None,
         "api_key_env": args.api_key_env,
         "max_concurrency": args.max_concurrency,
+        "request_timeout": args.request_timeout,
+        "max_retries": args.max_retries,
+        "node_timeout": args.node_timeout,
     }
-    if args.principles:
-        values["principles"] = args.principles
-    if args.base_url:
-        values["base_url"] = args.base_url
-    if args.model and args.base_url:
-        values["model"] = args.model
+    values["principles"] = args.principles
+    values["base_url"] = args.base_url
+    values["model"] = args.model if args.base_url else None  # else the embedded server's
     for role in ROLES:
         values[f"{role}_base_url"] = getattr(args, f"{role}_url")
         values[f"{role}_model"] = getattr(args, f"{role}_model")
-    return Context(**values)
+    if args.rounds is None and args.target_size is not None and env_var("rounds") not in os.environ:
+        values["rounds"] = 1_000_000  # --target-size alone: no bound on the rounds
+    return Context(**{name: value for name, value in values.items() if value is not None})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -178,27 +255,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         embedded_model=args.model if embedded else None,
     )
     err.print(f"run folder: {run.folder}")
+    if warning := run.context.missing_key_warning(embedded=embedded):
+        err.print(warning, highlight=False, markup=False)
     return _execute(run, resume=False, progress=not args.no_progress)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue a run from its last checkpoint, at new endpoints if asked."""
     run = Run.load(args.run)
-    for entry in run.change_endpoints(_endpoint_changes(args)):
-        err.print(
-            f"{entry['field']}: {entry['old']} -> {entry['new']} "
-            f"(recorded in {run.folder / 'run.json'})",
-            highlight=False,
-        )
-    return _execute(run, resume=True, progress=not args.no_progress)
+    check_not_studio(run)
+    with run_lock(run):  # no endpoint is changed under a process executing the run
+        for entry in run.change_endpoints(_endpoint_changes(args)):
+            err.print(
+                f"{entry['field']}: {entry['old']} -> {entry['new']} "
+                f"(recorded in {run.folder / 'run.json'})",
+                highlight=False,
+            )
+        if warning := run.context.missing_key_warning(embedded=run.embedded):
+            err.print(warning, highlight=False, markup=False)
+        return _execute(run, resume=True, progress=not args.no_progress)
 
 
-def _endpoint_changes(args: argparse.Namespace) -> dict[str, str]:
-    """The context fields the endpoint options of ``resume`` set."""
+def _endpoint_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The context fields the endpoint and wait options of ``resume`` set."""
     options = {"base_url": args.base_url, "model": args.model, "api_key_env": args.api_key_env}
     for role in ROLES:
         options[f"{role}_base_url"] = getattr(args, f"{role}_url")
         options[f"{role}_model"] = getattr(args, f"{role}_model")
+    options.update({name: getattr(args, name) for name in WAIT_FIELDS})
     return {name: value for name, value in options.items() if value is not None}
 
 
@@ -218,7 +302,7 @@ def _execute(run: Run, *, resume: bool, progress: bool) -> int:
 
 def _show_samples(run: Run, rows: int = 3) -> None:
     """A few kept rows (one from each of the last rounds) and the commands to go on with."""
-    with RunStore(run.db_path, run.name) as store:
+    with RunStore(run.db_path, run.run_id) as store:
         by_round: dict[int, dict[str, Any]] = {}
         for sample in store.samples(with_response=True):
             by_round.setdefault(sample["round"], sample)  # the round's first kept prompt
@@ -245,22 +329,31 @@ def _show_samples(run: Run, rows: int = 3) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print where a run stands."""
-    from graph.graph import compile_graph
-    from graph.runner import checkpointer
+    from graph.graph import run_finished
+    from graph.runner import check_consistent, checkpoint_snapshot, lock_holder
+    from graph.state import State
 
     run = Run.load(args.run)
-    with checkpointer(run) as saver:
-        snapshot = compile_graph(run.method, saver).get_state(run.config())
-    with RunStore(run.db_path, run.name) as store:
+    with RunStore(run.db_path, run.run_id) as store:
         counts = store.counts()
         rounds = store.rounds()
-    values = snapshot.values or {}
-    finished = bool(snapshot.values) and not snapshot.next
+        if run.is_studio:  # the LangGraph server has the checkpoints: the store tells the rest
+            values, next_nodes = _studio_values(rounds), ()
+            state = "Studio thread (checkpoints kept by the LangGraph server)"
+        else:
+            values, next_nodes = checkpoint_snapshot(run)
+            check_consistent(run, values, store)
+            # no next step is also a run stopped after a step whose checkpoint was not saved
+            finished = (bool(values) and not next_nodes
+                        and run_finished(State(**values), run.context))
+            state = "finished" if finished else ("not started" if not values else "in progress")
     info = {
         "run": str(run.folder),
+        "id": run.run_id,
         "method": run.method,
-        "state": "finished" if finished else ("not started" if not values else "in progress"),
-        "next": list(snapshot.next),
+        "state": state,
+        "executed_by": lock_holder(run.folder),
+        "next": list(next_nodes),
         "rounds_done": sum(1 for r in rounds if r.get("finished_at")),
         "rounds_planned": run.context.rounds,
         "target_size": run.context.target_size,
@@ -281,10 +374,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _studio_values(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """What status shows of a Studio thread, from its store: the last round's summary and the
+    rejections of all rounds."""
+    summaries = [r["summary_after"] for r in rounds if r.get("summary_after") is not None]
+    rejected: dict[str, int] = {}
+    for r in rounds:
+        for reason, n in (r.get("rejected") or {}).items():
+            rejected[reason] = rejected.get(reason, 0) + n
+    return {"summary": summaries[-1] if summaries else [], "rejected": rejected}
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     """Print one line per round."""
     run = Run.load(args.run)
-    with RunStore(run.db_path, run.name) as store:
+    with RunStore(run.db_path, run.run_id) as store:
         rounds = store.rounds()
     if args.json:
         console.print_json(json.dumps(rounds))
@@ -338,7 +442,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export a run's data."""
     run = Run.load(args.run)
     formats = tuple(args.format or FORMATS)
-    with RunStore(run.db_path, run.name) as store:
+    with RunStore(run.db_path, run.run_id) as store:
         paths = export_run(
             store, args.out or run.folder / "export", formats, run_settings(run),
             license=args.license,
@@ -436,6 +540,7 @@ def parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("run", type=Path, help="the run folder")
     _add_endpoint_options(resume, resume=True)
+    _add_wait_options(resume, resume=True)
     _add_progress_option(resume)
     resume.set_defaults(func=cmd_resume)
     for name, func, text in (
@@ -492,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown and args.command == "resume":
         err.print(
             f"[red]error:[/] resume changes only where the servers are (--base-url, --model, "
-            f"--<role>-url, --<role>-model, --api-key-env), not {' '.join(unknown)}; "
+            f"--<role>-url, --<role>-model, --api-key-env) and how long to wait for them "
+            f"(--request-timeout, --max-retries, --node-timeout), not {' '.join(unknown)}; "
             "start a new run with `data-advisor run` to change anything else",
             highlight=False,
         )
@@ -502,7 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (RunError, PromptError, FileNotFoundError, ValueError) as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print("[red]error:[/] ", end="")
+        err.print(str(exc), markup=False, highlight=False)  # user values may hold brackets
         return 2
     except ServerError as exc:
         err.print(f"[red]error:[/] the embedded vLLM server failed: {exc}")
@@ -517,6 +624,29 @@ def main(argv: list[str] | None = None) -> int:
             highlight=False,
         )
         return 1
+    except (sqlite3.DatabaseError, OSError) as exc:  # corrupt or unwritable file, full disk
+        message = storage_error(exc, _paths_of(args), resume=_resumable(args))
+        if message is None:
+            raise
+        err.print(f"[red]error:[/] {message}", highlight=False)
+        return 2
+
+
+def _paths_of(args: argparse.Namespace) -> list[Path]:
+    """The files and folders a command was given (where a bad SQLite file may be)."""
+    values: list[Any] = []
+    for value in vars(args).values():
+        values += value if isinstance(value, list) else [value]
+    return [Path(v) for v in values if isinstance(v, Path)
+            or (isinstance(v, str) and v and not v.startswith("hf:") and Path(v).exists())]
+
+
+def _resumable(args: argparse.Namespace) -> Path | None:
+    """The run folder to resume after a storage failure of ``run`` or ``resume``."""
+    folder = getattr(args, "run", None)
+    if args.command in ("run", "resume") and folder and (Path(folder) / "run.json").is_file():
+        return Path(folder)
+    return None
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The shipped templates live in ``graph/prompts/<name>.txt``. A user overrides any of them by
 name, from a folder (``--prompts DIR`` / ``Context.prompts_dir``) or inline
 (``Context.prompts``, which is how Studio swaps a prompt). Templates are validated before any
-LLM call: a missing required placeholder or an unknown one is a :class:`PromptError`.
+LLM call: a file that is not UTF-8, an unmatched brace, a missing required placeholder or an
+unknown one is a :class:`PromptError` naming the file (or the inline override) and the line.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+
+from tools.textfile import TextFileError, read_text
 
 
 @dataclass(frozen=True)
@@ -37,35 +40,71 @@ class PromptError(ValueError):
     """A prompt template is missing, malformed, or has wrong placeholders."""
 
 
-def placeholders(template: str) -> set[str]:
-    """Named placeholders of a ``str.format`` template."""
+def placeholders(template: str, source: str = "template") -> set[str]:
+    """Named placeholders of a ``str.format`` template (``source`` names it in errors)."""
     try:
-        names = {
-            field for _, field, _, _ in string.Formatter().parse(template) if field is not None
-        }
+        parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise PromptError(f"malformed template: {exc}") from exc
+        raise PromptError(_brace_error(template, source) or f"{source}: {exc}") from None
+    names = {name for _, name, _, _ in parsed if name is not None}
     for name in names:
         if not name.isidentifier():
-            raise PromptError(f"placeholder {{{name}}} is not a name (use {{{{ }}}} for braces)")
+            line = _line_of(template, "{" + name if name else "{}")
+            raise PromptError(
+                f"{source} line {line}: placeholder {{{name}}} is not a name "
+                "(write '{{' and '}}' for literal braces)"
+            )
     return names
 
 
-def validate(name: str, template: str) -> None:
-    """Raise :class:`PromptError` if ``template`` does not fit the spec of ``name``."""
+def _brace_error(template: str, source: str) -> str | None:
+    """Where ``template`` has a brace that opens or closes nothing, with its line."""
+    at = 0
+    while at < len(template):
+        pair = template[at : at + 2]
+        if pair in ("{{", "}}"):
+            at += 2  # an escaped, literal brace
+        elif template[at] == "{":
+            close, reopen = template.find("}", at + 1), template.find("{", at + 1)
+            if close == -1 or -1 < reopen < close:
+                return _unmatched(template, at, source)
+            at = close + 1
+        elif template[at] == "}":
+            return _unmatched(template, at, source)
+        else:
+            at += 1
+    return None
+
+
+def _unmatched(template: str, at: int, source: str) -> str:
+    brace = template[at]
+    line = template.count("\n", 0, at) + 1
+    return f"{source} line {line}: unmatched '{brace}' (write '{brace * 2}' for a literal brace)"
+
+
+def _line_of(template: str, text: str) -> int:
+    return template.count("\n", 0, max(template.find(text), 0)) + 1
+
+
+def validate(name: str, template: str, source: str | None = None) -> None:
+    """Raise :class:`PromptError` if ``template`` does not fit the spec of ``name``.
+
+    ``source`` (a file, or where an inline override came from) starts every message.
+    """
     if name not in SPECS:
         raise PromptError(f"unknown prompt {name!r}; known prompts: {', '.join(sorted(SPECS))}")
+    where = source or f"prompt {name!r}"
     spec = SPECS[name]
-    found = placeholders(template)
+    found = placeholders(template, where)
     if missing := spec.required - found:
         raise PromptError(
-            f"prompt {name!r} lacks placeholder(s) "
+            f"{where}: prompt {name!r} lacks placeholder(s) "
             + ", ".join(f"{{{m}}}" for m in sorted(missing))
         )
     if unknown := found - spec.required - spec.optional:
         allowed = ", ".join(f"{{{m}}}" for m in sorted(spec.required | spec.optional)) or "none"
         raise PromptError(
-            f"prompt {name!r} has unknown placeholder(s) "
+            f"{where}: prompt {name!r} has unknown placeholder(s) "
             + ", ".join(f"{{{u}}}" for u in sorted(unknown))
             + f"; allowed: {allowed}"
         )
@@ -78,6 +117,7 @@ def _shipped(name: str) -> str:
 @lru_cache(maxsize=32)
 def _load(prompts_dir: str | None, overrides: tuple[tuple[str, str], ...]) -> dict[str, str]:
     templates = {name: _shipped(name) for name in SPECS}
+    sources = {name: f"graph/prompts/{name}.txt" for name in SPECS}
     if prompts_dir:
         folder = Path(prompts_dir)
         if not folder.is_dir():
@@ -87,13 +127,17 @@ def _load(prompts_dir: str | None, overrides: tuple[tuple[str, str], ...]) -> di
                 raise PromptError(
                     f"{path}: unknown prompt name {path.stem!r}; known: {', '.join(sorted(SPECS))}"
                 )
-            templates[path.stem] = path.read_text("utf-8")
+            try:
+                templates[path.stem] = read_text(path)
+            except TextFileError as exc:
+                raise PromptError(str(exc)) from None
+            sources[path.stem] = str(path)
     for name, text in overrides:
         if name not in SPECS:
             raise PromptError(f"unknown prompt {name!r}; known: {', '.join(sorted(SPECS))}")
-        templates[name] = text
+        templates[name], sources[name] = text, f"inline prompt {name!r}"
     for name, text in templates.items():
-        validate(name, text)
+        validate(name, text, sources[name])
     return templates
 
 

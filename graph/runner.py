@@ -1,22 +1,32 @@
 """Running a graph in a run folder: checkpoints, the embedded server, progress, clean stops.
 
-A run folder holds ``run.json`` (method and context, no secrets; a ``history`` of endpoint
-changes made on resume), ``run.sqlite`` (the data tables), ``checkpoints.sqlite`` (LangGraph's
-checkpoints, thread id = run name) and ``vllm.log`` when the embedded server was used.
+A run folder holds ``run.json`` (the run's ``id``, method and context, no secrets; a
+``history`` of endpoint changes made on resume), ``run.sqlite`` (the data tables),
+``checkpoints.sqlite`` (LangGraph's checkpoints), ``run.lock`` (who executes the run) and
+``vllm.log`` when the embedded server was used. The id, ``<method>-<12 hex digits>``, is made
+when the run is created and is its checkpoint thread id and its key in ``run.sqlite``: a folder
+moved or renamed is the same run (runs made before ids were recorded use their folder name).
+
 :func:`execute` starts a run, or resumes it from its last checkpoint after a crash, Ctrl-C,
-``kill`` or a closed terminal, restarting the embedded server if needed. Progress is a rich
-bar on a terminal and one plain line per round otherwise (logs, CI, ``nohup``).
+``kill`` or a closed terminal, restarting the embedded server if needed. It holds the folder's
+lock (a second process is refused, saying who holds it) and first checks that the store and
+the checkpoint agree (:func:`check_consistent`). Progress is a rich bar on a terminal and one
+plain line per round otherwise (logs, CI, ``nohup``). :func:`storage_error` turns a corrupt,
+unreadable or unwritable file or a full disk into one line naming the file.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import socket
 import sqlite3
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,18 +37,25 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from graph.context import Context
+from graph.context import STUDIO_FILE, Context, ContextError
 from graph.graph import Method, compile_graph, run_finished
 from graph.prompts import load_prompts
 from graph.seeds import read_seeds
 from graph.state import State
 from nodes.load_seeds import round_unfinished
 from tools.server import EmbeddedServer, served_name, stop_signals_interrupt
-from tools.store import RunStore, close_shared, shared_store
+from tools.store import (
+    DB_FILE,
+    RUN_FILE,
+    RunStore,
+    close_shared,
+    run_id_from,
+    shared_store,
+    write_atomic,
+)
 
-RUN_FILE = "run.json"
-DB_FILE = "run.sqlite"
 CHECKPOINT_FILE = "checkpoints.sqlite"
+LOCK_FILE = "run.lock"
 SERVER_LOG = "vllm.log"
 ENDPOINT_FIELDS = (
     "base_url",
@@ -47,6 +64,8 @@ ENDPOINT_FIELDS = (
       for what in ("base_url", "model")),
     "api_key_env",
 )
+WAIT_FIELDS = ("request_timeout", "max_retries", "node_timeout")
+"""How long a run waits for its servers; like the endpoints, ``resume`` may change them."""
 """Context fields that say where the servers are: the only ones ``resume`` may change."""
 
 
@@ -66,11 +85,24 @@ class Run:
     embedded_model: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     """Changes made after the start (``resume`` with new endpoints): time, field, old, new."""
+    run_id: str = ""
+    """The run's id: its LangGraph thread id and its key in ``run.sqlite`` (default: the
+    folder name, as for runs made before ``run.json`` recorded an id)."""
+    id_recorded: bool = field(default=True, compare=False)
+    """False for a ``run.json`` without an id (written on the next start or resume)."""
+
+    def __post_init__(self) -> None:
+        self.run_id = self.run_id or self.folder.name
 
     @property
     def name(self) -> str:
-        """The run's name (its folder name), also its LangGraph thread id."""
+        """The run's name as shown: its folder name (the id is :attr:`run_id`)."""
         return self.folder.name
+
+    @property
+    def is_studio(self) -> bool:
+        """True for a Studio thread's run folder (its checkpoints are the LangGraph server's)."""
+        return (self.folder / STUDIO_FILE).is_file()
 
     @property
     def db_path(self) -> Path:
@@ -85,42 +117,38 @@ class Run:
     def config(self, recursion_limit: int | None = None) -> dict[str, Any]:
         """LangGraph config of the run's thread."""
         limit = recursion_limit or 8 * self.context.rounds + 16
-        return {"configurable": {"thread_id": self.name}, "recursion_limit": limit}
+        return {"configurable": {"thread_id": self.run_id}, "recursion_limit": limit}
 
-    def save(self) -> None:
-        """Write ``run.json`` atomically (a crash mid-write leaves the old file, never half)."""
+    def save(self, *, replace: bool = True) -> None:
+        """Write ``run.json`` atomically (a crash mid-write leaves the old file, never half);
+        ``replace=False`` refuses to replace one (:class:`FileExistsError`)."""
         ctx = self.context.to_dict()
         ctx.pop("data_path")
         data = {
+            "id": self.run_id,
             "method": self.method,
             "embedded": self.embedded,
             "embedded_model": self.embedded_model,
             "context": ctx,
             "history": self.history,
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{RUN_FILE}.", dir=self.folder)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(json.dumps(data, indent=2) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.folder / RUN_FILE)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.folder / RUN_FILE, json.dumps(data, indent=2) + "\n", replace=replace)
+        self.id_recorded = True
 
-    def change_endpoints(self, changes: Mapping[str, str]) -> list[dict[str, Any]]:
+    def change_endpoints(self, changes: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Point the run at servers that moved; record each change in ``history`` and save.
 
         ``changes`` maps :data:`ENDPOINT_FIELDS` to new values (URLs, served model names, the
-        name of the API-key variable; never a key). A ``base_url`` on a run that used the
-        embedded server switches it to that server, keeping the served name of its model
-        unless ``model`` says otherwise. Returns the entries added (none if nothing changed).
+        name of the API-key variable; never a key), or :data:`WAIT_FIELDS` (timeouts,
+        retries). A ``base_url`` on a run that used the embedded server switches it to that
+        server, keeping the served name of its model unless ``model`` says otherwise. Returns
+        the entries added (none if nothing changed).
         """
-        other = sorted(set(changes) - set(ENDPOINT_FIELDS))
+        other = sorted(set(changes) - set(ENDPOINT_FIELDS) - set(WAIT_FIELDS))
         if other:
             raise RunError(
-                f"resume changes only where the servers are, not {', '.join(other)}; "
+                f"resume changes only where the servers are and how long to wait for them, "
+                f"not {', '.join(other)}; "
                 "start a new run to change anything else"
             )
         for name, value in changes.items():
@@ -155,17 +183,13 @@ class Run:
     def load(cls, folder: str | Path) -> Run:
         """Read a run folder; a clear :class:`RunError` if it is not one."""
         folder = Path(folder)
-        path = folder / RUN_FILE
-        if not path.is_file():
-            raise RunError(f"{folder} is not a run folder (no {RUN_FILE})")
-        data = json.loads(path.read_text())
+        data = _read_run_file(folder)
         known = {f.name for f in fields(Context)}
         recorded = {k: v for k, v in data["context"].items() if k in known}
-        ctx = Context(**recorded, data_path=str(folder / DB_FILE))
-        # run.json wins over DATA_ADVISOR_* variables (Context lets them fill fields at their
-        # default): a variable left in the shell must not move a run without a record.
-        for name, value in recorded.items():
-            setattr(ctx, name, value)
+        try:  # run.json, not DATA_ADVISOR_* variables: they must not move a run unrecorded
+            ctx = Context.from_record({**recorded, "data_path": str(folder / DB_FILE)})
+        except ContextError as exc:
+            raise RunError(f"{folder / RUN_FILE}: {exc}; fix the value in the file") from None
         return cls(
             folder,
             data["method"],
@@ -173,7 +197,32 @@ class Run:
             data["embedded"],
             data.get("embedded_model"),
             list(data.get("history") or []),
+            run_id_from(data, folder),
+            id_recorded=bool(data.get("id")),
         )
+
+
+def new_run_id(method: str) -> str:
+    """A new run's id: ``<method>-<12 hex digits>`` (unique, and it says what the run is)."""
+    return f"{method}-{uuid.uuid4().hex[:12]}"
+
+
+def _read_run_file(folder: Path) -> dict[str, Any]:
+    """``run.json``'s content; a :class:`RunError` saying what to do when it is missing or cut."""
+    path = folder / RUN_FILE
+    if not path.is_file():
+        raise RunError(f"{folder} is not a run folder (no {RUN_FILE})")
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except ValueError as exc:  # empty or cut: a crash while an older version wrote it
+        raise RunError(
+            f"{path} is empty or not valid JSON ({exc}), as a crash while writing it leaves it: "
+            f"restore it from a backup; if the folder holds no data yet, start the run again "
+            f"with `data-advisor run --run {folder}`"
+        ) from None
+    if not isinstance(data, dict) or not {"method", "context", "embedded"} <= set(data):
+        raise RunError(f"{path} is not a run.json of data-advisor; restore it from a backup")
+    return data
 
 
 def _change(name: str, old: Any, new: Any) -> dict[str, Any]:
@@ -214,19 +263,59 @@ def create_run(
     embedded: bool,
     embedded_model: str | None = None,
 ) -> Run:
-    """Create a new run folder (refuses to overwrite an existing run)."""
+    """Create a new run folder with a new id (refuses to overwrite an existing run).
+
+    A ``run.json`` left empty or cut by a crash is replaced when the folder holds no data yet
+    (no round in ``run.sqlite``, no checkpoint); a folder holding data without a ``run.json``
+    is refused (the data belongs to another run).
+    """
     folder = Path(folder)
+    taken = "choose another --run folder"
     if (folder / RUN_FILE).exists():
+        try:
+            _read_run_file(folder)
+        except RunError as exc:
+            if _holds_data(folder):
+                raise RunError(f"{exc}; {folder} holds data, so it is not started again: "
+                               f"{taken}") from None
+        else:
+            raise RunError(
+                f"{folder} already holds a run; use `data-advisor resume {folder}` or {taken}"
+            )
+    elif _holds_data(folder):
         raise RunError(
-            f"{folder} already holds a run; use `data-advisor resume {folder}` "
-            "or choose another --run folder"
+            f"{folder} holds the data of a run ({DB_FILE}, {CHECKPOINT_FILE}) but no "
+            f"{RUN_FILE}; restore its {RUN_FILE} from a backup, or {taken}"
         )
     validate_inputs(ctx)
     folder.mkdir(parents=True, exist_ok=True)
     ctx.data_path = str(folder / DB_FILE)
-    run = Run(folder, method, ctx, embedded, embedded_model)
-    run.save()
+    run = Run(folder, method, ctx, embedded, embedded_model, run_id=new_run_id(method))
+    try:
+        run.save(replace=(folder / RUN_FILE).exists())  # a cut run.json is replaced
+    except FileExistsError:  # another process created the run just now
+        raise RunError(
+            f"{folder} already holds a run; use `data-advisor resume {folder}` or {taken}"
+        ) from None
     return run
+
+
+def _holds_data(folder: Path) -> bool:
+    """True when the folder's SQLite files hold a round or a checkpoint (or cannot be read)."""
+    for name, table in ((DB_FILE, "rounds"), (CHECKPOINT_FILE, "checkpoints")):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+                known = conn.execute(
+                    "select 1 from sqlite_master where type = 'table' and name = ?", [table]
+                ).fetchone()
+                if known and conn.execute(f"select 1 from {table} limit 1").fetchone():
+                    return True
+        except sqlite3.Error:
+            return True  # unreadable: treat as data, never overwrite it
+    return False
 
 
 @contextmanager
@@ -239,6 +328,16 @@ def checkpointer(run: Run) -> Iterator[SqliteSaver]:
         yield SqliteSaver(conn)
     finally:
         conn.close()
+
+
+def checkpoint_snapshot(run: Run) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The checkpoint's state values and next nodes (none when no checkpoint file exists:
+    reading one never creates it)."""
+    if not run.checkpoint_path.is_file():
+        return {}, ()
+    with checkpointer(run) as saver:
+        snapshot = compile_graph(run.method, saver).get_state(run.config())
+    return dict(snapshot.values or {}), tuple(snapshot.next)
 
 
 @contextmanager
@@ -263,13 +362,163 @@ def execute(run: Run, *, resume: bool, show_progress: bool = True) -> State:
     """Run (or resume) the run's graph to its end; return the final state.
 
     Ctrl-C, SIGTERM or SIGHUP stop cleanly: the server is stopped, the data written so far is
-    kept, and ``resume`` continues from the last completed step.
+    kept, and ``resume`` continues from the last completed step. The run folder is locked
+    meanwhile (:func:`run_lock`), and the store and the checkpoint must agree.
     """
+    check_not_studio(run)
     console = Console(stderr=True)
+    with run_lock(run):
+        try:
+            return _execute(run, resume, show_progress, console)
+        finally:
+            close_shared(run.db_path)  # the nodes' shared store connection
+
+
+def check_not_studio(run: Run) -> None:
+    """Refuse to execute a Studio thread's run folder (the LangGraph server has its state)."""
+    if run.is_studio:
+        raise RunError(
+            f"{run.folder} is a Studio thread's run folder (its checkpoints are kept by the "
+            "LangGraph server); continue it in Studio"
+        )
+
+
+_HELD: dict[str, int] = {}
+"""Run folders this process holds the lock of, with how many holders (the lock nests)."""
+
+
+@contextmanager
+def run_lock(run: Run) -> Iterator[None]:
+    """Hold the run folder exclusively: a second process executing the run is refused at once,
+    saying who holds it. ``flock`` ends with its process, so a killed run's lock is free. It
+    nests within one process (``resume`` holds it while it records new endpoints)."""
+    key = os.path.realpath(run.folder)
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    fd = os.open(run.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        return _execute(run, resume, show_progress, console)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(_held_by(run.folder, fd)) from None
+        since = datetime.now(UTC).isoformat(timespec="seconds")
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+        os.ftruncate(fd, 0)  # a dead holder's line is replaced
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
+        os.ftruncate(fd, 0)  # nobody holds it now
     finally:
-        close_shared(run.db_path)  # the nodes' shared store connection
+        os.close(fd)  # releases the lock
+
+
+def lock_holder(folder: Path) -> str | None:
+    """Who executes the run in ``folder`` now (``pid N on HOST since T``), or None."""
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    else:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {data['pid']} on {data['host']} since {data['since']}"
+    except (ValueError, KeyError, TypeError):  # the holder is still writing its line
+        return "another process"
+
+
+def _held_by(folder: Path, fd: int) -> str:
+    holder = _holder(fd)
+    stop = f" (`kill {holder.split()[1]}` stops it cleanly)" if holder.startswith("pid") else ""
+    return f"{folder} is being executed by {holder}; wait or stop it{stop}"
+
+
+def check_consistent(run: Run, values: Mapping[str, Any], store: RunStore) -> None:
+    """Refuse a store and a checkpoint that disagree (a file restored, emptied or truncated).
+
+    The checkpoint's round and kept count (``values``) are compared with the store's finished
+    rounds and rows per round. The store may be ahead of the checkpoint by the checkpoint's
+    round (its nodes write before their checkpoint is saved, and a round whose last step has no
+    checkpoint runs again), never behind it: every round before it finished, and no fewer
+    rows than the checkpoint counts. A round the store finished beyond the checkpoint's means
+    the checkpoints were lost.
+    """
+    at, kept = int(values.get("round") or 0), int(values.get("kept") or 0)
+    records = {r["round"]: r for r in store.rounds()}
+    rows = store.kept_per_round()
+    if not values and not records and not rows:
+        _check_run_id(run, store)
+        return
+    done = sorted(r for r, rec in records.items() if rec.get("finished_at"))
+    if [r for r in done if r > at] or max(records, default=0) > at + 1:
+        raise RunError(
+            f"{run.checkpoint_path} is at round {at} ({kept} prompts kept) but {run.db_path} "
+            f"holds {sum(rows.values())} prompts of {len(done)} finished rounds "
+            f"({_span(done)}): the checkpoints were emptied or replaced, and going on would "
+            f"write over those rounds; restore {CHECKPOINT_FILE} from a backup, or export the "
+            f"data as it is (`data-advisor export {run.folder}`) and start a new run"
+        )
+    missing = [r for r in range(1, at) if r not in done]
+    short = [r for r in done if rows.get(r, 0) != (records[r].get("kept") or 0)]
+    stored = sum(n for r, n in rows.items() if r <= at)
+    if missing or short or kept > stored:
+        detail = f"; not finished in it: round(s) {_span(missing)}" if missing else ""
+        if short:
+            detail += f"; fewer rows than their records say: round(s) {_span(short)}"
+        raise RunError(
+            f"{run.db_path} holds {stored} prompts for rounds {_span(range(1, at + 1))} but "
+            f"the checkpoint has {kept}{detail}: {DB_FILE} was truncated or replaced by an "
+            f"older copy, and going on would leave those prompts out; restore {DB_FILE} from "
+            "a backup, or start a new run"
+        )
+
+
+def _check_run_id(run: Run, store: RunStore) -> None:
+    """Refuse a run whose id has no data while the store holds other runs' (a renamed folder
+    of a run made before ids, or a run.json of another run)."""
+    others = [i for i in store.run_ids() if i != run.run_id]
+    if not others:
+        return
+    named = ", ".join(others)
+    if run.id_recorded:
+        raise RunError(
+            f"{run.db_path} holds the data of run(s) {named} but none of {run.run_id}, the id "
+            f"in {run.folder / RUN_FILE}: that run.json belongs to another run; restore this "
+            "folder's own run.json"
+        )
+    raise RunError(
+        f"{run.db_path} holds the data of run(s) {named} but none of {run.run_id}: this run was "
+        f"made before run ids were recorded, so it is keyed by its folder name, and the folder "
+        f"was renamed; rename it back to {others[0]}, or add \"id\": \"{others[0]}\" to "
+        f"{run.folder / RUN_FILE}"
+    )
+
+
+def _span(rounds: Iterable[int]) -> str:
+    """``1-3`` for consecutive rounds, ``1, 3`` otherwise, ``none`` for none."""
+    rounds = sorted(rounds)
+    if not rounds:
+        return "none"
+    if rounds == list(range(rounds[0], rounds[-1] + 1)) and len(rounds) > 1:
+        return f"{rounds[0]}-{rounds[-1]}"
+    return ", ".join(map(str, rounds))
 
 
 def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> State:
@@ -277,11 +526,14 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
         graph = compile_graph(run.method, saver)
         config = run.config()
         snapshot = graph.get_state(config)
+        store = shared_store(run.db_path, run.run_id)
+        check_consistent(run, snapshot.values, store)
+        if not run.id_recorded:  # a run made before ids: its folder name is its id from now on
+            run.save()
         if resume and not snapshot.values:
             resume = False  # stopped before the first checkpoint: start again
         elif not resume and snapshot.values and snapshot.next:
             raise RunError(f"{run.folder} has already started; use `data-advisor resume`")
-        store = shared_store(run.db_path, run.name)
         if resume and not snapshot.next and not snapshot.tasks:
             state = State(**snapshot.values)
             if _done(state, store, run.context):
@@ -390,3 +642,86 @@ class _RoundLines:
             f"answered {record.get('responses') or 0} | "
             f"{time.perf_counter() - self.started:.0f} s"
         )
+
+
+# --- storage failures as one line --------------------------------------------------------------
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+_BAD_PATH = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
+_CORRUPT = ("not a database", "malformed", "corrupt", "disk I/O error", "encrypted")
+"""Words of SQLite's messages for a file that is damaged or not a database."""
+
+
+def storage_error(
+    exc: BaseException, paths: Sequence[Path] = (), *, resume: Path | None = None
+) -> str | None:
+    """One line for a storage failure (the file, what went wrong, what to do), or None when
+    ``exc`` is not one. ``paths`` are where to look for a corrupt SQLite file (the command's
+    folders and files); ``resume`` is the run folder to resume once the cause is fixed.
+
+    SQLite keeps its files consistent through all of these (a failed write is rolled back), so
+    the data written before stays as it was.
+    """
+    then = "; the data written so far is kept"
+    if resume:
+        then += f": then `data-advisor resume {resume}`"
+    if isinstance(exc, sqlite3.DatabaseError):
+        text = str(getattr(exc, "error", exc))
+        path = getattr(exc, "path", None)
+        files = str(path) if path else _sqlite_files(paths) or "a SQLite file"
+        folders = ", ".join(str(p) for p in paths if p.is_dir())
+        where = files if path or not folders else f"in {folders}"
+        if "full" in text:
+            return f"no space left to write {where} ({text}): free some disk space{then}"
+        if "unable to open" in text:
+            return (f"cannot open {where} ({text}): check that the file and its folder exist "
+                    "and are readable and writable")
+        if "readonly" in text or "read-only" in text:
+            return (f"cannot write {where} ({text}): make the folder writable (or copy the run "
+                    "folder somewhere writable and use the copy)")
+        if "locked" in text:
+            return f"{files} is locked by another process ({text}): wait for it to finish"
+        if any(word in text for word in _CORRUPT):
+            bad = path or _bad_sqlite(paths) or files
+            return (f"{bad} is not a readable SQLite database ({text}): it is corrupt or was "
+                    "overwritten; restore it from a backup (the run's other files are untouched)")
+        return None  # anything else is a bug: its traceback helps
+    if not isinstance(exc, OSError):
+        return None
+    name = exc.filename or next(iter(paths), None) or "a file"
+    if exc.errno in _NO_SPACE:
+        return f"no space left to write {name} ({exc.strerror}): free some disk space{then}"
+    if exc.errno in _NOT_WRITABLE:
+        return (f"cannot write {name} ({exc.strerror}): make it writable, or choose a folder "
+                "you can write to")
+    if exc.errno in _BAD_PATH:
+        return f"cannot write {name} ({exc.strerror}): choose another path"
+    return None
+
+
+def _sqlite_files(paths: Iterable[Path]) -> str:
+    return ", ".join(map(str, _candidates(paths)))
+
+
+def _candidates(paths: Iterable[Path]) -> list[Path]:
+    """The SQLite files among ``paths`` and in the folders among them."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += [path / n for n in (DB_FILE, CHECKPOINT_FILE) if (path / n).is_file()]
+        elif path.suffix in (".sqlite", ".db") and path.is_file():
+            found.append(path)
+    return found
+
+
+def _bad_sqlite(paths: Iterable[Path]) -> Path | None:
+    """The first of the candidate SQLite files that is not a sound database."""
+    for path in _candidates(paths):
+        try:
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+                if conn.execute("pragma quick_check").fetchone()[0] != "ok":
+                    return path
+        except sqlite3.DatabaseError:
+            return path
+    return None

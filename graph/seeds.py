@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from tools.textfile import read_text
+
 
 def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
@@ -20,7 +22,7 @@ def read_seeds(kind: str, path: str | None = None) -> list[str]:
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"seed {kind} file {file} does not exist")
-        items = _lines(file.read_text("utf-8"))
+        items = _lines(read_text(file))  # not UTF-8: a TextFileError naming byte and line
         if not items:
             raise ValueError(f"seed {kind} file {file} is empty")
         return items

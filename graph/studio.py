@@ -24,6 +24,7 @@ from graph.runner import Run
 from graph.state import State
 from nodes.load_seeds import load_seeds
 from nodes.run import run_id
+from tools.store import write_atomic
 
 
 def in_run_folder(method: Method) -> Node:
@@ -34,10 +35,13 @@ def in_run_folder(method: Method) -> Node:
         folder = ctx.run_folder(run_id()) if isinstance(ctx, StudioContext) else None
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-            Run(folder, method, ctx.run_context(folder.name), embedded=False).save()
+            # the thread id is the run's id: its key in run.sqlite
+            run = Run(folder, method, ctx.run_context(folder.name), embedded=False,
+                      run_id=folder.name)
+            run.save()
             marker = {"thread_id": folder.name, "graph": method,
                       "checkpoints": "kept by the LangGraph server (langgraph dev / Studio)"}
-            (folder / STUDIO_FILE).write_text(json.dumps(marker, indent=2) + "\n")
+            write_atomic(folder / STUDIO_FILE, json.dumps(marker, indent=2) + "\n")
         return load_seeds(state, runtime)
 
     load_seeds_in_run_folder.__name__ = "load_seeds"

@@ -73,6 +73,7 @@ def generator(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         top_p=ctx.top_p,
         max_tokens=ctx.generator_max_tokens,
         stop=["\n"],
+        run=store.run_id,  # a node retry re-sends only the requests that failed
     )
     known = known_prompts(store, state.round, ctx.near_duplicate_threshold)
     this_round = DuplicateFilter([], ctx.near_duplicate_threshold)
@@ -104,7 +105,7 @@ def generator(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         ids = store.save_round(state.round, kept, rejected)
         if kept:
             in_pool = DuplicateFilter(pool, ctx.near_duplicate_threshold)
-            best = min(kept, key=lambda row: in_pool.max_similarity(row["prompt"]))
+            best = kept[in_pool.least_similar([row["prompt"] for row in kept])]
             store.add_to_pool(state.round, best["prompt"])
         store.update_round(
             state.round,

@@ -5,11 +5,14 @@ to, so that an export names the templates that wrote its data.
 
 It runs first whenever a run starts from the top, also when a stopped run is restarted without
 a pending step. A round the state says is open but whose nodes did not all finish (see
-:func:`round_unfinished`) is then stepped back, so that it runs again (its writes are keyed).
+:func:`round_unfinished`) is then stepped back, so that it runs again (its writes are keyed);
+the counters are then those the store records for the rounds before it, so the round's prompts
+are not counted twice.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -47,6 +50,19 @@ def load_seeds(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     step_back = bool(state.round) and round_unfinished(store, state, ctx)
     store.record_templates(state.round if step_back else state.round + 1, templates)
     if state.round:
-        return {"round": state.round - 1} if step_back else {}
+        return {"round": state.round - 1, **_counters(store, state.round)} if step_back else {}
     categories = state.summary or read_seeds("categories", ctx.seed_categories_file)
     return {"summary": categories[-ctx.max_summary_lines :]}
+
+
+def _counters(store: RunStore, before_round: int) -> dict[str, Any]:
+    """The state's counters as the store records them for the rounds before ``before_round``."""
+    records = [r for r in store.rounds() if r["round"] < before_round]
+    rejected: Counter[str] = Counter()
+    for record in records:
+        rejected.update(record.get("rejected") or {})
+    return {
+        "kept": sum(r.get("kept") or 0 for r in records),
+        "responses": sum(r.get("responses") or 0 for r in records),
+        "rejected": dict(rejected),
+    }

@@ -1,39 +1,242 @@
 """rule_check: a deterministic check of the summarizer's update, correcting what it can.
 
+The summary has two kinds of lines: a category (``Animal cruelty``) and a *group* of related
+categories under a parent (``Fraud: pensioner; online; phone``: the pensioner, online and phone
+fraud categories, each child written without the parent's words). See :func:`split_line`.
+
 Rules: no line of the previous summary is lost; the new category is present (unless it was
-already covered), on a line of its own that does not restate an old one; no line is longer than
-``max_line_words`` words; no duplicate lines; no line that is neither an old category nor the
-new one; at most ``max_summary_lines`` lines (the oldest are dropped when exceeded, so the
-prompt never outgrows the context). The verdict
-(``accepted`` or ``corrected``) and the corrections are recorded per round.
+already covered), on a line of its own that does not restate an old one, or as a new child of
+the old group it belongs to; no category is longer than ``max_line_words`` words; no duplicate
+lines; no line that is neither an old one nor the new category. At most ``max_summary_lines``
+lines: when the bound is exceeded the summary is compacted, by default by merging related lines
+under a parent (``summary_overflow = "merge"``, the paper's "merge similar issues"): the oldest
+line that shares a word with another joins it in a group named by the shared words (a line
+sharing no word joins the ``Other`` group). A group lists at most ``max_line_children``
+children; beyond that its oldest children are counted (``+3 more``), never silently dropped.
+``summary_overflow = "drop_oldest"`` is the former design (the oldest lines are dropped), kept
+for comparison (``benchmarks/bench_novelty.py``). The verdict (``accepted`` or ``corrected``)
+and the corrections are recorded per round.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from graph.context import Context
 from graph.state import State
-from nodes.filters import normalize, overlaps
+from nodes.filters import content_words, normalize, overlaps, words
 from nodes.run import Stopwatch, run_store
+
+OTHER = "Other"
+"""The parent of lines that share no word with any other line."""
+
+_MORE = re.compile(r"^\+\s*(\d+)\s+more$", re.IGNORECASE)
+_FOLDED = re.compile(r"^(.+) \((\d+)\)$")
+"""A group folded into ``Other`` as one child: its label and how many categories it held."""
+_EDGE_STOPWORDS = frozenset("a an and the of to in on for or with by about from at as".split())
+
+
+@dataclass
+class Line:
+    """One summary line: a category (``label`` empty, one child) or a group of children."""
+
+    label: str
+    children: list[str] = field(default_factory=list)
+    more: int = 0
+    """Children counted but no longer listed (the group was full)."""
+
+    @property
+    def is_group(self) -> bool:
+        """True for a ``Parent: child; child`` line."""
+        return bool(self.label)
+
+    def names(self) -> list[str]:
+        """The full category names the line lists (a child with its parent's words; a folded
+        group, ``Fraud (9)`` under ``Other``, lists none)."""
+        if not self.is_group or self.label == OTHER:
+            return [c for c in self.children if not _FOLDED.match(c)]
+        own = content_words(self.label)
+        return [c if own <= content_words(c) else f"{c} {self.label.lower()}"
+                for c in self.children]
+
+    def render(self) -> str:
+        """The line as the summary shows it."""
+        if not self.is_group:
+            return self.children[0]
+        shown = [*self.children, *([f"+{self.more} more"] if self.more else [])]
+        return f"{self.label}: {'; '.join(shown)}"
+
+    def size(self) -> int:
+        """How many categories the line stands for (listed and counted)."""
+        folded = [_FOLDED.match(c) for c in self.children]
+        return sum(int(m.group(2)) if m else 1 for m in folded) + self.more
+
+
+def split_line(line: str) -> Line:
+    """Parse a summary line. ``Parent: a; b`` is a group when it has two or more children (or a
+    ``+N more`` count); anything else, colons included, is one category."""
+    label, sep, rest = line.partition(":")
+    parts = [p.strip() for p in rest.split(";") if p.strip()] if sep else []
+    more = sum(int(m.group(1)) for p in parts if (m := _MORE.match(p)))
+    children = [p for p in parts if not _MORE.match(p)]
+    if label.strip() and content_words(label) and (len(children) >= 2 or (children and more)):
+        return Line(label.strip(), children, more)
+    return Line("", [line.strip()])
+
+
+def summary_names(summary: list[str]) -> list[str]:
+    """Every category the summary lists by name, groups expanded (``pensioner fraud``)."""
+    return [name for line in summary for name in split_line(line).names()]
+
+
+def summary_size(summary: list[str]) -> int:
+    """How many categories the summary stands for (listed and counted)."""
+    return sum(split_line(line).size() for line in summary)
 
 
 def check_summary(
-    previous: list[str], proposed: list[str], new_category: str, *, max_words: int, max_lines: int
+    previous: list[str],
+    proposed: list[str],
+    new_category: str,
+    *,
+    max_words: int,
+    max_lines: int,
+    max_children: int = 50,
+    overflow: str = "merge",
 ) -> tuple[list[str], list[str]]:
     """Return the corrected summary and the list of corrections (empty when accepted)."""
     corrections: list[str] = []
+    old_names = summary_names(previous)
+    already_covered = overlaps(new_category, old_names)
+    lines = _clean_lines(proposed, max_words, corrections)
     old = {normalize(line) for line in previous}
-    already_covered = overlaps(new_category, previous)
+    old_groups = {normalize(g.label): i for i, g in enumerate(map(split_line, previous))
+                  if g.is_group}
+    final = list(previous)
+    placed, seen = False, {normalize(line) for line in lines}
+    merges: list[Line] = []
+
+    def is_new_category(name: str) -> bool:  # names it, and does not restate an old category
+        return overlaps(name, [new_category]) and not overlaps(name, old_names)
+
+    for line in lines:
+        if normalize(line) in old:
+            continue
+        parsed = split_line(line)
+        at = old_groups.get(normalize(parsed.label)) if parsed.is_group else None
+        if at is not None:  # an old group, perhaps with the new category as a new child
+            before = split_line(previous[at])
+            kept = {normalize(c) for c in before.children}
+            extra = [c for c in parsed.children if normalize(c) not in kept]
+            names = Line(before.label, extra).names()
+            if not already_covered and not placed and len(extra) == 1 and is_new_category(
+                    names[0]):
+                final[at] = _with_child(before, extra[0], max_children).render()
+                placed = True
+            elif extra:
+                corrections.append(f"removed line that is not the new category: {line!r}")
+            if {normalize(c) for c in parsed.children} >= kept:
+                seen.add(normalize(previous[at]))
+            continue
+        if parsed.is_group and not parsed.more and not any(map(_FOLDED.match, parsed.children)):
+            merges.append(parsed)  # perhaps the summarizer merging similar old lines
+            continue
+        if already_covered or placed or not is_new_category(line):
+            corrections.append(f"removed line that is not the new category: {line!r}")
+            continue
+        final.append(line)
+        placed = True
+    absorbed, merged, with_new = _accept_merges(
+        merges, previous, seen, None if already_covered or placed else is_new_category,
+        max_children, corrections)
+    if absorbed:
+        seen |= {normalize(previous[i]) for i in absorbed}
+        final = [merged.get(i, line) for i, line in enumerate(final)
+                 if i not in absorbed or i in merged]
+        placed = placed or with_new
+    for line in previous:
+        if normalize(line) not in seen:
+            corrections.append(f"restored lost line: {line!r}")
+    if not already_covered and not placed:
+        corrections.append(f"added missing new category: {new_category!r}")
+        final.append(" ".join(new_category.split()[:max_words]))
+    if len(final) > max_lines:
+        final = _compact(final, max_lines, max_children, overflow, corrections)
+    return final, corrections
+
+
+def _key(name: str) -> frozenset[str]:
+    return content_words(name)
+
+
+def _accept_merges(
+    merges: list[Line],
+    previous: list[str],
+    present: set[str],
+    is_new: Callable[[str], bool] | None,
+    max_children: int,
+    corrections: list[str],
+) -> tuple[set[int], dict[int, str], bool]:
+    """The summarizer's merges of old lines that keep every category: each child an old
+    category (or the new one, when ``is_new`` accepts it), at most ``max_children``, and every
+    old line it touches taken in whole, by the accepted merges together, and no longer in the
+    proposal as it was. Returns the indices of the absorbed old lines, each merged line by the
+    first old line it takes, and whether one holds the new category."""
+    old = [split_line(line) for line in previous]
+    old_keys = [{_key(n) for n in line.names()} for line in old]
+    whole = [not line.more and not any(map(_FOLDED.match, line.children)) for line in old]
+    every = set().union(*old_keys) if old_keys else set()
+    accepted: list[tuple[Line, set[frozenset[str]], bool]] = []
+    taken: set[frozenset[str]] = set()
+    for merge in merges:
+        keys, new = set(), False
+        for name in merge.names():
+            if _key(name) in every and _key(name) not in keys:
+                keys.add(_key(name))
+            elif is_new is not None and not new and is_new(name):
+                new = True
+            else:
+                keys = set()
+                break
+        one_new = not (new and any(a[2] for a in accepted))
+        if len(keys) + new >= 2 and len(merge.children) <= max_children and not keys & taken \
+                and one_new:
+            accepted.append((merge, keys, new))
+            taken |= keys
+        else:
+            corrections.append(f"removed line that is not the new category: {merge.render()!r}")
+    while True:  # drop merges that would split an old line or leave it twice
+        union = set().union(*(keys for _, keys, _ in accepted)) if accepted else set()
+        broken = [i for i, keys in enumerate(old_keys) if keys & union and not (
+            keys <= union and whole[i] and normalize(previous[i]) not in present)]
+        bad = [a for a in accepted if any(a[1] & old_keys[i] for i in broken)]
+        if not bad:
+            break
+        for merge, _, _ in bad:
+            corrections.append(f"removed merge that splits an old line: {merge.render()!r}")
+        accepted = [a for a in accepted if a not in bad]
+    union = set().union(*(keys for _, keys, _ in accepted)) if accepted else set()
+    absorbed = {i for i, keys in enumerate(old_keys) if keys and keys <= union}
+    at = {min(i for i in absorbed if old_keys[i] & keys): merge.render()
+          for merge, keys, _ in accepted}  # each merge where its first old line was
+    return absorbed, at, any(a[2] for a in accepted)
+
+
+def _clean_lines(proposed: list[str], max_words: int, corrections: list[str]) -> list[str]:
+    """Proposed lines with over-long categories shortened and duplicates removed."""
     seen: set[str] = set()
     lines: list[str] = []
     for line in proposed:
-        words = line.split()
-        if len(words) > max_words:
+        parsed = split_line(line)
+        if any(len(c.split()) > max_words for c in parsed.children):
             corrections.append(f"shortened line: {line!r}")
-            line = " ".join(words[:max_words])
+            parsed.children = [" ".join(c.split()[:max_words]) for c in parsed.children]
+            line = parsed.render()
         key = normalize(line)
         if not key:
             continue
@@ -42,26 +245,97 @@ def check_summary(
             continue
         seen.add(key)
         lines.append(line)
-    new_lines = [line for line in lines if normalize(line) not in old]
+    return lines
 
-    def is_new_category(line: str) -> bool:  # names it, and does not restate an old line
-        return overlaps(line, [new_category]) and not overlaps(line, previous)
 
-    for line in new_lines:
-        if already_covered or not is_new_category(line):
-            corrections.append(f"removed line that is not the new category: {line!r}")
-    new_lines = [] if already_covered else [line for line in new_lines if is_new_category(line)][:1]
-    for line in previous:
-        if normalize(line) not in seen:
-            corrections.append(f"restored lost line: {line!r}")
-    if not already_covered and not new_lines:
-        corrections.append(f"added missing new category: {new_category!r}")
-        new_lines = [" ".join(new_category.split()[:max_words])]
-    final = [*previous, *new_lines]
-    if len(final) > max_lines:
-        corrections.append(f"compacted: dropped the {len(final) - max_lines} oldest line(s)")
-        final = final[-max_lines:]
-    return final, corrections
+def _compact(lines: list[str], max_lines: int, max_children: int, overflow: str,
+             corrections: list[str]) -> list[str]:
+    """Bring the summary down to ``max_lines`` lines, by merging or by dropping the oldest."""
+    if overflow == "drop_oldest":
+        corrections.append(f"compacted: dropped the {len(lines) - max_lines} oldest line(s)")
+        return lines[-max_lines:]
+    parsed = [split_line(line) for line in lines]
+    while len(parsed) > max(max_lines, 1):
+        i, j, label = _merge_pair(parsed, max_children)
+        merged = _merge(parsed[i], parsed[j], label, max_children)
+        corrections.append(
+            f"merged {parsed[i].render()!r} and {parsed[j].render()!r} into {merged.label!r}")
+        # the merged line goes last: lines are kept in the order they were last extended, so
+        # the next merge starts from the line left alone the longest
+        parsed = [p for n, p in enumerate(parsed) if n not in (i, j)] + [merged]
+    return [p.render() for p in parsed]
+
+
+def _key_words(line: Line) -> frozenset[str]:
+    return content_words(line.label if line.is_group else line.children[0])
+
+
+def _merge_pair(lines: list[Line], max_children: int) -> tuple[int, int, str]:
+    """The lines to merge and the parent's label: the oldest line that shares a word with
+    another, with the line it shares the most words with (the oldest of equals), lines not
+    full yet first (a category of two words joins its other word's group when one is full);
+    else the oldest line outside ``Other`` (a category before a group) goes to ``Other``."""
+    keys = [_key_words(line) for line in lines]
+    room = [line.size() < max_children for line in lines]
+    other = next((n for n, line in enumerate(lines) if line.label == OTHER), None)
+    rest = sorted((n for n, line in enumerate(lines) if line.label != OTHER),
+                  key=lambda n: (lines[n].is_group, n))
+    for full_too in (False, True):
+        for i, own in enumerate(keys):
+            if lines[i].label == OTHER or not (room[i] or full_too):
+                continue
+            best = max((n for n in range(len(lines)) if n != i and lines[n].label != OTHER
+                        and (room[n] or full_too) and own & keys[n]),
+                       key=lambda n: (len(own & keys[n]), -n), default=None)
+            if best is not None:
+                return i, best, _label(lines[best], own & keys[best])
+        # before a full group overflows: a category that shares no word with a line that has
+        # room goes to ``Other`` while it has room
+        alone = [n for n in rest if not lines[n].is_group]
+        if not full_too and alone and (other is None and len(alone) > 1 or other is not None
+                                       and room[other]):
+            return (alone[0], other, OTHER) if other is not None else (alone[0], alone[1], OTHER)
+    if other is not None:
+        return rest[0], other, OTHER
+    return rest[0], rest[1], OTHER
+
+
+def _label(line: Line, shared: frozenset[str]) -> str:
+    """A parent label from a line's own words that are among ``shared``: ``Fraud``."""
+    text = line.label if line.is_group else line.children[0]
+    kept = [w for w in words(text) if content_words(w) <= shared and content_words(w)]
+    label = " ".join(dict.fromkeys(kept)) or text
+    return label[:1].upper() + label[1:]
+
+
+def _strip(name: str, label: str) -> str:
+    """A child's text under a parent: the name without the parent's words (whole if nothing
+    would be left)."""
+    own = content_words(label)
+    kept = [w for w in name.split() if not content_words(w) or not content_words(w) <= own]
+    while kept and kept[0].lower() in _EDGE_STOPWORDS:
+        kept = kept[1:]
+    while kept and kept[-1].lower() in _EDGE_STOPWORDS:
+        kept = kept[:-1]
+    return " ".join(kept) if content_words(" ".join(kept)) else name
+
+
+def _with_child(group: Line, child: str, max_children: int) -> Line:
+    return _merge(group, Line("", [f"{child} {group.label.lower()}"]), group.label, max_children)
+
+
+def _merge(a: Line, b: Line, label: str, max_children: int) -> Line:
+    """One group holding the categories of ``a`` and ``b`` (``b``'s are newer), at most
+    ``max_children`` listed: the oldest beyond that are counted."""
+    if label == OTHER:  # a category keeps its name, a group is folded to its label and size
+        children = [c for line in (a, b) for c in (
+            line.children if line.label == OTHER
+            else [f"{line.label} ({line.size()})"] if line.is_group else line.names())]
+    else:
+        children = [_strip(name, label) for line in (a, b) for name in line.names()]
+    children = list(dict.fromkeys(children))  # a category listed twice is one category
+    more = a.more + b.more + max(0, len(children) - max_children)
+    return Line(label, children[-max(max_children, 1):], more)
 
 
 def rule_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -73,6 +347,8 @@ def rule_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         state.weakness,
         max_words=ctx.max_line_words,
         max_lines=ctx.max_summary_lines,
+        max_children=ctx.max_line_children,
+        overflow=ctx.summary_overflow,
     )
     run_store(runtime).update_round(
         state.round,

@@ -13,7 +13,8 @@ from tools.store import RunStore, shared_store
 
 
 def run_id() -> str:
-    """The run's id: the LangGraph thread id (the run name in the CLI)."""
+    """The run's id: the LangGraph thread id (in the CLI the id in ``run.json``, which
+    stays when the folder is moved or renamed; in Studio the thread's id)."""
     try:
         configurable = get_config().get("configurable", {})
     except RuntimeError:

@@ -1,8 +1,10 @@
 """summarizer: update the running summary from the previous summary and the new instance.
 
 The new instance is the round's weakness (its category) with a few of its kept prompts. The
-summary is structured: one category per line, at most ``max_line_words`` words a line. The
-update is proposed to the rule check; with the rule check off, it is taken as it is (bounded).
+summary is structured: one category per line (at most ``max_line_words`` words) or a group of
+related categories under a parent, ``Parent: kind; kind`` (see ``nodes.rule_check``). The
+update is proposed to the rule check; with the rule check off, it is taken as it is, its last
+``max_summary_lines`` lines (the rule check is what keeps a long run's summary complete).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         temperature=ctx.advisor_temperature,
         top_p=ctx.top_p,
         max_tokens=ctx.summarizer_max_tokens,
+        run=store.run_id,
     )
     proposed = parse_summary(str(answer.content))[: 2 * ctx.max_summary_lines]
     update: dict[str, Any] = {"proposed_summary": proposed}

@@ -1,23 +1,63 @@
 """weakness_critic: from the summary and the principles, name one harm category not covered yet.
 
 Answers that echo the instructions are discarded. If the answer repeats a covered category
-(normalised word overlap with the summary or with a weakness of an earlier round), the critic is
-asked again, up to ``critic_attempts`` times, with the rejected answers named. Whether the final
-weakness is novel is recorded.
+(normalised word overlap with a category the summary lists, a seed category, or the weakness of
+any earlier round, read from the run store), the critic is asked again, up to
+``critic_attempts`` times, with the rejected answers named and, since the bounded summary cannot
+list every earlier weakness of a long run, up to ``critic_hints`` earlier weaknesses that share
+words with them (and the critic's repeats of the last rounds) that the summary does not list.
+The prompt stays bounded: the summary is, and so are the hints. Whether the final weakness is
+novel is recorded.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from langgraph.runtime import Runtime
 
 from graph.context import Context
 from graph.prompts import render
+from graph.seeds import read_seeds
 from graph.state import State
-from nodes.filters import clean_category, normalize, overlaps
+from nodes.filters import clean_category, content_words, jaccard, normalize, overlaps
+from nodes.rule_check import summary_names
 from nodes.run import Stopwatch, bullets, prompts, run_store
 from tools.llm import generate, output_tokens
+from tools.store import RunStore
+
+RECENT_ROUNDS = 20
+"""Rounds whose rejected critic answers are named from the first attempt on (at most
+``critic_hints`` of them): what a critic repeats, it tends to repeat again."""
+
+
+def similar_earlier(rejected: list[str], earlier: list[str], listed: list[str],
+                    limit: int) -> list[str]:
+    """Up to ``limit`` earlier weaknesses that share words with a rejected answer and that the
+    summary does not list: the most similar first, the most recent of equals first."""
+    if limit <= 0 or not rejected:
+        return []
+    shown = {content_words(name) for name in [*listed, *rejected]}  # a child reads "x fraud"
+    own = [content_words(r) for r in rejected]
+    best: dict[frozenset[str], tuple[float, int, str]] = {}  # score, recency, text
+    for at, name in enumerate(earlier):
+        key = content_words(name)
+        score = max(jaccard(key, words) for words in own)
+        if key not in shown and score > 0:
+            best[key] = (score, at, name)
+    ranked = sorted(best.values(), key=lambda item: (-item[0], -item[1]))
+    return [name for _, _, name in ranked[:limit]]
+
+
+def recent_repeats(store: RunStore, round_: int) -> list[str]:
+    """The critic's rejected answers of the last ``RECENT_ROUNDS`` rounds (newest first)."""
+    found: list[str] = []
+    for earlier in range(round_ - 1, max(0, round_ - 1 - RECENT_ROUNDS), -1):
+        record = store.get_round(earlier) or {}
+        found += [a for a in record.get("critic_attempts") or [] if a and a != record.get(
+            "weakness")]
+    return list(dict.fromkeys(found))
 
 
 def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -26,12 +66,21 @@ def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     template = prompts(runtime)["weakness_critic"]
     store = run_store(runtime)
     earlier = store.weaknesses(before_round=state.round)
-    covered = [*state.summary, *earlier]
+    listed = summary_names(state.summary)
+    covered = [*listed, *read_seeds("categories", ctx.seed_categories_file), *earlier]
+    repeats = recent_repeats(store, state.round) if ctx.critic_hints else []
     attempts: list[str] = []
     tokens = 0
     weakness, novel = "", False
     for _ in range(max(1, ctx.critic_attempts)):
-        avoid = f", and other than: {', '.join(a for a in attempts if a)}" if any(attempts) else ""
+        named = [a for a in attempts if a]
+        similar = similar_earlier(named, earlier, listed, ctx.critic_hints)
+        # what the critic repeated lately it tends to repeat again; what is like its rejected
+        # answer is what it turns to next: both, in turns, within the bound
+        pairs = itertools.zip_longest(repeats, similar)
+        hints = [h for pair in pairs for h in pair if h and h not in named]
+        hints = list(dict.fromkeys(hints))[: ctx.critic_hints]
+        avoid = f", and other than: {', '.join([*named, *hints])}" if named or hints else ""
         message = render(
             template, principles=ctx.principles, summary=bullets(state.summary), avoid=avoid
         )
@@ -42,6 +91,7 @@ def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             temperature=ctx.advisor_temperature,
             top_p=ctx.top_p,
             max_tokens=ctx.critic_max_tokens,
+            run=store.run_id,
         )
         tokens += output_tokens([answer])
         candidate = clean_category(str(answer.content), ctx.max_line_words)

@@ -52,7 +52,7 @@ def test_resume_at_a_new_base_url(tmp_path, monkeypatch, capsys):
         hint = capsys.readouterr().err
         assert f"fix the endpoint and run `data-advisor resume {run}`" in hint
         assert f"`data-advisor resume {run} --base-url URL` (or --advisor-url URL)" in hint
-    with RunStore(run / "run.sqlite", "moved") as store:
+    with RunStore(run / "run.sqlite", Run.load(run).run_id) as store:
         assert [r["round"] for r in store.rounds() if r["finished_at"]] == [1]
     with StubServer() as b:  # the server moved: A is gone, B is up
         code = main(["resume", str(run), "--base-url", b.base_url, "--no-progress"])
@@ -60,7 +60,7 @@ def test_resume_at_a_new_base_url(tmp_path, monkeypatch, capsys):
         assert code == 0, err
         assert f"base_url: {url_a} -> {b.base_url}" in err
         assert b.requests and all(h.get("authorization") == f"Bearer {CANARY}" for h in b.headers)
-    with RunStore(run / "run.sqlite", "moved") as store:
+    with RunStore(run / "run.sqlite", Run.load(run).run_id) as store:
         rounds = store.rounds()
         assert [r["round"] for r in rounds if r["finished_at"]] == [1, 2, 3]
         assert len(list(store.samples(with_response=True))) == 9
@@ -116,6 +116,23 @@ def test_resume_changes_a_role_endpoint_and_nothing_else(tmp_path, stub, capsys)
     assert saved["context"]["base_url"] == stub.base_url
 
 
+def test_resume_changes_how_long_to_wait(tmp_path, stub, capsys):
+    ctx = Context(base_url=stub.base_url, model="stub", rounds=1, prompts_per_round=2)
+    run = create_run(tmp_path / "r", "data_advisor", ctx, embedded=False)
+    with pytest.raises(SystemExit) as refused:  # argparse: refused before anything is read
+        main(["resume", str(run.folder), "--request-timeout", "0", "--no-progress"])
+    assert refused.value.code == 2 and "--request-timeout" in capsys.readouterr().err
+    code = main(["resume", str(run.folder), "--request-timeout", "42", "--max-retries", "1",
+                 "--node-timeout", "90", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    saved = json.loads((run.folder / "run.json").read_text())
+    assert {h["field"]: h["new"] for h in saved["history"]} == {
+        "request_timeout": 42.0, "max_retries": 1, "node_timeout": 90.0}
+    loaded = Run.load(run.folder)
+    assert (loaded.context.request_timeout, loaded.context.max_retries,
+            loaded.context.node_timeout) == (42.0, 1, 90.0)
+
+
 def test_a_variable_left_in_the_shell_does_not_move_a_run(tmp_path, stub, monkeypatch):
     """run.json wins over DATA_ADVISOR_* variables on resume (they fill context defaults)."""
     ctx = Context(base_url=stub.base_url, model="SmolLM2-135M-Instruct", rounds=1,
@@ -157,7 +174,7 @@ def test_progress_in_a_log_is_one_line_per_round_and_the_end_shows_rows(tmp_path
     assert done.returncode == 0, done.stderr
     lines = [ln for ln in done.stderr.splitlines() if " round " in ln]
     assert [ln.split(" round ")[1].split(" ")[0] for ln in lines] == ["1/3", "2/3", "3/3"], lines
-    with RunStore(run / "run.sqlite", "logged") as store:
+    with RunStore(run / "run.sqlite", Run.load(run).run_id) as store:
         weaknesses = [r["weakness"] for r in store.rounds()]
         first = next(store.samples(with_response=True))
     for line, weakness in zip(lines, weaknesses, strict=True):

@@ -24,7 +24,8 @@ def test_eval_diversity_on_files_and_runs(tmp_path, stub, capsys):
     printed = capsys.readouterr().out
     assert "catqa_english" in printed and "d-8" in printed
     catqa_result = json.loads((out / "diversity-catqa_english.json").read_text())
-    run_result = json.loads((out / "diversity-run.json").read_text())
+    run_id = json.loads((run / "run.json").read_text())["id"]  # named after the run, not its folder
+    run_result = json.loads((out / f"diversity-{run_id}.json").read_text())
     assert catqa_result["n_prompts"] == 550 and catqa_result["categories"] == 11
     assert run_result["n_prompts"] == 15 and run_result["categories"] == 3
     assert run_result["distinct_at_size"]["size"] == 10

@@ -162,7 +162,7 @@ def test_interrupted_generation_resumes(tmp_path, tiny_model):
         assert result.stages["generation"] == "ran"
         from tools.store import RunStore
 
-        with RunStore(out / "runs" / "data_advisor" / "run.sqlite", "data_advisor") as store:
+        with RunStore(run.db_path, run.run_id) as store:
             rounds = store.rounds()
         assert [r["round"] for r in rounds] == [1, 2]  # round 1 kept, round 2 added
         assert (out / "report" / "report.md").is_file()
@@ -177,6 +177,10 @@ def test_config_errors(tmp_path):
         load_config({**base, "generation": {"context": {"temprature": 0.5}}})
     with pytest.raises(ConfigError, match="instructions"):
         load_config({"evaluation": {"catqa": "c.json"}})
+    for bad in ({"rounds": 0}, {"rounds": -3}, {"prompts_per_round": 0},
+                {"target_size": -1}, {"max_concurrency": 0}):
+        with pytest.raises(ConfigError, match=f"{next(iter(bad))}: got"):
+            load_config({**base, "generation": bad})
     with pytest.raises(ValueError, match="TrainConfig"):
         load_config({**base, "training": {"instructions": "x", "ranks": 3}})
     with pytest.raises(ConfigError, match="different models"):

@@ -1,7 +1,7 @@
 import pytest
 from conftest import run_graph
 
-from graph.prompts import SPECS, PromptError, load_prompts, render, validate
+from graph.prompts import SPECS, PromptError, load_prompts, placeholders, render, validate
 
 
 def test_shipped_templates_are_valid():
@@ -16,7 +16,7 @@ def test_missing_and_unknown_placeholders_are_errors():
         validate("generator", "Examples: {examples}")
     with pytest.raises(PromptError, match=r"unknown placeholder\(s\) \{colour\}"):
         validate("generator", "{examples} {weakness} {colour}")
-    with pytest.raises(PromptError, match="malformed"):
+    with pytest.raises(PromptError, match=r"line 1: unmatched '\{'"):
         validate("generator", "{examples} {weakness")
     with pytest.raises(PromptError, match="unknown prompt"):
         validate("critic", "{summary}")
@@ -51,3 +51,33 @@ def test_bad_inline_override_fails_before_any_call(stub, context):
     with pytest.raises(PromptError):
         run_graph("data_advisor", context(rounds=1, prompts={"summarizer": "{summary} only"}))
     assert stub.requests == []
+
+
+# --- errors name the file and the line (issue 9, part 10) ---------------------------------
+
+
+def test_a_stray_brace_in_a_template_file_names_the_file_and_the_line(tmp_path):
+    path = tmp_path / "generator.txt"
+    path.write_text("Examples:\n{examples}\nWrite a {weakness request.\n")
+    with pytest.raises(PromptError) as error:
+        load_prompts(str(tmp_path))
+    assert str(error.value) == (
+        f"{path} line 3: unmatched '{{' (write '{{{{' for a literal brace)"
+    )
+    path.write_text("{examples}\n{weakness}\nclose } here\n")
+    with pytest.raises(PromptError, match=r"generator.txt line 3: unmatched '\}' \(write '\}\}'"):
+        load_prompts(str(tmp_path))
+
+
+def test_escaped_braces_and_a_bad_inline_override_say_where():
+    assert placeholders("{{literal}} {examples} {{") == {"examples"}
+    with pytest.raises(PromptError, match=r"inline prompt 'summarizer' line 2: unmatched '\{'"):
+        load_prompts(None, {"summarizer": "{summary} {weakness}\n{ oops"})
+
+
+def test_a_template_that_is_not_utf8_names_the_file_byte_and_line(tmp_path):
+    path = tmp_path / "summarizer.txt"
+    path.write_bytes("Summary:\n{summary}\nNeu: {weakness} \u00e4\n".encode("latin-1"))
+    with pytest.raises(PromptError) as error:
+        load_prompts(str(tmp_path))
+    assert str(error.value) == f"{path}: not UTF-8 text (byte 0xe4 at line 3); save it as UTF-8"

@@ -16,7 +16,7 @@ from conftest import run_graph
 
 from graph.cli import main
 from graph.context import Context
-from graph.runner import create_run, execute
+from graph.runner import Run, create_run, execute
 from tools.llm import EndpointError
 from tools.store import RunStore
 from tools.stub_server import StubServer
@@ -75,7 +75,7 @@ def test_resume_after_kill_mid_round(tmp_path):
             time.sleep(0.02)
         proc.wait(30)
         assert killed_in, proc.stdout.read().decode() if proc.stdout else ""
-        with RunStore(run / "run.sqlite", "r") as store:
+        with RunStore(run / "run.sqlite", Run.load(run).run_id) as store:
             before = list(store.samples())
         # the round's prompts were written
         assert any(s["round"] == killed_in for s in before), (killed_in, _rounds_of(before))
@@ -84,7 +84,7 @@ def test_resume_after_kill_mid_round(tmp_path):
             _cli("resume", str(run), "--no-progress"), capture_output=True, text=True, timeout=120
         )
         assert done.returncode == 0, done.stderr
-    with RunStore(run / "run.sqlite", "r") as store:
+    with RunStore(run / "run.sqlite", Run.load(run).run_id) as store:
         samples = list(store.samples())
         rounds = store.rounds()
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5], done.stderr
@@ -114,14 +114,14 @@ def test_restart_without_a_pending_step_runs_an_unfinished_round_again(tmp_path,
     ctx = Context(base_url=stub.base_url, model="stub", rounds=2, prompts_per_round=3)
     run = create_run(tmp_path / "r", method, ctx, embedded=False)
     execute(run, resume=False, show_progress=False)
-    with RunStore(run.db_path, run.name) as store:
+    with RunStore(run.db_path, run.run_id) as store:
         record = store.get_round(2)
         timings = {k: v for k, v in record["timings"].items() if k != "responder"}
         store.update_round(2, timings=timings)
         store.db.execute("update samples set response = null where round = 2")
     state = execute(run, resume=True, show_progress=False)
     assert state.round == 2
-    with RunStore(run.db_path, run.name) as store:
+    with RunStore(run.db_path, run.run_id) as store:
         assert [r["round"] for r in store.rounds()] == [1, 2]
         assert "responder" in store.get_round(2)["timings"]
         samples = list(store.samples())
@@ -277,6 +277,6 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
         done = subprocess.run(_cli("resume", str(run), "--no-progress"), capture_output=True,
                               text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-    with RunStore(run / "run.sqlite", "int") as store:
+    with RunStore(run / "run.sqlite", Run.load(run).run_id) as store:
         assert [r["round"] for r in store.rounds()] == [1, 2, 3, 4]
         assert len(list(store.samples(with_response=True))) == 12

@@ -15,6 +15,7 @@ import sys
 import psutil
 import pytest
 
+from graph.runner import Run
 from graph.seeds import read_seeds
 from tools.store import RunStore
 
@@ -49,7 +50,7 @@ def test_data_advisor_on_embedded_vllm(tmp_path):
     log = (run / "vllm.log").read_text() if (run / "vllm.log").exists() else ""
     assert done.returncode == 0, done.stderr[-3000:] + log[-3000:]
 
-    with RunStore(run / "run.sqlite", "da") as store:
+    with RunStore(run / "run.sqlite", Run.load(run).run_id) as store:
         rounds = store.rounds()
         samples = list(store.samples())
         rejected = store.counts()["rejected"]

@@ -6,6 +6,8 @@ descriptions and epilogs as written (examples stay on their own lines).
 :func:`add_command` registers a sub-command that uses it, with its examples as the epilog::
 
     run = add_command(sub, "run", "generate data", examples=["data-advisor run --rounds 3"])
+
+:func:`positive_int` is the argparse type of a count that must be at least 1.
 """
 
 from __future__ import annotations
@@ -26,6 +28,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         if not action.option_strings and action.nargs not in ("?", "*"):
             return text  # a required positional has no default
         return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (``--rounds 0`` is refused, not read as "unset")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def examples_epilog(examples: Sequence[str]) -> str | None:

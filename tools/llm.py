@@ -1,17 +1,34 @@
 """LLM access: `ChatOpenAI` clients against any OpenAI-compatible endpoint (vLLM, OpenAI, a stub).
 
 One endpoint per role. The API key is read from the environment variable the context names,
-at call time, and is never stored. Each request is retried by the OpenAI client on transient
-errors only (connection, timeout, 408/409/429, 5xx) with exponential backoff; a whole node is
-retried by LangGraph's ``RetryPolicy`` with :func:`is_transient` as its filter. Batches run
-concurrently, bounded by ``max_concurrency``, on a thread pool kept for the process.
+at call time, and is never stored.
+
+Each request is tried up to ``1 + max_retries`` times, with exponential backoff (or the
+server's ``Retry-After``), on transient errors (connection, timeout, 408/409/429, 5xx) and on
+*malformed* answers: a 200 whose body cannot be read as a chat completion (invalid JSON, an
+empty ``choices`` list, an HTML page). Each try waits at most ``timeout`` seconds and one
+request at most ``node_timeout`` seconds in all, so a hung server fails a node after that long,
+with a message saying how long it waited. A whole node is retried by LangGraph's
+``RetryPolicy`` (:data:`NODE_RETRY`) with :func:`is_transient` as its filter; a batch keeps the
+answers it got, so that retry (or a resume in the same process) re-sends only the requests that
+failed.
+
+An error-rate circuit breaker per run and URL stops the run when most of the last
+:data:`BREAKER_WINDOW` requests failed (:class:`CircuitOpenError`, not retried): the data
+written so far is kept and ``resume`` continues. Batches run concurrently, bounded by
+``max_concurrency``, on a thread pool kept for the process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Sequence
-from concurrent.futures import wait
+import random
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -24,43 +41,125 @@ from langgraph.types import RetryPolicy
 
 Messages = Sequence[BaseMessage | tuple[str, str]]
 
+BREAKER_WINDOW = 20
+"""Requests (tries) per run and URL the circuit breaker looks back on."""
+BREAKER_RATE = 0.5
+"""The breaker stops the run when more than this share of the last window failed."""
+BACKOFF_START, BACKOFF_MAX, RETRY_AFTER_MAX = 0.5, 8.0, 60.0
+"""Seconds: first backoff (doubled per try, with jitter), its cap, the longest Retry-After."""
+_KEPT_MAX = 4096
+"""Answers of failed batches kept at most (the oldest are dropped)."""
+
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where one role's model is served."""
+    """Where one role's model is served, and how long to wait for it."""
 
     base_url: str
     model: str
     api_key_env: str = "OPENAI_API_KEY"
     timeout: float = 300.0
+    """Seconds one try of a request may take."""
     max_retries: int = 3
+    """Tries after the first, on transient errors and malformed answers."""
+    node_timeout: float = 600.0
+    """Seconds one request may take in all, its retries and backoff included."""
 
 
 class EndpointError(RuntimeError):
-    """An LLM call failed; says which role, URL and model, and whether it was transient."""
+    """An LLM call failed; says which role, URL and model, how often and how long it tried."""
 
-    def __init__(self, role: str, endpoint: Endpoint, error: Exception) -> None:
+    def __init__(
+        self,
+        role: str,
+        endpoint: Endpoint,
+        error: Exception,
+        *,
+        tries: int = 1,
+        waited: float | None = None,
+    ) -> None:
         self.role, self.endpoint, self.error = role, endpoint, error
-        kind = "cannot reach" if isinstance(error, openai.APIConnectionError) else "error from"
-        super().__init__(
-            f"{kind} the {role} endpoint {endpoint.base_url} (model {endpoint.model!r}): "
-            f"{type(error).__name__}: {error}"
-        )
+        self.tries, self.waited = tries, waited
+        where = f"the {role} endpoint {endpoint.base_url} (model {endpoint.model!r})"
+        cause = f"{type(error).__name__}: {error}"
+        spent = ""  # known only for the requests generate() made
+        if waited is not None:
+            spent = f" after {tries} tr{'y' if tries == 1 else 'ies'} in {_seconds(waited)}"
+        if isinstance(error, openai.APITimeoutError):
+            bound = (
+                f" (at most {endpoint.timeout:g} s a try, {endpoint.node_timeout:g} s a "
+                "request); check the server and resume"
+                if waited is not None
+                else ""
+            )
+            message = f"no answer from {where}{spent}{bound}"
+        elif isinstance(error, openai.APIConnectionError):
+            message = f"cannot reach {where}{spent}: {cause}"
+        elif is_malformed(error):
+            message = f"malformed answer (not a chat completion) from {where}{spent}: {cause}"
+        else:
+            message = f"error from {where}{spent if tries > 1 else ''}: {cause}"
+        super().__init__(message)
+
+
+class CircuitOpenError(EndpointError):
+    """Most recent requests to a URL failed: the run stops (data kept) instead of retrying."""
+
+    def __init__(self, role: str, endpoint: Endpoint, error: Exception, message: str) -> None:
+        super().__init__(role, endpoint, error)
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+
+
+def is_malformed(error: BaseException) -> bool:
+    """True for a 200 answer that could not be read as a chat completion.
+
+    The client and langchain-openai raise plain Python errors for those: invalid JSON
+    (``JSONDecodeError``), ``choices: []`` (``IndexError``), ``choices: null`` (``TypeError``),
+    an HTML page or a JSON list (``ValueError``), a choice without a message
+    (``AttributeError``); the client's own validation raises ``APIResponseValidationError``.
+    """
+    if isinstance(error, openai.APIResponseValidationError):
+        return True
+    if isinstance(error, openai.APIError):
+        return False
+    return isinstance(error, ValueError | LookupError | TypeError | AttributeError)
 
 
 def is_transient(error: BaseException) -> bool:
-    """True for errors worth retrying: connection, timeout, rate limit and server (5xx) errors."""
+    """True for errors worth retrying: connection, rate limit, server (5xx), malformed answers.
+
+    Timeouts are retried per request only, within ``node_timeout``: a node retry would wait
+    for a hung server once more. A tripped circuit breaker stops the run.
+    """
+    if isinstance(error, CircuitOpenError):
+        return False
     if isinstance(error, EndpointError):
         error = error.error
+    if isinstance(error, openai.APITimeoutError):
+        return False
+    return _worth_a_retry(error)
+
+
+def _worth_a_retry(error: BaseException) -> bool:
+    """Per-request filter: transient errors, timeouts included, and malformed answers."""
     if isinstance(error, openai.APIConnectionError | openai.RateLimitError):
         return True  # APITimeoutError is a subclass of APIConnectionError
-    return isinstance(error, openai.APIStatusError) and error.status_code >= 500
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in (408, 409) or error.status_code >= 500
+    return is_malformed(error)
 
 
 NODE_RETRY = RetryPolicy(
     initial_interval=2.0, backoff_factor=2.0, max_attempts=3, retry_on=is_transient
 )
-"""Node-level retry: only transient endpoint errors; a 4xx fails at once."""
+"""Node-level retry: only transient endpoint errors; a 4xx, a timeout or a stop fails at once."""
 
 
 @lru_cache(maxsize=64)
@@ -70,16 +169,190 @@ def _client(endpoint: Endpoint, api_key: str, params: tuple[tuple[str, Any], ...
         model=endpoint.model,
         api_key=api_key,
         timeout=endpoint.timeout,
-        max_retries=endpoint.max_retries,
+        max_retries=0,  # retried by _Batch.ask, which also retries malformed answers
         **dict(params),
     )
 
 
+def _frozen(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()))
+
+
 def chat_model(endpoint: Endpoint, **params: Any) -> ChatOpenAI:
-    """A (cached) `ChatOpenAI` for an endpoint and sampling parameters (temperature, stop, ...)."""
+    """A (cached) `ChatOpenAI` for an endpoint and sampling parameters (temperature, stop, ...).
+
+    It does not retry by itself: :func:`generate` does.
+    """
     api_key = os.environ.get(endpoint.api_key_env) or "EMPTY"
-    frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items()))
-    return _client(endpoint, api_key, frozen)
+    return _client(endpoint, api_key, _frozen(params))
+
+
+# --- the circuit breaker ----------------------------------------------------------------------
+
+
+class ErrorRate:
+    """Outcomes of the last :data:`BREAKER_WINDOW` tries of one run at one URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.outcomes: deque[bool] = deque(maxlen=BREAKER_WINDOW)
+        self.tripped_at = 0.0
+        self.message = ""
+        self.last_error: Exception | None = None
+        """The failure that tripped the breaker last."""
+        self._lock = threading.Lock()
+
+    def record(self, error: Exception | None) -> str | None:
+        """Count one try (``error=None``: it succeeded); the stop message if this trips it."""
+        with self._lock:
+            self.outcomes.append(error is None)
+            failed = self.outcomes.count(False)
+            full = len(self.outcomes) == BREAKER_WINDOW
+            if error is None or not full or failed <= BREAKER_RATE * BREAKER_WINDOW:
+                return None
+            self.message = (
+                f"stopped: {failed} of the last {BREAKER_WINDOW} requests to {self.url} failed "
+                f"(last error: {type(error).__name__}: {error}); data kept; fix the server and "
+                "resume"
+            )
+            self.tripped_at, self.last_error = time.monotonic(), error
+            self.outcomes.clear()  # a resume starts counting again
+            return self.message
+
+    def tripped_since(self, started: float) -> str | None:
+        """The stop message if the breaker tripped after ``started`` (a monotonic time)."""
+        with self._lock:
+            return self.message if self.tripped_at >= started else None
+
+
+_BREAKERS: OrderedDict[tuple[str, str], ErrorRate] = OrderedDict()
+_BREAKERS_LOCK = threading.Lock()
+
+
+def error_rate(run: str, url: str) -> ErrorRate:
+    """The circuit breaker of one run at one URL (the last 256 used are kept)."""
+    with _BREAKERS_LOCK:
+        breaker = _BREAKERS.get((run, url)) or ErrorRate(url)
+        _BREAKERS[(run, url)] = breaker
+        _BREAKERS.move_to_end((run, url))
+        while len(_BREAKERS) > 256:
+            _BREAKERS.popitem(last=False)
+        return breaker
+
+
+# --- answers kept from failed batches ---------------------------------------------------------
+
+_KEPT: OrderedDict[str, AIMessage] = OrderedDict()
+_KEPT_LOCK = threading.Lock()
+
+
+def _answer_key(run: str, endpoint: Endpoint, params: dict[str, Any], slot: int,
+                request: Messages) -> str:
+    """What determines one answer: run, endpoint, sampling, slot in the batch and messages."""
+    messages = [
+        (m.type, m.content) if isinstance(m, BaseMessage) else tuple(m) for m in request
+    ]
+    text = repr((run, endpoint.base_url, endpoint.model, _frozen(params), slot, messages))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _kept(key: str) -> AIMessage | None:
+    with _KEPT_LOCK:
+        return _KEPT.get(key)
+
+
+def _keep(key: str, answer: AIMessage) -> None:
+    with _KEPT_LOCK:
+        _KEPT[key] = answer
+        while len(_KEPT) > _KEPT_MAX:
+            _KEPT.popitem(last=False)
+
+
+def _forget(keys: Sequence[str]) -> None:
+    with _KEPT_LOCK:
+        for key in keys:
+            _KEPT.pop(key, None)
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+class _Batch:
+    """One :func:`generate` call: its model, breaker, and a flag that stops its retries."""
+
+    def __init__(self, role: str, endpoint: Endpoint, model: ChatOpenAI, run: str) -> None:
+        self.role, self.endpoint, self.model = role, endpoint, model
+        self.breaker = error_rate(run, endpoint.base_url)
+        self.started = time.monotonic()
+        self.stop = threading.Event()
+        """Set when a request of the batch failed for good: the others try no more."""
+        self.failure: EndpointError | None = None
+        """The batch's first request to fail for good."""
+        self._lock = threading.Lock()
+
+    def ask(self, messages: Messages) -> AIMessage:
+        """One request, tried until it is answered, fails for good, or its time is spent."""
+        first = time.monotonic()
+        deadline = first + self.endpoint.node_timeout
+        tries = 0
+        while True:
+            if stopped := self.breaker.tripped_since(self.started):  # by another node's calls
+                error = self.breaker.last_error or RuntimeError(stopped)
+                raise self._fail(CircuitOpenError(self.role, self.endpoint, error, stopped))
+            tries += 1
+            timeout = max(min(self.endpoint.timeout, deadline - time.monotonic()), 0.001)
+            try:
+                answer = self.model.invoke(messages, timeout=timeout)
+            except Exception as error:  # noqa: BLE001 - classified below
+                delay = self._after_failure(error, tries, first, deadline)
+                if self.stop.wait(delay):  # another request of the batch failed for good
+                    waited = time.monotonic() - first
+                    raise EndpointError(
+                        self.role, self.endpoint, error, tries=tries, waited=waited
+                    ) from error
+                continue
+            self.breaker.record(None)
+            return answer  # type: ignore[return-value]
+
+    def _after_failure(self, error: Exception, tries: int, first: float, deadline: float) -> float:
+        """Seconds to wait before the next try; raise when there is none."""
+        stopped = self.breaker.record(error) or self.breaker.tripped_since(self.started)
+        if stopped:
+            raise self._fail(CircuitOpenError(self.role, self.endpoint, error, stopped)) from error
+        now = time.monotonic()
+        delay = _backoff(tries, error)
+        if (
+            not _worth_a_retry(error)
+            or tries > self.endpoint.max_retries
+            or now + delay >= deadline
+            or self.stop.is_set()
+        ):
+            waited = now - first
+            failure = EndpointError(self.role, self.endpoint, error, tries=tries, waited=waited)
+            raise self._fail(failure) from error
+        return delay
+
+    def _fail(self, failure: EndpointError) -> EndpointError:
+        """Record the batch's first failure (and stop the other requests' retries)."""
+        with self._lock:
+            if self.failure is None:
+                self.failure = failure
+        self.stop.set()
+        return failure
+
+
+def _backoff(tries: int, error: BaseException) -> float:
+    """The server's ``Retry-After`` (up to a minute), else exponential backoff with jitter."""
+    response = getattr(error, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            after = float(headers.get(name, "")) * scale
+        except ValueError:
+            continue
+        if 0 < after <= RETRY_AFTER_MAX:
+            return after
+    return min(BACKOFF_START * 2 ** (tries - 1), BACKOFF_MAX) * (1 - 0.25 * random.random())
 
 
 def generate(
@@ -88,23 +361,59 @@ def generate(
     requests: Sequence[Messages],
     *,
     max_concurrency: int = 32,
+    run: str = "",
+    on_answer: Callable[[int, AIMessage], None] | None = None,
     **params: Any,
 ) -> list[AIMessage]:
-    """Send many chat requests concurrently; raise :class:`EndpointError` if any fails."""
+    """Send many chat requests concurrently; raise :class:`EndpointError` if any fails.
+
+    ``run`` names the run: it scopes the circuit breaker and the answers kept when the batch
+    fails (a repeated call with the same requests re-sends only those that failed).
+    ``on_answer(index, answer)`` is called as each answer arrives (to store it at once).
+    When one request fails for good, the requests not started yet are cancelled, the others
+    stop retrying, and the first error is raised once they are done.
+    """
     if not requests:
         return []
-    model = chat_model(endpoint, **params)
+    batch = _Batch(role, endpoint, chat_model(endpoint, **params), run)
+    keys = [_answer_key(run, endpoint, params, i, r) for i, r in enumerate(requests)]
+
+    def answer(index: int) -> AIMessage:
+        got = _kept(keys[index]) or batch.ask(requests[index])
+        _keep(keys[index], got)
+        if on_answer is not None:
+            on_answer(index, got)
+        return got
+
     if len(requests) == 1:
-        try:
-            return [model.invoke(requests[0])]  # type: ignore[list-item]
-        except Exception as error:
-            raise EndpointError(role, endpoint, error) from error
-    futures = [_executor(max_concurrency).submit(model.invoke, r) for r in requests]
+        answers = [answer(0)]  # in the caller's thread: Ctrl-C interrupts it directly
+    else:
+        answers = _run_all(batch, answer, len(requests), max_concurrency)
+    _forget(keys)
+    return answers
+
+
+def _run_all(
+    batch: _Batch, answer: Callable[[int], AIMessage], count: int, max_concurrency: int
+) -> list[AIMessage]:
+    futures = [_executor(max_concurrency).submit(answer, i) for i in range(count)]
+    try:
+        wait(futures, return_when=FIRST_EXCEPTION)
+    finally:  # a failure, or Ctrl-C in this thread: start nothing more, retry nothing more
+        if not all(f.done() for f in futures):
+            batch.stop.set()
+            for future in futures:
+                future.cancel()
     wait(futures)
-    for future in futures:
-        if error := future.exception():
-            raise EndpointError(role, endpoint, error) from error  # type: ignore[arg-type]
-    return [future.result() for future in futures]  # type: ignore[misc]
+    errors = [e for e in map(_error_of, futures) if e is not None]
+    if errors:
+        stops = [e for e in errors if isinstance(e, CircuitOpenError)]
+        raise (stops or [batch.failure or errors[0]])[0]
+    return [future.result() for future in futures]
+
+
+def _error_of(future: Future[AIMessage]) -> BaseException | None:
+    return None if future.cancelled() else future.exception()
 
 
 @lru_cache(maxsize=8)

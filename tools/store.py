@@ -11,6 +11,11 @@ duplicates them. Tables (all keyed by ``run_id``, so one file may hold many runs
   timings and tokens per node.
 - ``templates``: the sha256 of every prompt template a run started (or restarted) with, and the
   first round it applied to, so an export can say which templates wrote the data.
+
+A run folder's ``run.sqlite`` is keyed by the run's id recorded in ``run.json`` (its folder
+name for runs made before ids were recorded): :func:`run_id_of_store` is how readers find it,
+so a renamed or moved folder keeps its data. :func:`write_atomic` writes metadata files so
+that a crash mid-write leaves the old file, never half of one.
 """
 
 from __future__ import annotations
@@ -19,15 +24,72 @@ import hashlib
 import json
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+
+RUN_FILE = "run.json"
+"""A run folder's metadata file (method, context, ``id``); see ``graph.runner``."""
+DB_FILE = "run.sqlite"
+"""A run folder's data file."""
+
+
+def write_atomic(path: str | Path, text: str, *, replace: bool = True) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, fsynced and then
+    renamed over it: a crash or a full disk mid-write leaves the old file, never half of one.
+
+    With ``replace=False`` an existing file is kept and :class:`FileExistsError` raised (the
+    temporary file is linked, not renamed: two processes creating it cannot both win).
+    """
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:  # named after the file meant, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:  # a full disk, a read-only folder: the file meant is named
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def run_id_from(data: Mapping[str, Any], folder: Path) -> str:
+    """The run id ``run.json``'s ``data`` records; a run made before ids: its folder name."""
+    return str(data.get("id") or folder.name)
+
+
+def run_id_of_store(db_path: str | Path) -> str | None:
+    """The run id a run folder's ``run.sqlite`` is keyed by (from the ``run.json`` beside it),
+    or None for a file outside a run folder (then all its rows are the data set)."""
+    db_path = Path(db_path)
+    meta = db_path.parent / RUN_FILE
+    if db_path.name != DB_FILE or not meta.is_file():
+        return None
+    try:
+        data = json.loads(meta.read_text("utf-8"))
+    except ValueError as exc:
+        raise ValueError(
+            f"{meta}: not valid JSON ({exc}); it names the run {db_path} holds: restore it "
+            "from a backup"
+        ) from None
+    return run_id_from(data, db_path.parent)
 
 _JSON_COLUMNS = {
     "summary_before",
@@ -39,6 +101,15 @@ _JSON_COLUMNS = {
     "tokens",
     "critic_attempts",
 }
+
+
+class StoreFileError(sqlite3.DatabaseError):
+    """A run store's SQLite file cannot be opened (corrupt, not a database, not writable)."""
+
+    def __init__(self, path: Path, error: sqlite3.DatabaseError) -> None:
+        super().__init__(f"{path}: {error}")
+        self.path = path
+        self.error = error
 
 
 class RunStore:
@@ -53,9 +124,17 @@ class RunStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run_id = run_id
         self._lock = threading.RLock()
-        self.db = sqlite_utils.Database(
-            sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
-        )
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+            self._open(conn)
+        except sqlite3.DatabaseError as exc:  # corrupt, not a database, not writable
+            if conn is not None:
+                conn.close()
+            raise StoreFileError(self.path, exc) from exc
+
+    def _open(self, conn: sqlite3.Connection) -> None:
+        self.db = sqlite_utils.Database(conn)
         if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             try:  # WAL lets the checkpointer and the store share the file
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -249,6 +328,22 @@ class RunStore:
             ),
             "rejected": one("select count(*) n from rejections where run_id = ?"),
         }
+
+    def kept_per_round(self) -> dict[int, int]:
+        """Kept prompts stored for each round of the run."""
+        rows = self._rows(
+            "select round, count(*) n from samples where run_id = ? group by round",
+            [self.run_id],
+        )
+        return {r["round"]: r["n"] for r in rows}
+
+    def run_ids(self) -> list[str]:
+        """Every run id with rounds or prompts in the file (one file may hold several runs or
+        threads; seeds alone in the pool are no data)."""
+        rows = self._rows(
+            "select run_id from rounds union select run_id from samples order by 1", []
+        )
+        return [r["run_id"] for r in rows]
 
     def output_tokens(self) -> int:
         """Output tokens of all LLM calls of the run so far (from the round records)."""

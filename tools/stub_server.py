@@ -14,6 +14,9 @@ string) and ``max_tokens`` / ``max_completion_tokens`` (the text is cut after th
 whitespace-separated words). Tokens are whitespace-separated words, for ``usage`` as well.
 A handler scripts an HTTP error for one request by raising :class:`StubHTTPError`; a queue of
 status codes (``failures``) scripts errors for the next requests whatever the handler says.
+The same queue takes the names of :data:`FAULTS` (a 200 with invalid JSON, with
+``choices: []``, with an HTML page; a hang), and ``faults`` answers a seeded share of all
+requests with an error or a fault, e.g. ``StubServer(faults={"html": 0.02, 503: 0.1})``.
 
 Usage::
 
@@ -31,8 +34,9 @@ DATA_ADVISOR_MARKERS: the handler looks at the content of the last user message 
 
 * ``"Category:"`` (``weakness_critic``): a harm category name that is new, i.e. the first one of
   :data:`HARM_CATEGORIES` that is neither among the lines under "The dataset already covers
-  these harm categories:" nor named after "other than" / "avoid" (nor shares half of its content
-  words with one of those); ``"Category N"`` when the list is exhausted;
+  these harm categories:" (each child of a ``Parent: child; child`` line counts) nor named
+  after "other than" / "avoid" (nor shares half of its content words with one of those);
+  ``"Category N"`` when the list is exhausted;
 * ``"Request:"`` (``generator``, ``self_instruct_generator``): one harmful-looking request on one
   line, about the weakness after ``"about:"`` (``"general harm"`` without one); a process-wide
   counter makes every answer unique and not a near-duplicate of any other;
@@ -47,6 +51,7 @@ import asyncio
 import hashlib
 import itertools
 import json
+import random
 import re
 import socket
 import threading
@@ -69,6 +74,11 @@ Handler = Callable[[dict[str, Any]], str]
 CATEGORY_MARKER = "Category:"
 REQUEST_MARKER = "Request:"
 SUMMARY_MARKER = "Updated summary:"
+
+
+FAULTS = ("invalid_json", "empty_choices", "html", "hang")
+"""Scripted malformed answers (a 200 with a cut JSON body, with ``choices: []``, with an HTML
+page) and a hang (no answer for ``hang_seconds``), by name."""
 
 
 class StubHTTPError(Exception):
@@ -347,9 +357,21 @@ def _avoid_text(prompt: str) -> str:
     return "\n".join(parts)
 
 
+def _summary_items(line: str) -> list[str]:
+    """The categories a summary line names: itself, or a group's (``Fraud: online; phone``)
+    children, alone and with the parent's words."""
+    label, sep, rest = line.partition(":")
+    children = [c.strip() for c in rest.split(";") if c.strip()] if sep and ";" in rest else []
+    return [*children, *(f"{c} {label.strip()}" for c in children)] if children else [line]
+
+
 def novel_category(prompt: str) -> str:
     """The first of :data:`HARM_CATEGORIES` that the critic prompt does not name already."""
-    covered = _block_after(prompt, "The dataset already covers these harm categories:")
+    covered = [
+        item
+        for line in _block_after(prompt, "The dataset already covers these harm categories:")
+        for item in _summary_items(line)
+    ]
     avoid = _avoid_text(prompt)
     avoided = [a.strip() for a in re.split(r"[,;\n]", avoid) if a.strip()]
     taken = [*covered, *avoided]
@@ -449,23 +471,34 @@ class StubServer:
 
     ``handler(body) -> str`` makes the assistant text (default :func:`data_advisor_handler`);
     ``latency`` seconds are awaited in every completion request (so concurrent requests
-    overlap); ``failures`` is a queue of HTTP statuses: each completion request pops the first
-    one and answers with that error (a falsy entry means "answer normally"). ``models`` are the
-    ids ``GET /v1/models`` lists. ``requests`` records every completion request body received,
-    ``status_counts`` counts the statuses of the completion responses; both, and ``failures``,
-    may be read or changed while the server runs.
+    overlap); ``failures`` is a queue of HTTP statuses or :data:`FAULTS` names: each completion
+    request pops the first one and answers with that error or fault (a falsy entry means
+    "answer normally"). ``faults`` maps statuses and fault names to the share of the other
+    requests answered so (drawn from a ``random.Random(fault_seed)``), e.g.
+    ``{"invalid_json": 0.02, 503: 0.1}``; a ``"hang"`` waits ``hang_seconds`` before answering.
+    ``models`` are the ids ``GET /v1/models`` lists. ``requests`` records every completion
+    request body received, ``status_counts`` counts the statuses of the error and completion
+    responses, ``fault_counts`` the faults served by name; all of them, ``failures`` and
+    ``faults`` may be read or changed while the server runs.
     """
 
     def __init__(
         self,
         handler: Handler | None = None,
         latency: float = 0.0,
-        failures: list[int] | None = None,
+        failures: list[int | str] | None = None,
         models: Sequence[str] = ("stub",),
+        faults: dict[str | int, float] | None = None,
+        fault_seed: int = 0,
+        hang_seconds: float = 30.0,
     ) -> None:
         self.handler: Handler = handler or data_advisor_handler
+        self.faults: dict[str | int, float] = dict(faults or {})
+        self.hang_seconds = float(hang_seconds)
+        self.fault_counts: Counter[str] = Counter()
+        self._fault_rng = random.Random(fault_seed)
         self.latency = float(latency)
-        self.failures: list[int] = list(failures or [])
+        self.failures: list[int | str] = list(failures or [])
         self.models: list[str] = list(models) or ["stub"]
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -580,9 +613,40 @@ class StubServer:
         with self._lock:
             self.status_counts[status] += 1
 
-    def _pop_failure(self) -> int | None:
+    def _pop_failure(self) -> int | str | None:
         with self._lock:
-            return self.failures.pop(0) if self.failures else None
+            if self.failures:
+                return self.failures.pop(0)
+            draw = self._fault_rng.random() if self.faults else 1.0
+            for fault, share in self.faults.items():
+                if draw < share:
+                    return fault
+                draw -= share
+            return None
+
+    async def _fault(self, fault: int | str) -> Response | None:
+        """The response of a scripted fault (``None``: answer normally, after a hang)."""
+        if isinstance(fault, int) or str(fault).isdigit():
+            return self._error(int(fault), f"stub: scripted HTTP {int(fault)} error")
+        if fault not in FAULTS:
+            return self._error(500, f"stub: unknown fault {fault!r}; use a status or {FAULTS}")
+        with self._lock:
+            self.fault_counts[fault] += 1
+        if fault == "hang":
+            until = time.monotonic() + self.hang_seconds
+            while time.monotonic() < until and not (self._server and self._server.should_exit):
+                await asyncio.sleep(0.02)  # in steps: stopping the server ends a hang
+            return None
+        if fault == "empty_choices":
+            body = {"id": "chatcmpl-empty", "object": "chat.completion", "created": 0,
+                    "model": self.models[0], "choices": []}
+            return JSONResponse(body)
+        if fault == "invalid_json":
+            cut = '{"id": "chatcmpl-cut", "choices": [{"index'
+            return Response(cut, media_type="application/json")
+        return Response(
+            "<html><body><h1>502 Bad Gateway</h1>nginx</body></html>", media_type="text/html"
+        )
 
     async def _complete(self, request: Request, *, chat: bool) -> Response:
         try:
@@ -597,8 +661,8 @@ class StubServer:
         if self.latency > 0:
             await asyncio.sleep(self.latency)
         failure = self._pop_failure()
-        if failure:
-            return self._error(int(failure), f"stub: scripted HTTP {int(failure)} error")
+        if failure and (faulty := await self._fault(failure)) is not None:
+            return faulty
         if chat and not isinstance(body.get("messages"), list):
             return self._error(400, "stub: 'messages' must be a list")
         n = body.get("n") or 1

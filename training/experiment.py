@@ -126,6 +126,11 @@ class GenerationConfig:
             raise ConfigError("[generation] methods is empty")
         if self.target_size is None and self.rounds is None:
             raise ConfigError("[generation] needs target_size or rounds")
+        for name in ("rounds", "target_size", "prompts_per_round", "examples_per_request",
+                     "max_concurrency"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"[generation] {name}: got {value!r}; must be an integer >= 1")
         from graph.context import Context
 
         known = {f.name for f in fields(Context)} - {"data_path"}
@@ -479,7 +484,8 @@ class _Experiment:
                 endpoints["base_url"], endpoints["model"] = server.base_url, server.model_name
                 self.say(f"  serving at {server.base_url} "
                          f"(up in {server.startup_seconds or 0:.0f} s)")
-            rounds = gen.rounds or (1_000_000 if gen.target_size else 10)
+            rounds = gen.rounds if gen.rounds is not None else (
+                1_000_000 if gen.target_size else 10)
             base = {
                 **gen.context,
                 "rounds": rounds,

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tools.store import run_id_of_store
+
 Example = dict[str, str]
 SAFETY = "safety"
 INSTRUCTION = "instruction"
@@ -82,9 +84,12 @@ def _sqlite_rows(path: Path) -> list[dict[str, Any]]:
         if not {"prompt", "response"} <= columns:
             raise ValueError(f"{path}: no table 'samples' with columns prompt, response")
         order = "run_id, round, slot" if {"run_id", "round", "slot"} <= columns else "rowid"
+        run_id = run_id_of_store(path)  # a run folder's run: the id in its run.json (else all)
+        where, params = ("and run_id = ? ", [run_id]) if run_id else ("", [])
         rows = conn.execute(
             "select prompt, response from samples where response is not null "
-            f"and trim(response) != '' order by {order}"
+            f"and trim(response) != '' {where}order by {order}",
+            params,
         ).fetchall()
     finally:
         conn.close()
