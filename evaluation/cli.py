@@ -293,6 +293,8 @@ def _preflight(args: argparse.Namespace, label: str, kind: str,
     """
     from evaluation.identity import check_result_slot, file_part, model_identity
 
+    if args.base_url:  # no server to wait for; the base is identified by what it serves
+        return
     identity = model_identity(args.model or "default", args.adapter,
                               args.adapter_name or label)
     if kind != "utility":
@@ -438,7 +440,7 @@ def target_endpoint(
     ``--adapter-name`` (checked at its ``/v1/models``): without that name the request would
     go to the base model, so it is refused.
     """
-    from evaluation.identity import adapter_identity, check_served
+    from evaluation.identity import adapter_identity, check_served, served_base
 
     if args.adapter_name and not args.adapter:
         raise ValueError("--adapter-name needs --adapter (the adapter's folder: its content "
@@ -454,7 +456,9 @@ def target_endpoint(
         endpoint = Endpoint(args.base_url, args.adapter_name or model, args.api_key_env)
         if args.adapter:
             check_served(endpoint, "the adapter")
-        yield endpoint, model, {"server": args.base_url, "served_name": endpoint.model}
+        base = served_base(Endpoint(args.base_url, model, args.api_key_env), model)
+        yield endpoint, base, {"server": args.base_url, "served_name": endpoint.model,
+                               "base_served_name": model}
         return
     from tools.server import EmbeddedServer
 

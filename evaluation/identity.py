@@ -245,22 +245,34 @@ def file_part(text: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def served_models(endpoint: Endpoint) -> list[str]:
-    """The model ids a server lists at ``/v1/models``."""
+def served_models(endpoint: Endpoint) -> dict[str, str | None]:
+    """The model ids a server lists at ``/v1/models``, each with its ``root`` (what vLLM
+    loaded it from: an HF id or path; None where the server does not say)."""
     from evaluation.judges import openai_client
 
     client = openai_client(endpoint)
     try:
-        return sorted(m.id for m in client.models.list())
+        return {m.id: getattr(m, "root", None) for m in client.models.list()}
     except openai.OpenAIError as exc:
         raise EndpointError("target", endpoint, exc) from exc
     finally:
         client.close()
 
 
+def served_base(endpoint: Endpoint, name: str) -> str:
+    """What identifies the base model served as ``name``: the ``root`` the server lists for
+    it (two servers that loaded the same weights under other names share caches; two that
+    serve other weights under one name do not), else the served name itself."""
+    try:
+        root = served_models(endpoint).get(name)
+    except EndpointError:
+        return name  # the evaluation's first request will say what is wrong with the server
+    return str(root) if root else name
+
+
 def check_served(endpoint: Endpoint, what: str) -> None:
     """Raise ValueError unless the server lists ``endpoint.model`` at ``/v1/models``."""
-    names = served_models(endpoint)
+    names = sorted(served_models(endpoint))
     if endpoint.model not in names:
         raise ValueError(
             f"{endpoint.base_url} does not serve {what} {endpoint.model!r} (it serves: "

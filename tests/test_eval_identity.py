@@ -129,7 +129,8 @@ def test_two_adapters_through_the_cli_get_their_own_results(tmp_path: Path) -> N
     result_b = json.loads((out / "safety-harmful-b.json").read_text())
     assert result_a["safety_score"] == 1.0 and result_b["safety_score"] == 0.0
     assert result_b["adapter"] == str(b)
-    assert result_b["serving"] == {"server": stub.base_url, "served_name": "b"}
+    assert result_b["serving"] == {"server": stub.base_url, "served_name": "b",
+                                   "base_served_name": "base"}
 
 
 def test_adapter_with_base_url_is_requested_by_its_served_name(tmp_path: Path, capsys) -> None:
@@ -151,6 +152,34 @@ def test_adapter_with_base_url_is_requested_by_its_served_name(tmp_path: Path, c
     assert main(["eval", "safety", "--data", str(data), "--adapter-name", "a",
                  "--base-url", "http://127.0.0.1:9/v1", "--out", str(out)]) == 2
     assert "--adapter-name needs --adapter" in capsys.readouterr().err
+
+
+def test_a_served_base_is_known_by_what_the_server_loaded(tmp_path: Path, capsys) -> None:
+    """Two servers serving other weights under one name are two models; one name is no key."""
+    data = tmp_path / "harmful.txt"
+    data.write_text("harmful question 0\nharmful question 1\n")
+    out = tmp_path / "results"
+
+    def ask(stub: StubServer, label: str) -> int:
+        return main(["eval", "safety", "--data", str(data), "--base-url", stub.base_url,
+                     "--model", "llama", "--label", label, "--out", str(out)])
+
+    with StubServer(handler=by_model, models=["llama"],
+                    roots={"llama": "meta-llama/Llama-2-7b-hf"}) as first:
+        assert ask(first, "llama") == 0
+    with StubServer(handler=by_model, models=["llama"],
+                    roots={"llama": "mistralai/Mistral-7B-v0.1"}) as second:
+        assert ask(second, "llama") == 2  # the label names the other model: refused
+        assert "already names" in capsys.readouterr().err and second.requests == []
+        assert ask(second, "mistral") == 0
+        assert served(second, "llama") == 2  # answered anew, not from the first one's cache
+    with StubServer(handler=by_model, models=["base-7b"],
+                    roots={"base-7b": "meta-llama/Llama-2-7b-hf"}) as renamed:
+        assert main(["eval", "safety", "--data", str(data), "--base-url", renamed.base_url,
+                     "--model", "base-7b", "--label", "llama", "--out", str(out)]) == 0
+        assert renamed.requests == []  # the same weights under another name: cached answers
+    result = json.loads((out / "safety-harmful-mistral.json").read_text())
+    assert result["model"] == "mistralai/Mistral-7B-v0.1"
 
 
 def test_utility_cache_is_keyed_by_model_not_label(tmp_path: Path) -> None:

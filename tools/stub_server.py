@@ -476,7 +476,8 @@ class StubServer:
     "answer normally"). ``faults`` maps statuses and fault names to the share of the other
     requests answered so (drawn from a ``random.Random(fault_seed)``), e.g.
     ``{"invalid_json": 0.02, 503: 0.1}``; a ``"hang"`` waits ``hang_seconds`` before answering.
-    ``models`` are the ids ``GET /v1/models`` lists. ``requests`` records every completion
+    ``models`` are the ids ``GET /v1/models`` lists, ``roots`` the ``root`` (what the model
+    was loaded from, as vLLM lists it) of some of them. ``requests`` records every completion
     request body received, ``status_counts`` counts the statuses of the error and completion
     responses, ``fault_counts`` the faults served by name; all of them, ``failures`` and
     ``faults`` may be read or changed while the server runs.
@@ -491,7 +492,9 @@ class StubServer:
         faults: dict[str | int, float] | None = None,
         fault_seed: int = 0,
         hang_seconds: float = 30.0,
+        roots: dict[str, str] | None = None,
     ) -> None:
+        self.roots: dict[str, str] = dict(roots or {})
         self.handler: Handler = handler or data_advisor_handler
         self.faults: dict[str | int, float] = dict(faults or {})
         self.hang_seconds = float(hang_seconds)
@@ -589,7 +592,8 @@ class StubServer:
     async def _list_models(self, request: Request) -> Response:
         created = int(time.time())
         data = [
-            {"id": m, "object": "model", "created": created, "owned_by": "stub"}
+            {"id": m, "object": "model", "created": created, "owned_by": "stub",
+             **({"root": self.roots[m]} if m in self.roots else {})}
             for m in self.models
         ]
         return JSONResponse({"object": "list", "data": data})
