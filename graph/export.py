@@ -132,7 +132,8 @@ def _without_credentials(value: Any) -> Any:
 def run_settings(run: Run) -> dict[str, Any]:
     """What ``run.json`` records of a run (method, server, every context field, the endpoint
     changes made on resume) for its card."""
-    context = {k: _without_credentials(v) for k, v in run.context.to_dict().items()}
+    context = {k: _without_credentials(v) for k, v in run.context.to_dict().items()
+               if k not in run.unrecorded}  # a default the run may not have used is no record
     context.pop("data_path", None)  # a local path, not a setting
     history = [
         {k: _without_credentials(v) for k, v in change.items()} for change in run.history
@@ -142,6 +143,7 @@ def run_settings(run: Run) -> dict[str, Any]:
         "embedded": run.embedded,
         "embedded_model": run.embedded_model,
         "context": context,
+        "unrecorded": sorted(run.unrecorded),
         "history": history,
     }
 
@@ -155,6 +157,14 @@ FORM_TABLE = [
     ("`messages`", "messages (user prompt, assistant response), id, category", "`messages`"),
     ("`prompt_completion`", "prompt, completion (strings), id, category", "`prompt_completion`"),
 ]
+
+
+def _unrecorded_note(names: list[str]) -> str:
+    """A line naming the settings the run predates (they are not in its ``run.json``)."""
+    if not names:
+        return ""
+    return (f"\nNot recorded (the run was made before these settings existed; what it used is "
+            f"not known): {', '.join(f'`{n}`' for n in names)}.\n")
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
@@ -267,6 +277,7 @@ def dataset_card(
     methods = Counter(r["method"] for r in rows)
     categories = Counter(r["category"] or "(none)" for r in rows)
     ctx = settings.get("context") or {}
+    history = settings.get("history") or []
     main_settings = [
         ("method", method),
         *_models(rows, settings),
@@ -315,7 +326,7 @@ of the same name would read as one.
 Every field of the run's context (`run.json`):
 
 {_table(("field", "value"), [(k, _value(v)) for k, v in sorted(ctx.items())])}
-{_history_section(settings.get("history") or [])}
+{_unrecorded_note(settings.get("unrecorded") or [])}{_history_section(history)}
 ## Templates
 
 {_template_section(method, templates)}

@@ -90,6 +90,9 @@ class Run:
     folder name, as for runs made before ``run.json`` recorded an id)."""
     id_recorded: bool = field(default=True, compare=False)
     """False for a ``run.json`` without an id (written on the next start or resume)."""
+    unrecorded: frozenset[str] = field(default=frozenset(), compare=False)
+    """Context fields ``run.json`` does not hold (the run was made before they existed): the
+    loaded context has today's defaults for them, which that run may not have used."""
 
     def __post_init__(self) -> None:
         self.run_id = self.run_id or self.folder.name
@@ -199,6 +202,7 @@ class Run:
             list(data.get("history") or []),
             run_id_from(data, folder),
             id_recorded=bool(data.get("id")),
+            unrecorded=frozenset(known - set(recorded) - {"data_path"}),
         )
 
 

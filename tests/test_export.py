@@ -176,6 +176,21 @@ def test_settings_leave_out_credentials_and_local_paths(tmp_path):
     assert "pw@" not in card and "s3cret" not in card
 
 
+def test_settings_a_run_predates_are_not_shown_as_recorded(stub, tmp_path):
+    """An older run.json lacks later fields: the card must not state today's default for them."""
+    run = _run_folder(stub, tmp_path / "old")
+    data = json.loads((run.folder / "run.json").read_text())
+    del data["context"]["summary_overflow"]  # as a run made before the setting existed
+    (run.folder / "run.json").write_text(json.dumps(data))
+    settings = run_settings(Run.load(run.folder))
+    assert "summary_overflow" not in settings["context"]
+    assert settings["unrecorded"] == ["summary_overflow"]
+    assert main(["export", str(run.folder)]) == 0
+    card = (run.folder / "export" / "README.md").read_text()
+    assert "| summary_overflow |" not in card
+    assert "Not recorded" in card and "`summary_overflow`" in card
+
+
 def test_changed_templates_are_recorded_from_their_round(tmp_path):
     with RunStore(tmp_path / "run.sqlite", "r") as store:
         store.record_templates(1, {"responder": "a"})
