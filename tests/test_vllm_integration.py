@@ -17,6 +17,8 @@ import pytest
 
 from graph.runner import Run
 from graph.seeds import read_seeds
+from nodes.filters import overlaps
+from nodes.rule_check import summary_names, summary_size
 from tools.store import RunStore
 
 pytestmark = pytest.mark.vllm
@@ -60,10 +62,14 @@ def test_data_advisor_on_embedded_vllm(tmp_path):
     assert len(samples) + rejected == 12
     assert all(s["response"] is not None for s in samples)
     assert all(s["generator_model"] == "SmolLM2-135M-Instruct" for s in samples)
-    # the summary grew: the rule check keeps old lines and adds new categories
+    # the rule check keeps every category and adds each novel weakness (whatever SmolLM2
+    # names: a repeated weakness adds nothing, and lines may become groups)
     seeds = read_seeds("categories")
     final = rounds[-1]["summary_after"]
-    assert final[: len(seeds)] == seeds and len(final) > len(seeds)
+    assert all(overlaps(seed, summary_names(final)) for seed in seeds), final
+    for r in rounds:
+        grew = summary_size(r["summary_after"]) - summary_size(r["summary_before"])
+        assert grew >= (1 if r["weakness_novel"] else 0), r
     assert all(r["rule_check"] in {"accepted", "corrected"} for r in rounds)
 
     # clean shutdown: no vLLM process left, port free
