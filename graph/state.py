@@ -27,7 +27,8 @@ class State:
     """The weakness (harm category) targeted by the round in progress."""
     weakness_novel: bool = True
     proposed_summary: list[str] = field(default_factory=list)
-    """The summarizer's update, before the rule check."""
+    """The summarizer's update, before the rule check; emptied once the rule check has used
+    it (the round record keeps it as ``summary_proposed``)."""
     prompt_ids: list[str] = field(default_factory=list)
     """Ids of the round's kept prompts in the run store."""
     round_prompts: list[str] = field(default_factory=list)

@@ -357,4 +357,6 @@ def rule_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         rule_check="corrected" if corrections else "accepted",
         timing=("rule_check", watch.seconds, 0),
     )
-    return {"summary": summary}
+    # the proposal is consumed (the round record keeps it): every later checkpoint of the run
+    # would carry a second copy of the summary
+    return {"summary": summary, "proposed_summary": []}

@@ -51,8 +51,8 @@ def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     proposed = parse_summary(str(answer.content))[: 2 * ctx.max_summary_lines]
     update: dict[str, Any] = {"proposed_summary": proposed}
     fields: dict[str, Any] = {"summary_proposed": proposed}
-    if not ctx.rule_check:
-        update["summary"] = proposed[-ctx.max_summary_lines :]
+    if not ctx.rule_check:  # taken as it is: no rule check will consume the proposal
+        update = {"summary": proposed[-ctx.max_summary_lines :], "proposed_summary": []}
         fields |= {"summary_after": update["summary"], "rule_check": "skipped"}
     store.update_round(
         state.round, **fields, timing=("summarizer", watch.seconds, output_tokens([answer]))

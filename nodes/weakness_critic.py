@@ -53,10 +53,8 @@ def similar_earlier(rejected: list[str], earlier: list[str], listed: list[str],
 def recent_repeats(store: RunStore, round_: int) -> list[str]:
     """The critic's rejected answers of the last ``RECENT_ROUNDS`` rounds (newest first)."""
     found: list[str] = []
-    for earlier in range(round_ - 1, max(0, round_ - 1 - RECENT_ROUNDS), -1):
-        record = store.get_round(earlier) or {}
-        found += [a for a in record.get("critic_attempts") or [] if a and a != record.get(
-            "weakness")]
+    for weakness, attempts in store.critic_attempts(max(1, round_ - RECENT_ROUNDS), round_):
+        found += [a for a in attempts if a and a != weakness]
     return list(dict.fromkeys(found))
 
 

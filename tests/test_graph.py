@@ -150,6 +150,11 @@ def test_summarizer_and_responder_run_side_by_side(stub, context, tmp_path):
         assert steps == [("__start__",), ("load_seeds",), *one_round, *one_round]
         assert state.round == 2 and state.responses == 6 and len(state.summary) == 12
         assert all(r["responses"] == 3 for r in store.rounds())
+        # the proposal is emptied once used (the round record keeps it): the checkpoints of
+        # the next round carry one copy of the summary, not two
+        assert state.proposed_summary == [] and all(r["summary_proposed"] for r in store.rounds())
+        later = [h for h in history if h.next == ("weakness_critic",) and h.values.get("summary")]
+        assert later and not any(h.values.get("proposed_summary") for h in later)
 
 
 def test_self_instruct_baseline(stub, context):

@@ -79,3 +79,14 @@ def test_summary_overflow_is_validated():
         Context(summary_overflow="forget")
     with pytest.raises(ValueError, match="max_line_children"):
         Context(max_line_children=0)
+
+
+def test_critic_attempts_reads_a_range_of_rounds_newest_first(tmp_path):
+    from tools.store import RunStore
+
+    with RunStore(tmp_path / "run.sqlite", "r1") as store:
+        for n in range(1, 6):
+            store.update_round(n, weakness=f"W{n}", critic_attempts=[f"A{n}", f"W{n}"],
+                               summary_before=["big"] * 3)
+        got = store.critic_attempts(2, 5)
+    assert got == [("W4", ["A4", "W4"]), ("W3", ["A3", "W3"]), ("W2", ["A2", "W2"])]

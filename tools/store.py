@@ -8,7 +8,10 @@ duplicates them. Tables (all keyed by ``run_id``, so one file may hold many runs
 - ``rejections``: generator outputs that were filtered out, with the reason.
 - ``pool``: in-context examples (the seeds, then one prompt per round).
 - ``rounds``: one row per round: weakness, summary before/after, rule-check verdict, counts,
-  timings and tokens per node.
+  timings and tokens per node. The summary before the round is stored in full; the proposed
+  and the checked summary as an edit of it (:func:`summary_edit`) when that is shorter, so a
+  record does not hold three copies of a long summary. The readers here return full lists;
+  files written before this hold full lists, read as they are.
 - ``templates``: the sha256 of every prompt template a run started (or restarted) with, and the
   first round it applied to, so an export can say which templates wrote the data.
 
@@ -20,6 +23,7 @@ that a crash mid-write leaves the old file, never half of one.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -90,6 +94,9 @@ def run_id_of_store(db_path: str | Path) -> str | None:
             "from a backup"
         ) from None
     return run_id_from(data, db_path.parent)
+
+_EDITED_SUMMARIES = ("summary_proposed", "summary_after")
+"""Round columns stored as an edit of ``summary_before`` (see :func:`summary_edit`)."""
 
 _JSON_COLUMNS = {
     "summary_before",
@@ -397,14 +404,53 @@ class RunStore:
         with self.transaction():
             if timing is not None:
                 node, seconds, tokens = timing
-                current = self.get_round(round_) or {}
+                current = self._round_columns(round_, ("timings", "tokens", "ended_at"))
                 fields["timings"] = {**(current.get("timings") or {}), node: round(seconds, 4)}
                 fields["tokens"] = {**(current.get("tokens") or {}), node: tokens}
                 fields["ended_at"] = max(time.time(), current.get("ended_at") or 0.0)
+            if fields.keys() & {"summary_before", *_EDITED_SUMMARIES}:
+                fields = self._edited_summaries(round_, fields)
             row = {"run_id": self.run_id, "round": round_}
             for key, value in fields.items():
                 row[key] = json.dumps(value) if key in _JSON_COLUMNS else value
             self.db["rounds"].upsert(row, pk=("run_id", "round"))
+
+    def _edited_summaries(self, round_: int, fields: dict[str, Any]) -> dict[str, Any]:
+        """``fields`` with the proposed and checked summaries as edits of the round's summary
+        before; a new summary before re-encodes the ones already stored against it."""
+        stored = self._round_columns(round_, ("summary_before", *_EDITED_SUMMARIES))
+        base = fields.get("summary_before", stored.get("summary_before"))
+        if not isinstance(base, list):
+            return fields
+        fields = dict(fields)
+        for column in _EDITED_SUMMARIES:
+            if column in fields:
+                value = fields[column]
+            elif "summary_before" in fields and stored.get(column) is not None:
+                value = stored[column]  # decoded against the summary before it replaces
+            else:
+                continue
+            fields[column] = summary_edit(base, value) if isinstance(value, list) else value
+        return fields
+
+    def _round_columns(self, round_: int, columns: Sequence[str]) -> dict[str, Any]:
+        """Some columns of a round's record, JSON decoded (``{}`` without a record): a node
+        adding its timing need not decode the record's summaries."""
+        rows = self._rows(
+            f"select {', '.join(columns)} from rounds where run_id = ? and round = ?",
+            [self.run_id, round_],
+        )
+        return _decode(rows[0]) if rows else {}
+
+    def critic_attempts(self, since: int, before: int) -> list[tuple[str | None, list[str]]]:
+        """``(weakness, critic attempts)`` of the rounds ``since <= round < before``, the most
+        recent first (one query, without the records' summaries)."""
+        rows = self._rows(
+            "select weakness, critic_attempts from rounds where run_id = ? and round >= ? "
+            "and round < ? order by round desc",
+            [self.run_id, since, before],
+        )
+        return [(r["weakness"], _decode(r).get("critic_attempts") or []) for r in rows]
 
     def get_round(self, round_: int) -> dict[str, Any] | None:
         """One round's record, JSON decoded."""
@@ -482,8 +528,38 @@ def close_shared(path: str | Path | None = None) -> None:
             _SHARED.pop(key).close()
 
 
+def summary_edit(base: list[str], summary: list[str]) -> list[str] | dict[str, Any]:
+    """``summary`` as an edit of ``base`` when that is shorter, else ``summary`` itself.
+
+    The edit is ``{"edit_of": "summary_before", "parts": [...]}``: each part a ``[start, end]``
+    slice of ``base`` or a line of its own, in order (:func:`apply_summary_edit`).
+    """
+    parts: list[Any] = []
+    matcher = difflib.SequenceMatcher(None, base, summary, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            parts.append([i1, i2])
+        elif tag != "delete":
+            parts += summary[j1:j2]
+    edit = {"edit_of": "summary_before", "parts": parts}
+    return edit if len(json.dumps(edit)) < len(json.dumps(summary)) else summary
+
+
+def apply_summary_edit(base: list[str], edit: dict[str, Any]) -> list[str]:
+    """The summary a :func:`summary_edit` of ``base`` stands for."""
+    lines: list[str] = []
+    for part in edit["parts"]:
+        lines += base[part[0]:part[1]] if isinstance(part, list) else [part]
+    return lines
+
+
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
-    return {
+    decoded = {
         k: (json.loads(v) if k in _JSON_COLUMNS and isinstance(v, str) else v)
         for k, v in row.items()
     }
+    base = decoded.get("summary_before")
+    for column in _EDITED_SUMMARIES:
+        if isinstance(decoded.get(column), dict) and isinstance(base, list):
+            decoded[column] = apply_summary_edit(base, decoded[column])
+    return decoded
