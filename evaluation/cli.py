@@ -440,7 +440,7 @@ def target_endpoint(
     ``--adapter-name`` (checked at its ``/v1/models``): without that name the request would
     go to the base model, so it is refused.
     """
-    from evaluation.identity import adapter_identity, check_served, served_base
+    from evaluation.identity import adapter_identity, served_base
 
     if args.adapter_name and not args.adapter:
         raise ValueError("--adapter-name needs --adapter (the adapter's folder: its content "
@@ -454,9 +454,7 @@ def target_endpoint(
                              "server serves the adapter under (vLLM: --lora-modules NAME=PATH); "
                              "without it the base model would answer")
         endpoint = Endpoint(args.base_url, args.adapter_name or model, args.api_key_env)
-        if args.adapter:
-            check_served(endpoint, "the adapter")
-        base = served_base(Endpoint(args.base_url, model, args.api_key_env), model)
+        base = served_base(endpoint, model, args.adapter_name if args.adapter else None)
         yield endpoint, base, {"server": args.base_url, "served_name": endpoint.model,
                                "base_served_name": model}
         return

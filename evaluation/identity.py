@@ -259,22 +259,24 @@ def served_models(endpoint: Endpoint) -> dict[str, str | None]:
         client.close()
 
 
-def served_base(endpoint: Endpoint, name: str) -> str:
-    """What identifies the base model served as ``name``: the ``root`` the server lists for
-    it (two servers that loaded the same weights under other names share caches; two that
-    serve other weights under one name do not), else the served name itself."""
+def served_base(endpoint: Endpoint, base: str, adapter_name: str | None = None) -> str:
+    """What identifies the base model a server serves as ``base``, from one ``/v1/models``
+    listing: the ``root`` it lists (two servers that loaded the same weights under other names
+    share caches; two that serve other weights under one name do not), else the name itself.
+
+    With ``adapter_name``, a :class:`ValueError` unless the server lists it (a request to a
+    name it does not serve would not reach the adapter).
+    """
     try:
-        root = served_models(endpoint).get(name)
+        listed = served_models(endpoint)
     except EndpointError:
-        return name  # the evaluation's first request will say what is wrong with the server
-    return str(root) if root else name
-
-
-def check_served(endpoint: Endpoint, what: str) -> None:
-    """Raise ValueError unless the server lists ``endpoint.model`` at ``/v1/models``."""
-    names = sorted(served_models(endpoint))
-    if endpoint.model not in names:
+        if adapter_name is not None:
+            raise
+        return base  # the evaluation's first request will say what is wrong with the server
+    if adapter_name is not None and adapter_name not in listed:
         raise ValueError(
-            f"{endpoint.base_url} does not serve {what} {endpoint.model!r} (it serves: "
-            f"{', '.join(names) or 'nothing'}); give the name it serves it under"
+            f"{endpoint.base_url} does not serve the adapter {adapter_name!r} (it serves: "
+            f"{', '.join(sorted(listed)) or 'nothing'}); give the name it serves it under"
         )
+    root = listed.get(base)
+    return str(root) if root else base

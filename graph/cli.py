@@ -35,7 +35,13 @@ from graph.runner import (
     run_lock,
     storage_error,
 )
-from tools.helpformat import HelpFormatter, add_command, positive_int
+from tools.helpformat import (
+    HelpFormatter,
+    add_command,
+    non_negative_int,
+    positive_int,
+    positive_seconds,
+)
 from tools.llm import EndpointError
 from tools.server import ServerError
 from tools.store import RunStore
@@ -46,24 +52,6 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 ROLES = ("advisor", "generator", "responder")
-
-
-def _seconds(text: str) -> float:
-    """An argparse type: a positive number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"give a positive number of seconds, not {text!r}")
-    return value
-
-
-def _retries(text: str) -> int:
-    """An argparse type: a number of retries, 0 or more."""
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"give a whole number, 0 or more, not {text!r}")
-    return int(text)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -130,16 +118,16 @@ def _add_wait_options(p: argparse.ArgumentParser, *, resume: bool) -> None:
         return " (default: as recorded in run.json)" if resume else _or_env(name)
 
     p.add_argument(
-        "--request-timeout", type=_seconds,
+        "--request-timeout", type=positive_seconds,
         help="seconds one try of a request may take" + default("request_timeout"),
     )
     p.add_argument(
-        "--max-retries", type=_retries,
+        "--max-retries", type=non_negative_int,
         help="tries after the first of a request, on connection errors, timeouts, 429, 5xx and "
         "malformed answers (with backoff)" + default("max_retries"),
     )
     p.add_argument(
-        "--node-timeout", type=_seconds,
+        "--node-timeout", type=positive_seconds,
         help="seconds one request may take in all, retries included: how long a node waits for "
         "a hung server before the run stops" + default("node_timeout"),
     )
