@@ -462,7 +462,8 @@ def check_consistent(run: Run, values: Mapping[str, Any], store: RunStore) -> No
     round (its nodes write before their checkpoint is saved, and a round whose last step has no
     checkpoint runs again), never behind it: every round before it finished, and no fewer
     rows than the checkpoint counts. A round the store finished beyond the checkpoint's means
-    the checkpoints were lost.
+    the checkpoints were lost, unless it is the next one and some of its nodes did not finish:
+    that round was stepped back to run again.
     """
     at, kept = int(values.get("round") or 0), int(values.get("kept") or 0)
     records = {r["round"]: r for r in store.rounds()}
@@ -471,7 +472,10 @@ def check_consistent(run: Run, values: Mapping[str, Any], store: RunStore) -> No
         _check_run_id(run, store)
         return
     done = sorted(r for r, rec in records.items() if rec.get("finished_at"))
-    if [r for r in done if r > at] or max(records, default=0) > at + 1:
+    beyond = [r for r in done if r > at]
+    if beyond == [at + 1] and round_unfinished(store, State(round=at + 1), run.context):
+        beyond = []  # a round stepped back to run again (``load_seeds``), not lost checkpoints
+    if beyond or max(records, default=0) > at + 1:
         raise RunError(
             f"{run.checkpoint_path} is at round {at} ({kept} prompts kept) but {run.db_path} "
             f"holds {sum(rows.values())} prompts of {len(done)} finished rounds "

@@ -292,6 +292,30 @@ def test_a_stepped_back_round_is_not_counted_twice(tmp_path, stub, capsys):
     assert _status(folder, capsys)["prompts"] == 6
 
 
+def test_a_stop_right_after_a_round_is_stepped_back_is_not_taken_for_lost_checkpoints(
+    tmp_path, stub, capsys
+):
+    """Killed during round 2's rule check (its responder had finished), then stopped again
+    right after resume stepped the round back (the checkpoint says round 1, the store holds a
+    round 2 with a finished responder): the next resume runs round 2 again, it does not report
+    lost checkpoints."""
+    folder = _finished(tmp_path, stub, rounds=2)
+    with RunStore(folder / "run.sqlite", _run_id(folder)) as store:
+        record = store.get_round(2)
+        assert record["finished_at"] and "rule_check" in record["timings"]
+        store.update_round(2, timings={k: v for k, v in record["timings"].items()
+                                       if k != "rule_check"})
+    stub.failures.append(400)  # the critic's first call after the step back fails at once
+    assert main(["resume", str(folder), "--no-progress"]) == 1
+    assert "400" in capsys.readouterr().err
+    assert _status(folder, capsys)["state"] == "in progress"
+    assert main(["resume", str(folder), "--no-progress"]) == 0, capsys.readouterr().err
+    assert "6 prompts kept, 6 answered" in capsys.readouterr().err
+    with RunStore(folder / "run.sqlite", _run_id(folder)) as store:
+        assert "rule_check" in store.get_round(2)["timings"]
+        assert len(list(store.samples())) == 6
+
+
 # --- 5. storage failures are one line naming the file --------------------------------------------
 
 
