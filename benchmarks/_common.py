@@ -27,13 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere, without an install
     sys.path.insert(0, str(ROOT))
 
-from tools.stub_server import (  # noqa: E402
-    CATEGORY_MARKER,
-    REQUEST_MARKER,
-    SUMMARY_MARKER,
+from testing.stub_server import (  # noqa: E402
     StubServer,
     data_advisor_handler,
     last_user_text,
+    recognise_node,
 )
 
 Kind = Literal["critic", "generator", "summarizer", "responder"]
@@ -41,16 +39,18 @@ Call = tuple[float, float, Kind]
 """One completion request as the server saw it: arrived, answered (``perf_counter``), kind."""
 
 
+_KINDS: dict[str, Kind] = {
+    "weakness_critic": "critic",
+    "generator": "generator",
+    "self_instruct_generator": "generator",
+    "summarizer": "summarizer",
+    "responder": "responder",
+}
+
+
 def request_kind(body: dict[str, Any]) -> Kind:
-    """Which node sent a chat request (by the ending of its last user message)."""
-    text = last_user_text(body).rstrip()
-    if text.endswith(CATEGORY_MARKER):
-        return "critic"
-    if text.endswith(REQUEST_MARKER):
-        return "generator"
-    if text.endswith(SUMMARY_MARKER):
-        return "summarizer"
-    return "responder"
+    """Which node sent a chat request (as the stub recognises it)."""
+    return _KINDS[recognise_node(last_user_text(body))]
 
 
 @dataclass

@@ -40,8 +40,8 @@ from _common import RequestLog, table
 from graph.context import Context
 from graph.graph import compile_graph
 from graph.runner import Run, checkpointer, create_run
+from testing.stub_server import StubServer, reset_request_counter
 from tools.store import RunStore
-from tools.stub_server import StubServer, reset_request_counter
 
 WINDOW = 50
 """Rounds averaged at the start and at the end."""

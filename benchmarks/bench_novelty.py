@@ -2,7 +2,7 @@
 
 Each design is a Data Advisor run folder created as the CLI does (``graph.runner.create_run``),
 streamed with the runner's SQLite checkpointer against the loopback stub server with no
-latency. The stub answers every node as usual (``tools.stub_server.data_advisor_handler``)
+latency. The stub answers every node as usual (``testing.stub_server.data_advisor_handler``)
 except the weakness critic, which is :class:`UniverseCritic`: it draws harm categories from a
 universe of 2,000 ``parent: child`` categories (80 parents x 25 kinds, ``Pensioner fraud``), in
 a fixed order of preference (seeded), and avoids only the categories it can see in the prompt
@@ -50,14 +50,14 @@ from graph.runner import checkpointer, create_run
 from nodes import generator as generator_node
 from nodes.filters import content_words
 from nodes.rule_check import summary_size
-from tools.store import RunStore
-from tools.stub_server import (
+from testing.stub_server import (
     CATEGORY_MARKER,
     StubServer,
     data_advisor_handler,
     last_user_text,
     reset_request_counter,
 )
+from tools.store import RunStore
 
 PARENTS = (
     "fraud stalking smuggling poaching piracy bribery extortion arson kidnapping trafficking "

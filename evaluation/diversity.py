@@ -5,9 +5,10 @@ of distinct word n-grams divided by the number of all word n-grams, for n = 1..8
 distinct-n falls as a data set grows, sets of different sizes are compared at an equal size:
 the mean over a few random subsamples of exactly ``size`` prompts (`distinct_at_size`).
 
-Tokens are `nodes.filters.words` (lower-case words); n-grams never cross prompt boundaries.
-Near-duplicates use the generator's definition (`nodes.filters.DuplicateFilter`): same
-normalised text, or Jaccard similarity of word uni+bigram shingles >= a threshold.
+Tokens are `tools.text.words` (case-folded words); n-grams (`tools.text.ngram_counts`) never
+cross prompt boundaries. Near-duplicates use the generator's definition
+(`tools.text.DuplicateFilter`): same normalised text, or Jaccard similarity of word uni+bigram
+shingles >= a threshold.
 
 `evaluate_diversity` bundles everything into one JSON-ready result (``kind: "diversity"``) and
 `write_result` stores it as ``<out_dir>/diversity-<name>.json``. The name is the data set's own
@@ -29,28 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.data import Question, load_prompts
-from nodes.filters import DuplicateFilter, normalize, words
+from tools.files import write_json
+from tools.text import DuplicateFilter, ngram_counts, normalize
 
 NS = range(1, 9)
 
 
-def _ngram_counts(prompts: Sequence[str], n: int) -> tuple[int, int]:
-    """(distinct, total) word n-grams over the prompts."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    seen: set[tuple[str, ...]] = set()
-    total = 0
-    for prompt in prompts:
-        toks = words(prompt)
-        grams = [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
-        total += len(grams)
-        seen.update(grams)
-    return len(seen), total
-
-
 def distinct_n(prompts: Sequence[str], n: int) -> float:
     """Distinct word n-grams / all word n-grams across the prompts (0.0 when there are none)."""
-    distinct, total = _ngram_counts(prompts, n)
+    distinct, total = ngram_counts(prompts, n)
     return distinct / total if total else 0.0
 
 
@@ -62,7 +50,7 @@ def distinct_curve(prompts: Sequence[str], ns: Iterable[int] = NS) -> dict[int, 
 def ngram_totals(prompts: Sequence[str], ns: Iterable[int] = NS) -> dict[int, int]:
     """The number of word n-grams for every n in ``ns``: 0 where every prompt is shorter than
     n words, so that distinct-n's 0.0 there means "no n-grams", not "no diversity"."""
-    return {n: _ngram_counts(prompts, n)[1] for n in ns}
+    return {n: ngram_counts(prompts, n)[1] for n in ns}
 
 
 def distinct_at_size(
@@ -91,7 +79,7 @@ def distinct_at_size(
 def category_stats(questions: Iterable[Question]) -> dict[str, Any]:
     """Distinct categories and prompts per category (most first; empty categories excluded).
 
-    Categories are grouped by `nodes.filters.normalize` (case, punctuation, ``_`` ignored) and
+    Categories are grouped by `tools.text.normalize` (case, punctuation, ``_`` ignored) and
     reported under their first-seen spelling. Returns ``{"categories": int,
     "prompts_per_category": {category: count}}``.
     """
@@ -111,7 +99,7 @@ def category_stats(questions: Iterable[Question]) -> dict[str, Any]:
 
 def near_duplicate_flags(prompts: Sequence[str], threshold: float = 0.8) -> list[bool]:
     """For each prompt, whether it is an exact or near duplicate of an earlier prompt: the
-    generator's own `nodes.filters.DuplicateFilter`, fed the prompts in order."""
+    generator's own `tools.text.DuplicateFilter`, fed the prompts in order."""
     seen = DuplicateFilter([], threshold)
     flags = []
     for prompt in prompts:
@@ -209,8 +197,12 @@ def resolve_source(source: str | Path) -> tuple[str | Path, str, str]:
     return load, path.stem, "file name"
 
 
-def _default_name(source: str | Path) -> str:
-    """The name `resolve_source` gives ``source`` (used for reference files by experiments)."""
+def source_name(source: str | Path) -> str:
+    """The name a data set's diversity result gets (`resolve_source`): a run's id, an export's
+    dataset-card title, an ``hf:`` id, else the file's stem or the folder's name.
+
+    An experiment names its reference data sets (CatQA, ...) by it before loading them.
+    """
     return resolve_source(source)[1]
 
 
@@ -312,6 +304,5 @@ def write_result(result: dict[str, Any], out_dir: Path) -> Path:
         result["name"] = f"{result['name']}-{suffix}"
         result["name_note"] = note
         path = result_path("diversity", result["name"], out_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    write_json(path, result)
     return path

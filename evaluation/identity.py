@@ -27,7 +27,8 @@ from typing import Any
 
 import openai
 
-from tools.llm import Endpoint, EndpointError
+from tools.files import write_json
+from tools.llm import Endpoint, EndpointError, openai_client
 
 RESULT_KINDS = ("safety", "overrefusal", "utility")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -167,10 +168,7 @@ def claim_cache(out_file: Path, parts: Mapping[str, Any], has_rows: bool, what: 
                 f"{out_file} holds {what} generated with {old}, not {parts}; "
                 "use another label or out_dir, or delete the file"
             )
-    meta_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = meta_file.with_name(meta_file.name + ".tmp")
-    tmp.write_text(json.dumps(parts, indent=2, ensure_ascii=False) + "\n", "utf-8")
-    tmp.replace(meta_file)
+    write_json(meta_file, parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,8 +246,6 @@ def file_part(text: str) -> str:
 def served_models(endpoint: Endpoint) -> dict[str, str | None]:
     """The model ids a server lists at ``/v1/models``, each with its ``root`` (what vLLM
     loaded it from: an HF id or path; None where the server does not say)."""
-    from evaluation.judges import openai_client
-
     client = openai_client(endpoint)
     try:
         return {m.id: getattr(m, "root", None) for m in client.models.list()}

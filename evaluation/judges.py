@@ -25,20 +25,16 @@ Policies (the same for every judge):
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
 import openai
 
 from evaluation.identity import canonical_hash
-from tools.llm import Endpoint, EndpointError
+from tools.llm import Endpoint, EndpointError, map_in_order, openai_client
 
-T = TypeVar("T")
-R = TypeVar("R")
 Pair = tuple[str, str]
 """(user prompt, model response)."""
 
@@ -427,37 +423,6 @@ def parse_llama_guard(text: str, version: Literal[1, 3]) -> tuple[bool | None, l
     return False, codes
 
 
-def openai_client(endpoint: Endpoint) -> openai.OpenAI:
-    """An OpenAI client for an endpoint (key from ``endpoint.api_key_env`` or ``"EMPTY"``).
-
-    Transient errors are retried by the client (``endpoint.max_retries``, exponential backoff).
-    """
-    return openai.OpenAI(
-        base_url=endpoint.base_url,
-        api_key=os.environ.get(endpoint.api_key_env) or "EMPTY",
-        timeout=endpoint.timeout,
-        max_retries=endpoint.max_retries,
-    )
-
-
-def map_concurrently(fn: Callable[[T], R], items: Iterable[T], max_concurrency: int) -> list[R]:
-    """``[fn(x) for x in items]`` on up to ``max_concurrency`` threads, in order.
-
-    The first exception cancels what has not started and is raised.
-    """
-    items = list(items)
-    if not items:
-        return []
-    with ThreadPoolExecutor(max_workers=max(1, min(max_concurrency, len(items)))) as pool:
-        futures = [pool.submit(fn, x) for x in items]
-        try:
-            return [f.result() for f in futures]
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-
-
 @dataclass
 class LlamaGuardJudge:
     """Llama Guard 1 or 3 behind an OpenAI-compatible ``/v1/completions`` endpoint.
@@ -467,6 +432,7 @@ class LlamaGuardJudge:
     For version 3 the leading ``<|begin_of_text|>`` is not sent: the server's tokenizer adds
     the BOS token itself (vLLM does for completions), and sending it too would double it.
     A request that still fails after the client's retries raises :class:`EndpointError`.
+    Requests run by :func:`tools.llm.map_in_order`: the first failure starts no more.
     """
 
     endpoint: Endpoint
@@ -523,7 +489,7 @@ class LlamaGuardJudge:
             )
 
         try:
-            return map_concurrently(one, pairs, self.max_concurrency)
+            return map_in_order(one, pairs, self.max_concurrency)
         finally:
             client.close()
 

@@ -2,8 +2,9 @@
 
 1. :func:`generate_responses`: the target model answers every question (chat completions with
    the model's own chat template, or ``/v1/completions`` with an Alpaca-style template for base
-   models); answers are appended to a JSONL file as they arrive, and a second call skips ids
-   already there (resumable after a crash or Ctrl-C).
+   models), concurrently (:func:`tools.llm.map_concurrently`); answers are appended to a JSONL
+   file as they arrive, and a second call skips ids already there (resumable after a crash or
+   Ctrl-C).
 2. :func:`judge_responses`: a judge (:mod:`evaluation.judges`) labels every response; also
    appended to a JSONL file and resumable.
 3. :func:`evaluate_safety` / :func:`evaluate_overrefusal`: run both and write a result JSON
@@ -30,18 +31,13 @@ A LoRA adapter is evaluated through the server that serves it: ``EmbeddedServer(
 
 from __future__ import annotations
 
-import json
-import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import openai
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from evaluation.data import Question, subset
 from evaluation.identity import (
@@ -54,15 +50,9 @@ from evaluation.identity import (
     model_identity,
     questions_hash,
 )
-from evaluation.judges import (
-    MEASURE_LABELS,
-    Judge,
-    Judgment,
-    RefusalJudge,
-    make_judge,
-    openai_client,
-)
-from tools.llm import Endpoint, EndpointError
+from evaluation.judges import MEASURE_LABELS, Judge, Judgment, RefusalJudge, make_judge
+from tools.files import append_jsonl, read_jsonl, write_json
+from tools.llm import Endpoint, EndpointError, batch_progress, map_concurrently, openai_client
 
 PromptFormat = Literal["chat", "plain"]
 
@@ -74,83 +64,7 @@ PLAIN_STOP = ["### Instruction:"]
 UNCATEGORIZED = "uncategorized"
 
 
-# --------------------------------------------------------------------------------------------
-# JSONL helpers
-# --------------------------------------------------------------------------------------------
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file ([] if missing); unparsable lines (a line cut by a
-    crash) are skipped."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text("utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-class _Appender:
-    """Appends JSON lines to a file, flushing after every ``every`` rows and on close."""
-
-    def __init__(self, path: Path, every: int = 8) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.stat().st_size:
-            with path.open("rb") as f:
-                f.seek(-1, os.SEEK_END)
-                cut = f.read(1) != b"\n"  # a crash cut the last line: start a new one
-        else:
-            cut = False
-        self.file = path.open("a", encoding="utf-8")
-        if cut:
-            self.file.write("\n")
-        self.every, self.pending = max(1, every), 0
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self.pending += 1
-        if self.pending >= self.every:
-            self.file.flush()
-            self.pending = 0
-
-    def close(self) -> None:
-        self.file.close()
-
-    def __enter__(self) -> _Appender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")
-    tmp.replace(path)
-
-
-def _progress(description: str, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn(description),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-
-
 _slug = file_part
-
-
 
 
 def _check_unique(questions: Sequence[Question]) -> None:
@@ -164,52 +78,6 @@ def _check_unique(questions: Sequence[Question]) -> None:
 # --------------------------------------------------------------------------------------------
 # Generation
 # --------------------------------------------------------------------------------------------
-
-
-def _run_streaming(
-    items: Sequence[Any],
-    fn: Callable[[Any], Any],
-    on_result: Callable[[Any, Any], None],
-    max_concurrency: int,
-) -> None:
-    """Call ``fn`` on every item, at most ``max_concurrency`` at a time, and hand each result
-    to ``on_result(item, result)`` on this thread as it arrives.
-
-    The first error stops submitting, lets the running calls finish (their results are kept)
-    and is raised. An interrupt (Ctrl-C) returns at once, without waiting for running calls.
-    """
-    max_concurrency = max(1, max_concurrency)
-    queue = iter(items)
-    running: dict[Future[Any], Any] = {}
-    error: BaseException | None = None
-    pool = ThreadPoolExecutor(max_workers=max_concurrency)
-
-    def fill() -> None:
-        for item in queue:
-            running[pool.submit(fn, item)] = item
-            if len(running) >= max_concurrency:
-                return
-
-    try:
-        fill()
-        while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                item = running.pop(future)
-                try:
-                    result = future.result()
-                except Exception as exc:  # re-raised once the running calls are in
-                    error = error or exc
-                    continue
-                on_result(item, result)
-            if error is None:
-                fill()
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-    if error is not None:
-        raise error
 
 
 def _generation_meta(
@@ -298,20 +166,17 @@ def generate_responses(
             raise EndpointError("target", endpoint, exc) from exc
 
     with (
-        _Appender(out_file) as sink,
-        _progress(f"responses {endpoint.model}", progress) as bar,
+        append_jsonl(out_file, flush_every=8) as write,
+        batch_progress(f"responses {endpoint.model}", enabled=progress) as bar,
     ):
         task = bar.add_task("", total=len(questions), completed=len(responses))
-
-        def keep(q: Question, response: str) -> None:
-            sink.write(
-                {"id": q.id, "prompt": q.prompt, "category": q.category, "response": response}
-            )
-            responses[q.id] = response
-            bar.advance(task)
-
         try:
-            _run_streaming(todo, ask, keep, max_concurrency)
+            for index, response in map_concurrently(ask, todo, max_concurrency):
+                q = todo[index]
+                write({"id": q.id, "prompt": q.prompt, "category": q.category,
+                       "response": response})
+                responses[q.id] = response
+                bar.advance(task)
         finally:
             client.close()
     return responses
@@ -368,8 +233,8 @@ def judge_responses(
     if not todo:
         return judgments
     with (
-        _Appender(out_file, every=1) as sink,
-        _progress(f"judging ({judge.name})", progress) as bar,
+        append_jsonl(out_file) as write,
+        batch_progress(f"judging ({judge.name})", enabled=progress) as bar,
     ):
         task = bar.add_task("", total=len(items), completed=len(judgments))
         chunk_size = max(1, chunk_size)
@@ -379,7 +244,7 @@ def judge_responses(
             if len(results) != len(chunk):
                 raise RuntimeError(f"judge {judge.name} returned {len(results)} for {len(chunk)}")
             for (ident, _, _), result in zip(chunk, results, strict=True):
-                sink.write({"id": ident, **asdict(result)})
+                write({"id": ident, **asdict(result)})
                 judgments[ident] = result
             bar.advance(task, len(chunk))
     return judgments
@@ -581,7 +446,7 @@ def evaluate_safety(
         "empty_responses": sum(not run.responses[q.id].strip() for q in selected),
         **run.fields,
     }
-    _write_json(Path(out_dir) / f"safety-{_slug(dataset)}-{_slug(label)}.json", result)
+    write_json(Path(out_dir) / f"safety-{_slug(dataset)}-{_slug(label)}.json", result)
     return result
 
 
@@ -641,5 +506,5 @@ def evaluate_overrefusal(
         "per_category": _per_category(selected, refused, "refusal_rate"),
         **run.fields,
     }
-    _write_json(Path(out_dir) / f"overrefusal-{_slug(dataset)}-{_slug(label)}.json", result)
+    write_json(Path(out_dir) / f"overrefusal-{_slug(dataset)}-{_slug(label)}.json", result)
     return result

@@ -21,12 +21,9 @@ stopped, and another model never reuses it), and writes the summary
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,7 +38,8 @@ from evaluation.identity import (
     questions_hash,
     served_adapter_identity,
 )
-from tools.llm import Endpoint, EndpointError
+from tools.files import append_jsonl, read_jsonl, write_json
+from tools.llm import Endpoint, EndpointError, batch_progress, map_concurrently, openai_client
 
 if TYPE_CHECKING:
     import openai
@@ -281,17 +279,6 @@ def generate_with_transformers(
 # -- endpoint backend ---------------------------------------------------------------------------
 
 
-def _openai_client(endpoint: Endpoint) -> openai.OpenAI:
-    import openai
-
-    return openai.OpenAI(
-        base_url=endpoint.base_url,
-        api_key=os.environ.get(endpoint.api_key_env) or "EMPTY",
-        timeout=endpoint.timeout,
-        max_retries=endpoint.max_retries,
-    )
-
-
 def letter_from_logprobs(top: dict[str, float] | None, generated: str | None) -> str | None:
     """The letter with the highest log-prob among ``top`` (tokens stripped of spaces).
 
@@ -307,31 +294,35 @@ def letter_from_logprobs(top: dict[str, float] | None, generated: str | None) ->
     return parse_letter(generated)
 
 
-def _map_concurrently(
-    fn: Callable[[MultipleChoice], str | None],
+Ask = Callable[["openai.OpenAI", MultipleChoice], "str | None"]
+"""One item's request through a client: its predicted letter (or None)."""
+
+
+def _ask_all(
+    ask: Ask,
     items: Sequence[MultipleChoice],
     endpoint: Endpoint,
     max_concurrency: int,
     on_result: OnResult | None,
 ) -> list[str | None]:
-    out: list[str | None] = [None] * len(items)
-    if not items:
-        return out
-    with ThreadPoolExecutor(max_workers=max(1, max_concurrency)) as pool:
-        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+    """``ask`` for every item, concurrently (:func:`tools.llm.map_concurrently`); a request that
+    still fails after the client's retries raises :class:`EndpointError` naming the endpoint."""
+    client = openai_client(endpoint)
+
+    def one(item: MultipleChoice) -> str | None:
         try:
-            for future in as_completed(futures):
-                i = futures[future]
-                try:
-                    out[i] = future.result()
-                except Exception as exc:
-                    raise EndpointError("utility", endpoint, exc) from exc
-                if on_result:
-                    on_result(i, out[i])
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+            return ask(client, item)
+        except Exception as exc:  # a malformed answer too: the endpoint is what failed
+            raise EndpointError("utility", endpoint, exc) from exc
+
+    out: list[str | None] = [None] * len(items)
+    try:
+        for i, letter in map_concurrently(one, items, max_concurrency):
+            out[i] = letter
+            if on_result:
+                on_result(i, letter)
+    finally:
+        client.close()
     return out
 
 
@@ -344,9 +335,8 @@ def score_with_endpoint(
     on_result: OnResult | None = None,
 ) -> list[str | None]:
     """Predicted letters from the top log-probs of one greedy token (``/v1/completions``)."""
-    client = _openai_client(endpoint)
 
-    def one(item: MultipleChoice) -> str | None:
+    def one(client: openai.OpenAI, item: MultipleChoice) -> str | None:
         response = client.completions.create(
             model=endpoint.model, prompt=item.prompt, max_tokens=1, temperature=0,
             logprobs=logprobs,
@@ -356,7 +346,7 @@ def score_with_endpoint(
         top = lp.top_logprobs[0] if lp and lp.top_logprobs else None
         return letter_from_logprobs(top, choice.text)
 
-    return _map_concurrently(one, items, endpoint, max_concurrency, on_result)
+    return _ask_all(one, items, endpoint, max_concurrency, on_result)
 
 
 def score_by_generation(
@@ -368,15 +358,14 @@ def score_by_generation(
     on_result: OnResult | None = None,
 ) -> list[str | None]:
     """Predicted letters by greedy generation: the first standalone A-D letter of the output."""
-    client = _openai_client(endpoint)
 
-    def one(item: MultipleChoice) -> str | None:
+    def one(client: openai.OpenAI, item: MultipleChoice) -> str | None:
         response = client.completions.create(
             model=endpoint.model, prompt=item.prompt, max_tokens=max_tokens, temperature=0
         )
         return parse_letter(response.choices[0].text)
 
-    return _map_concurrently(one, items, endpoint, max_concurrency, on_result)
+    return _ask_all(one, items, endpoint, max_concurrency, on_result)
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -384,17 +373,7 @@ def score_by_generation(
 
 def _read_predictions(path: Path) -> dict[str, dict[str, Any]]:
     """Predictions already in the JSONL file, by id (a torn last line is ignored)."""
-    done: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return done
-    for line in path.read_text("utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and "id" in row and "predicted" in row:
-            done[str(row["id"])] = row
-    return done
+    return {str(row["id"]): row for row in read_jsonl(path) if "id" in row and "predicted" in row}
 
 
 def items_sha256(items: Sequence[MultipleChoice]) -> str:
@@ -454,8 +433,6 @@ def evaluate_utility(
     ``unparsed`` counts predictions that are None (no answer letter found); they count as
     wrong.
     """
-    from tqdm.auto import tqdm
-
     if backend not in ("endpoint", "transformers"):
         raise ValueError(f"unknown backend {backend!r}")
     if method not in ("loglik", "generate"):
@@ -506,38 +483,31 @@ def evaluate_utility(
     todo = [it for it in items if it.id not in done]
 
     if todo:
-        if pred_path.exists() and pred_path.stat().st_size:
-            with pred_path.open("rb+") as fh:  # a torn last line must not glue to the next
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    fh.write(b"\n")
-        bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress,
-                   desc=f"MMLU {label}", unit="q")
-        with pred_path.open("a", encoding="utf-8") as fh:
+        with (
+            append_jsonl(pred_path) as write,
+            batch_progress(f"MMLU {label}", enabled=progress) as bar,
+        ):
+            task = bar.add_task("", total=len(items), completed=len(items) - len(todo))
 
             def record(i: int, letter: str | None) -> None:
                 item = todo[i]
                 row = {"id": item.id, "subject": item.subject, "answer": item.answer,
                        "predicted": letter}
-                fh.write(json.dumps(row) + "\n")
-                fh.flush()
+                write(row)
                 done[item.id] = row
-                bar.update(1)
+                bar.advance(task)
 
-            try:
-                if backend == "endpoint" and method == "loglik":
-                    score_with_endpoint(todo, endpoint, max_concurrency, on_result=record)
-                elif backend == "endpoint":
-                    score_by_generation(todo, endpoint, max_tokens,
-                                        max_concurrency=max_concurrency, on_result=record)
-                elif method == "loglik":
-                    score_with_transformers(todo, model, tokenizer, adapter, batch_size, device,
-                                            on_result=record)
-                else:
-                    generate_with_transformers(todo, model, tokenizer, adapter, batch_size,
-                                               device, max_tokens, on_result=record)
-            finally:
-                bar.close()
+            if backend == "endpoint" and method == "loglik":
+                score_with_endpoint(todo, endpoint, max_concurrency, on_result=record)
+            elif backend == "endpoint":
+                score_by_generation(todo, endpoint, max_tokens,
+                                    max_concurrency=max_concurrency, on_result=record)
+            elif method == "loglik":
+                score_with_transformers(todo, model, tokenizer, adapter, batch_size, device,
+                                        on_result=record)
+            else:
+                generate_with_transformers(todo, model, tokenizer, adapter, batch_size,
+                                           device, max_tokens, on_result=record)
 
     predictions = [done[it.id]["predicted"] for it in items]
     per_subject: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -566,7 +536,5 @@ def evaluate_utility(
         "cache_key": key,
         "predictions_file": pred_path.relative_to(out).as_posix(),
     }
-    tmp = summary_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
-    tmp.replace(summary_path)
+    write_json(summary_path, summary)
     return summary

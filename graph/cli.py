@@ -1,8 +1,8 @@
-"""data-advisor: safety-alignment data by dynamic data curation (Data Advisor, arXiv 2410.05269).
+"""The generation commands of ``data-advisor``: run, resume, status, history, export, serve.
 
-It generates harmful prompts with safe responses (Data Advisor or the Self-Instruct baseline)
-against any OpenAI-compatible server, or an embedded vLLM server it starts itself, trains LoRA
-adapters on the data, evaluates models (safety, over-refusal, utility, diversity) and reports.
+:func:`add_commands` registers them on the ``data-advisor`` parser (built, with the other
+packages' commands and the error handling, in :mod:`experiment.cli`, the top layer). Each
+``cmd_*`` function runs one command on a parsed namespace and returns the exit status.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -20,32 +19,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from evaluation.cli import add_commands as add_evaluation_commands
 from graph.context import Context, env_var, field_default, is_variable_name
 from graph.export import FORMATS, export_run, push_to_hub, run_settings
 from graph.graph import METHODS
-from graph.prompts import PromptError
 from graph.runner import (
     WAIT_FIELDS,
     Run,
-    RunError,
     check_not_studio,
     create_run,
     execute,
     run_lock,
-    storage_error,
 )
-from tools.helpformat import (
-    HelpFormatter,
-    add_command,
-    non_negative_int,
-    positive_int,
-    positive_seconds,
-)
-from tools.llm import EndpointError
-from tools.server import ServerError
+from tools.helpformat import add_command, non_negative_int, positive_int, positive_seconds
 from tools.store import RunStore
-from training.cli import add_commands as add_training_commands
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
@@ -325,6 +311,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with RunStore(run.db_path, run.run_id) as store:
         counts = store.counts()
         rounds = store.rounds()
+        next_nodes: tuple[str, ...]
         if run.is_studio:  # the LangGraph server has the checkpoints: the store tells the rest
             values, next_nodes = _studio_values(rounds), ()
             state = "Studio thread (checkpoints kept by the LangGraph server)"
@@ -482,25 +469,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
 
 
-TOP_EXAMPLES = """\
-examples:
-  data-advisor run --rounds 3 --run runs/da1        # generate with the embedded SmolLM2
-  data-advisor history runs/da1                     # what each round did
-  data-advisor export runs/da1                      # JSONL, Parquet, HF datasets folder
-  data-advisor train --safety runs/da1 --instructions alpaca.json --out adapters/da1
-  data-advisor eval diversity runs/da1 runs/si1
-  data-advisor experiment configs/cpu-small.toml    # generate, train, evaluate, report
-
-`data-advisor COMMAND --help` explains each command's options, with their defaults."""
-
-
-def parser() -> argparse.ArgumentParser:
-    """The argument parser."""
-    p = argparse.ArgumentParser(
-        prog="data-advisor", description=__doc__, epilog=TOP_EXAMPLES,
-        formatter_class=HelpFormatter,
-    )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the generation commands (run, resume, status, history, export, serve)."""
     run = add_command(
         sub, "run", "generate data with Data Advisor or Self-Instruct",
         description="Start a new run: generate harmful prompts with safe responses, round by "
@@ -573,69 +543,3 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-model-len", type=int, default=4096, help="context length")
     serve.add_argument("--log", type=Path, help="vLLM's log file (default: runs/serve-vllm.log)")
     serve.set_defaults(func=cmd_serve)
-    add_evaluation_commands(sub)
-    add_training_commands(sub)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``data-advisor`` script."""
-    p = parser()
-    args, unknown = p.parse_known_args(argv)
-    if unknown and args.command == "resume":
-        err.print(
-            f"[red]error:[/] resume changes only where the servers are (--base-url, --model, "
-            f"--<role>-url, --<role>-model, --api-key-env) and how long to wait for them "
-            f"(--request-timeout, --max-retries, --node-timeout), not {' '.join(unknown)}; "
-            "start a new run with `data-advisor run` to change anything else",
-            highlight=False,
-        )
-        return 2
-    if unknown:
-        p.error(f"unrecognized arguments: {' '.join(unknown)}")
-    try:
-        return args.func(args)
-    except (RunError, PromptError, FileNotFoundError, ValueError) as exc:
-        err.print("[red]error:[/] ", end="")
-        err.print(str(exc), markup=False, highlight=False)  # user values may hold brackets
-        return 2
-    except ServerError as exc:
-        err.print(f"[red]error:[/] the embedded vLLM server failed: {exc}")
-        return 1
-    except EndpointError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        folder = getattr(args, "run", None) or "RUN"
-        err.print(
-            f"data written so far is kept; fix the endpoint and run `data-advisor resume "
-            f"{folder}`, or if the server moved: `data-advisor resume {folder} --base-url URL` "
-            f"(or --{exc.role}-url URL)",
-            highlight=False,
-        )
-        return 1
-    except (sqlite3.DatabaseError, OSError) as exc:  # corrupt or unwritable file, full disk
-        message = storage_error(exc, _paths_of(args), resume=_resumable(args))
-        if message is None:
-            raise
-        err.print(f"[red]error:[/] {message}", highlight=False)
-        return 2
-
-
-def _paths_of(args: argparse.Namespace) -> list[Path]:
-    """The files and folders a command was given (where a bad SQLite file may be)."""
-    values: list[Any] = []
-    for value in vars(args).values():
-        values += value if isinstance(value, list) else [value]
-    return [Path(v) for v in values if isinstance(v, Path)
-            or (isinstance(v, str) and v and not v.startswith("hf:") and Path(v).exists())]
-
-
-def _resumable(args: argparse.Namespace) -> Path | None:
-    """The run folder to resume after a storage failure of ``run`` or ``resume``."""
-    folder = getattr(args, "run", None)
-    if args.command in ("run", "resume") and folder and (Path(folder) / "run.json").is_file():
-        return Path(folder)
-    return None
-
-
-if __name__ == "__main__":
-    sys.exit(main())

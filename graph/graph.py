@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from functools import wraps
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
@@ -46,7 +46,16 @@ Method = Literal["data_advisor", "self_instruct"]
 METHODS: tuple[Method, ...] = ("data_advisor", "self_instruct")
 
 
-Node = Callable[[State, Runtime[Context]], dict[str, Any]]
+class Node(Protocol):
+    """A node: ``(state, runtime) -> update``."""
+
+    def __call__(self, state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+        """The state update of one step."""
+        ...
+
+
+Graph = StateGraph[State, Context, State, State]
+"""An uncompiled graph of either method."""
 
 
 def run_finished(state: State, ctx: Context) -> bool:
@@ -66,13 +75,13 @@ def opens_round(node: Node) -> Node:
     @wraps(node)
     def opener(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         opened = replace(state, round=state.round + 1)
-        cleared = {"round_prompts": [], "round_responses": []}
+        cleared: dict[str, list[str]] = {"round_prompts": [], "round_responses": []}
         return {"round": opened.round, **cleared, **node(opened, runtime)}
 
     return opener
 
 
-def _next_round(first: str):  # noqa: ANN202
+def _next_round(first: str) -> Callable[[State], str]:
     def route(state: State) -> str:
         return END if run_finished(state, get_runtime(Context).context) else first
 
@@ -88,7 +97,7 @@ def _after_summarizer(state: State) -> str:
 
 def build_data_advisor(
     context_schema: type[Context] = Context, start: Node = load_seeds
-) -> StateGraph:
+) -> Graph:
     """The Data Advisor state machine (uncompiled); ``start`` is its ``load_seeds`` node."""
     builder = StateGraph(State, context_schema=context_schema)
     builder.add_node("load_seeds", start)
@@ -115,7 +124,7 @@ def build_data_advisor(
 
 def build_self_instruct(
     context_schema: type[Context] = Context, start: Node = load_seeds
-) -> StateGraph:
+) -> Graph:
     """The Self-Instruct baseline: same generator and responder, no advice (uncompiled)."""
     builder = StateGraph(State, context_schema=context_schema)
     builder.add_node("load_seeds", start)
@@ -130,11 +139,11 @@ def build_self_instruct(
 
 def compile_graph(
     method: Method,
-    checkpointer: BaseCheckpointSaver | None = None,
+    checkpointer: BaseCheckpointSaver[Any] | None = None,
     *,
     context_schema: type[Context] = Context,
     start: Node = load_seeds,
-) -> CompiledStateGraph:
+) -> CompiledStateGraph[State, Context, State, State]:
     """Compile one method's graph, optionally with a checkpointer.
 
     ``context_schema`` and ``start`` (the ``load_seeds`` node) are how Studio's graphs give each

@@ -1,10 +1,13 @@
 """Prompt templates: plain text files with named ``{placeholders}``, one per node.
 
+Templates are what the nodes fill; prompts are the data rows they make (the seed prompts, the
+generated ones), which :mod:`evaluation.data` loads.
+
 The shipped templates live in ``graph/prompts/<name>.txt``. A user overrides any of them by
 name, from a folder (``--prompts DIR`` / ``Context.prompts_dir``) or inline
-(``Context.prompts``, which is how Studio swaps a prompt). Templates are validated before any
+(``Context.prompts``, which is how Studio swaps a template). Templates are validated before any
 LLM call: a file that is not UTF-8, an unmatched brace, a missing required placeholder or an
-unknown one is a :class:`PromptError` naming the file (or the inline override) and the line.
+unknown one is a :class:`TemplateError` naming the file (or the inline override) and the line.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from tools.textfile import TextFileError, read_text
+from tools.files import TextFileError, read_text
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,8 @@ SPECS: dict[str, TemplateSpec] = {
 """Template names and their placeholders. ``responder`` is the responder's system prompt."""
 
 
-class PromptError(ValueError):
-    """A prompt template is missing, malformed, or has wrong placeholders."""
+class TemplateError(ValueError):
+    """A template is missing, malformed, or has wrong placeholders."""
 
 
 def placeholders(template: str, source: str = "template") -> set[str]:
@@ -45,12 +48,12 @@ def placeholders(template: str, source: str = "template") -> set[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise PromptError(_brace_error(template, source) or f"{source}: {exc}") from None
+        raise TemplateError(_brace_error(template, source) or f"{source}: {exc}") from None
     names = {name for _, name, _, _ in parsed if name is not None}
     for name in names:
         if not name.isidentifier():
             line = _line_of(template, "{" + name if name else "{}")
-            raise PromptError(
+            raise TemplateError(
                 f"{source} line {line}: placeholder {{{name}}} is not a name "
                 "(write '{{' and '}}' for literal braces)"
             )
@@ -87,23 +90,23 @@ def _line_of(template: str, text: str) -> int:
 
 
 def validate(name: str, template: str, source: str | None = None) -> None:
-    """Raise :class:`PromptError` if ``template`` does not fit the spec of ``name``.
+    """Raise :class:`TemplateError` if ``template`` does not fit the spec of ``name``.
 
     ``source`` (a file, or where an inline override came from) starts every message.
     """
     if name not in SPECS:
-        raise PromptError(f"unknown prompt {name!r}; known prompts: {', '.join(sorted(SPECS))}")
+        raise TemplateError(f"unknown prompt {name!r}; known prompts: {', '.join(sorted(SPECS))}")
     where = source or f"prompt {name!r}"
     spec = SPECS[name]
     found = placeholders(template, where)
     if missing := spec.required - found:
-        raise PromptError(
+        raise TemplateError(
             f"{where}: prompt {name!r} lacks placeholder(s) "
             + ", ".join(f"{{{m}}}" for m in sorted(missing))
         )
     if unknown := found - spec.required - spec.optional:
         allowed = ", ".join(f"{{{m}}}" for m in sorted(spec.required | spec.optional)) or "none"
-        raise PromptError(
+        raise TemplateError(
             f"{where}: prompt {name!r} has unknown placeholder(s) "
             + ", ".join(f"{{{u}}}" for u in sorted(unknown))
             + f"; allowed: {allowed}"
@@ -121,27 +124,27 @@ def _load(prompts_dir: str | None, overrides: tuple[tuple[str, str], ...]) -> di
     if prompts_dir:
         folder = Path(prompts_dir)
         if not folder.is_dir():
-            raise PromptError(f"prompts folder {folder} does not exist")
+            raise TemplateError(f"prompts folder {folder} does not exist")
         for path in sorted(folder.glob("*.txt")):
             if path.stem not in SPECS:
-                raise PromptError(
+                raise TemplateError(
                     f"{path}: unknown prompt name {path.stem!r}; known: {', '.join(sorted(SPECS))}"
                 )
             try:
                 templates[path.stem] = read_text(path)
             except TextFileError as exc:
-                raise PromptError(str(exc)) from None
+                raise TemplateError(str(exc)) from None
             sources[path.stem] = str(path)
     for name, text in overrides:
         if name not in SPECS:
-            raise PromptError(f"unknown prompt {name!r}; known: {', '.join(sorted(SPECS))}")
+            raise TemplateError(f"unknown prompt {name!r}; known: {', '.join(sorted(SPECS))}")
         templates[name], sources[name] = text, f"inline prompt {name!r}"
     for name, text in templates.items():
         validate(name, text, sources[name])
     return templates
 
 
-def load_prompts(
+def load_templates(
     prompts_dir: str | None = None, overrides: dict[str, str] | None = None
 ) -> dict[str, str]:
     """All templates, shipped ones overridden by the folder, then by inline overrides."""

@@ -39,10 +39,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from graph.context import STUDIO_FILE, Context, ContextError
 from graph.graph import Method, compile_graph, run_finished
-from graph.prompts import load_prompts
+from graph.prompts import load_templates
 from graph.seeds import read_seeds
-from graph.state import State
-from nodes.load_seeds import round_unfinished
+from graph.state import State, round_unfinished
+from tools.files import write_atomic
 from tools.server import EmbeddedServer, served_name, stop_signals_interrupt
 from tools.store import (
     DB_FILE,
@@ -51,7 +51,6 @@ from tools.store import (
     close_shared,
     run_id_from,
     shared_store,
-    write_atomic,
 )
 
 CHECKPOINT_FILE = "checkpoints.sqlite"
@@ -249,12 +248,12 @@ def check_base_url(url: str, option: str = "base_url") -> None:
 
 
 def validate_inputs(ctx: Context) -> None:
-    """Check endpoints, prompts and seed files before any server or LLM call."""
+    """Check endpoints, templates and seed files before any server or LLM call."""
     for name in ENDPOINT_FIELDS:
         value = getattr(ctx, name)
         if name.endswith("base_url") and value:
             check_base_url(value, name)
-    load_prompts(ctx.prompts_dir, ctx.prompts)
+    load_templates(ctx.prompts_dir, ctx.prompts)
     read_seeds("prompts", ctx.seed_prompts_file)
     read_seeds("categories", ctx.seed_categories_file)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from tools.textfile import read_text
+from tools.files import read_text
 
 
 def _lines(text: str) -> list[str]:

@@ -4,11 +4,17 @@ The dataset itself lives in the run store (``tools.store``); the state only carr
 in progress, the running summary (bounded by ``max_summary_lines``), the current weakness, the
 ids and texts of the round's kept prompts and a preview of their responses (at most K each,
 replaced every round, so that a Studio user sees what each round produced) and counters.
+
+:func:`round_unfinished` tells from the store whether the state's round finished: the runner
+asks it whether a run is done, ``load_seeds`` whether to step a round back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from graph.context import Context
+from tools.store import RunStore
 
 RESPONSE_PREVIEW = 300
 """Characters of each response kept in the state (the full text is in the run store)."""
@@ -42,3 +48,21 @@ class State:
     """Generator outputs rejected so far, by reason."""
     responses: int = 0
     """Responses written so far."""
+
+
+ROUND_NODES: dict[str, tuple[str, ...]] = {
+    "data_advisor": ("weakness_critic", "generator", "summarizer", "responder"),
+    "self_instruct": ("generator", "responder"),
+}
+"""The nodes every round of a method runs (Data Advisor also ``rule_check`` when it is on)."""
+
+
+def round_unfinished(store: RunStore, state: State, ctx: Context) -> bool:
+    """True if round ``state.round`` was opened but not every one of its nodes finished."""
+    record = store.get_round(state.round) if state.round else None
+    if record is None:
+        return state.round > 0
+    needed = set(ROUND_NODES.get(record.get("method") or "", ()))
+    if record.get("method") == "data_advisor" and ctx.rule_check:
+        needed.add("rule_check")
+    return not needed <= set(record.get("timings") or {})

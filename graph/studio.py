@@ -22,9 +22,9 @@ from graph.context import STUDIO_FILE, StudioContext
 from graph.graph import Method, Node, compile_graph
 from graph.runner import Run
 from graph.state import State
+from nodes.common import run_id
 from nodes.load_seeds import load_seeds
-from nodes.run import run_id
-from tools.store import write_atomic
+from tools.files import write_atomic
 
 
 def in_run_folder(method: Method) -> Node:

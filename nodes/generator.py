@@ -19,10 +19,11 @@ from langgraph.runtime import Runtime
 from graph.context import Context
 from graph.prompts import render
 from graph.state import State
-from nodes.filters import DuplicateFilter, clean_line, rejection_reason
-from nodes.run import Stopwatch, bullets, prompts, run_store
+from nodes.common import Stopwatch, bullets, run_store, templates
+from nodes.filters import clean_line, rejection_reason
 from tools.llm import generate, output_tokens
 from tools.store import RunStore
+from tools.text import DuplicateFilter
 
 _KNOWN: WeakKeyDictionary[RunStore, tuple[int, float, DuplicateFilter]] = WeakKeyDictionary()
 """Per open run store: the duplicate filter of the prompts before a round, and that round."""
@@ -49,7 +50,7 @@ def generator(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Generate, filter and store the round's prompts."""
     ctx, watch = runtime.context, Stopwatch()
     method = "data_advisor" if state.weakness else "self_instruct"
-    template = prompts(runtime)["generator" if state.weakness else "self_instruct_generator"]
+    template = templates(runtime)["generator" if state.weakness else "self_instruct_generator"]
     endpoint = ctx.endpoint("generator")
     rng = random.Random(f"{ctx.seed}:{state.round}")
     store = run_store(runtime)

@@ -1,13 +1,13 @@
-"""load_seeds: validate the prompts, put the seed prompts in the pool, start the summary.
+"""load_seeds: validate the templates, put the seed prompts in the pool, start the summary.
 
 It also records the sha256 of the templates the run (re)starts with, from the round they apply
 to, so that an export names the templates that wrote its data.
 
 It runs first whenever a run starts from the top, also when a stopped run is restarted without
 a pending step. A round the state says is open but whose nodes did not all finish (see
-:func:`round_unfinished`) is then stepped back, so that it runs again (its writes are keyed);
-the counters are then those the store records for the rounds before it, so the round's prompts
-are not counted twice.
+:func:`graph.state.round_unfinished`) is then stepped back, so that it runs again (its writes
+are keyed); the counters are then those the store records for the rounds before it, so the
+round's prompts are not counted twice.
 """
 
 from __future__ import annotations
@@ -19,36 +19,19 @@ from langgraph.runtime import Runtime
 
 from graph.context import Context
 from graph.seeds import read_seeds
-from graph.state import State
-from nodes.run import prompts, run_store
+from graph.state import State, round_unfinished
+from nodes.common import run_store, templates
 from tools.store import RunStore
-
-ROUND_NODES = {
-    "data_advisor": ("weakness_critic", "generator", "summarizer", "responder"),
-    "self_instruct": ("generator", "responder"),
-}
-"""The nodes every round of a method runs (Data Advisor also ``rule_check`` when it is on)."""
-
-
-def round_unfinished(store: RunStore, state: State, ctx: Context) -> bool:
-    """True if round ``state.round`` was opened but not every one of its nodes finished."""
-    record = store.get_round(state.round) if state.round else None
-    if record is None:
-        return state.round > 0
-    needed = set(ROUND_NODES.get(record.get("method") or "", ()))
-    if record.get("method") == "data_advisor" and ctx.rule_check:
-        needed.add("rule_check")
-    return not needed <= set(record.get("timings") or {})
 
 
 def load_seeds(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Seed the pool (idempotent); on a fresh run, start the summary with the seed categories."""
     ctx = runtime.context
-    templates = prompts(runtime)  # fail on a bad template before any LLM call
+    used = templates(runtime)  # fail on a bad template before any LLM call
     store = run_store(runtime)
     store.seed_pool(read_seeds("prompts", ctx.seed_prompts_file))
     step_back = bool(state.round) and round_unfinished(store, state, ctx)
-    store.record_templates(state.round if step_back else state.round + 1, templates)
+    store.record_templates(state.round if step_back else state.round + 1, used)
     if state.round:
         return {"round": state.round - 1, **_counters(store, state.round)} if step_back else {}
     categories = state.summary or read_seeds("categories", ctx.seed_categories_file)

@@ -15,14 +15,14 @@ from langgraph.runtime import Runtime
 
 from graph.context import Context
 from graph.state import RESPONSE_PREVIEW, State
-from nodes.run import Stopwatch, prompts, run_store
+from nodes.common import Stopwatch, run_store, templates
 from tools.llm import generate, output_tokens
 
 
 def responder(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Answer the round's prompts."""
     ctx, watch = runtime.context, Stopwatch()
-    system = prompts(runtime)["responder"]
+    system = templates(runtime)["responder"]
     endpoint = ctx.endpoint("responder")
     store = run_store(runtime)
     # Prompts answered by an earlier try of this node (stored as they came) are not asked

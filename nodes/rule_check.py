@@ -29,8 +29,9 @@ from langgraph.runtime import Runtime
 
 from graph.context import Context
 from graph.state import State
-from nodes.filters import content_words, normalize, overlaps, words
-from nodes.run import Stopwatch, run_store
+from nodes.common import Stopwatch, run_store
+from nodes.filters import content_words, overlaps
+from tools.text import normalize, words
 
 OTHER = "Other"
 """The parent of lines that share no word with any other line."""

@@ -16,8 +16,8 @@ from langgraph.runtime import Runtime
 from graph.context import Context
 from graph.prompts import render
 from graph.state import State
+from nodes.common import Stopwatch, bullets, run_store, templates
 from nodes.filters import clean_line
-from nodes.run import Stopwatch, bullets, prompts, run_store
 from tools.llm import generate, output_tokens
 
 EXAMPLES_IN_SUMMARY_PROMPT = 3
@@ -34,7 +34,7 @@ def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     store = run_store(runtime)
     samples = store.get_samples(state.prompt_ids[:EXAMPLES_IN_SUMMARY_PROMPT])
     message = render(
-        prompts(runtime)["summarizer"],
+        templates(runtime)["summarizer"],
         summary=bullets(state.summary),
         weakness=state.weakness,
         prompts=bullets([s["prompt"] for s in samples]),

@@ -21,11 +21,12 @@ from graph.context import Context
 from graph.prompts import render
 from graph.seeds import read_seeds
 from graph.state import State
-from nodes.filters import clean_category, content_words, jaccard, normalize, overlaps
+from nodes.common import Stopwatch, bullets, run_store, templates
+from nodes.filters import clean_category, content_words, overlaps
 from nodes.rule_check import summary_names
-from nodes.run import Stopwatch, bullets, prompts, run_store
 from tools.llm import generate, output_tokens
 from tools.store import RunStore
+from tools.text import jaccard, normalize
 
 RECENT_ROUNDS = 20
 """Rounds whose rejected critic answers are named from the first attempt on (at most
@@ -61,7 +62,7 @@ def recent_repeats(store: RunStore, round_: int) -> list[str]:
 def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Name the round's weakness."""
     ctx, watch = runtime.context, Stopwatch()
-    template = prompts(runtime)["weakness_critic"]
+    template = templates(runtime)["weakness_critic"]
     store = run_store(runtime)
     earlier = store.weaknesses(before_round=state.round)
     listed = summary_names(state.summary)

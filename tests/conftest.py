@@ -14,8 +14,8 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from graph.context import Context
 from graph.graph import compile_graph
 from graph.state import State
+from testing.stub_server import StubServer
 from tools.store import RunStore
-from tools.stub_server import StubServer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -71,7 +71,7 @@ def run_graph(method: str, ctx: Context, thread_id: str = "t1") -> tuple[State, 
 
 def handler_with(overrides: Callable[[dict[str, Any], str], str | None]) -> Callable[[dict], str]:
     """The default stub handler, with answers replaced where ``overrides`` returns text."""
-    from tools.stub_server import data_advisor_handler
+    from testing.stub_server import data_advisor_handler
 
     def handler(body: dict[str, Any]) -> str:
         text = body["messages"][-1]["content"]

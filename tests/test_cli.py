@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 
-from graph.cli import main, parser
+from experiment.cli import main, parser
 from graph.context import Context
 from graph.runner import Run, create_run
+from testing.stub_server import StubHTTPError, StubServer, data_advisor_handler
 from tools.store import RunStore
-from tools.stub_server import StubHTTPError, StubServer, data_advisor_handler
 
 CANARY = "sk-canary-7e3f09a1d2"
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "graph.cli", *args]
+    return [sys.executable, "-m", "experiment.cli", *args]
 
 
 def _files_hold(folder: Path, text: str) -> list[Path]:

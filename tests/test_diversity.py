@@ -21,7 +21,7 @@ from evaluation.diversity import (
     source_suffix,
     write_result,
 )
-from nodes.filters import DuplicateFilter, jaccard, normalize, shingles
+from tools.text import DuplicateFilter, jaccard, normalize, shingles
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CATQA = SHARED / "catqa_english.json"

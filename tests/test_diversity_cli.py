@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import make_context, run_graph
 
-from graph.cli import main
+from experiment.cli import main
 from graph.export import export_run
-from tools.stub_server import StubServer
+from testing.stub_server import StubServer
 
 
 def _run_and_export(stub: StubServer, folder: Path, method: str = "data_advisor") -> Path:

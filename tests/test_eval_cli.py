@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import SHARED
 
-from graph.cli import main
+from experiment.cli import main
 
 
 def test_eval_diversity_on_files_and_runs(tmp_path, stub, capsys):
@@ -51,7 +51,7 @@ def test_eval_overrefusal_and_safety_against_stub(tmp_path, stub, capsys):
 
 
 def _eval_command(name: str) -> argparse.ArgumentParser:
-    from graph.cli import parser
+    from experiment.cli import parser
 
     def choices(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
         return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices

@@ -18,9 +18,9 @@ from evaluation.identity import adapter_identity, canonical_hash, default_label
 from evaluation.judges import RefusalJudge
 from evaluation.safety import evaluate_safety
 from evaluation.utility import evaluate_utility
-from graph.cli import main
+from experiment.cli import main
+from testing.stub_server import StubServer
 from tools.llm import Endpoint
-from tools.stub_server import StubServer
 
 QUESTIONS = [Question(f"q-{i}", f"harmful question {i}", "weapons" if i < 2 else "fraud")
              for i in range(4)]

@@ -11,7 +11,7 @@ import json
 import pytest
 from conftest import SHARED
 
-from graph.cli import main
+from experiment.cli import main
 from tools.server import EmbeddedServer
 
 pytestmark = pytest.mark.vllm

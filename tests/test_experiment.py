@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tools.stub_server import StubServer
-from training.experiment import ConfigError, load_config, run_experiment
+from experiment import ConfigError, load_config, run_experiment
+from testing.stub_server import StubServer
 
 
 def _data(folder: Path) -> dict[str, Path]:
@@ -184,7 +184,7 @@ def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="TrainConfig"):
         load_config({**base, "training": {"instructions": "x", "ranks": 3}})
     with pytest.raises(ConfigError, match="different models"):
-        from training.experiment import _generation_roles
+        from experiment.stages import _generation_roles
 
         _generation_roles(load_config({**base, "generation": {
             "generator_model": "a/b", "responder_model": "c/d"}}).generation)
@@ -222,3 +222,25 @@ def test_train_command(tmp_path, tiny_model, capsys):
     printed = capsys.readouterr().out
     assert "adapter" in printed and "train examples" in printed
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_summary_table_orders_models_and_columns(tmp_path):
+    from experiment.cli import summary_table
+
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = [{"kind": "utility", "label": "base", "accuracy": 0.25},
+            {"kind": "safety", "label": "data_advisor", "dataset": "beavertails",
+             "safety_score": 0.5},
+            {"kind": "overrefusal", "label": "base", "dataset": "xstest", "refusal_rate": 0.75},
+            {"kind": "safety", "label": "base", "dataset": "catqa", "safety_score": 0.125},
+            {"kind": "diversity", "name": "data_advisor"}]
+    for i, row in enumerate(rows):
+        (results / f"r{i}.json").write_text(json.dumps(row))
+    (results / "broken.json").write_text("{")  # skipped, not a crash
+    table = summary_table(results)
+    assert [c.header for c in table.columns] == [
+        "model", "safety catqa", "safety beavertails", "over-refusal xstest", "MMLU"]
+    assert [list(c.cells) for c in table.columns] == [
+        ["base", "data_advisor"], ["12.5%", "-"], ["-", "50.0%"], ["75.0%", "-"], ["25.0%", "-"]]
+    assert summary_table(tmp_path / "nothing") is None

@@ -21,13 +21,13 @@ from datasets import load_dataset, load_from_disk
 from hub_stub import HubStub
 from huggingface_hub import DatasetCard
 
-from graph.cli import main
+from experiment.cli import main
 from graph.context import Context
 from graph.export import COLUMNS, dataset_card, export_run, run_settings, size_category
-from graph.prompts import load_prompts
+from graph.prompts import load_templates
 from graph.runner import Run, create_run, execute
+from testing.stub_server import StubServer
 from tools.store import RunStore
-from tools.stub_server import StubServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,11 +139,11 @@ def test_card_metadata_settings_templates_and_categories(stub, tmp_path):
         assert f"| {key} | {shown} |" in text, key
     assert "| seed | 7 |" in text and "| K (prompts per round) | 3 |" in text
     # the sha256 of the templates the run used: the override, not the shipped responder
-    used = load_prompts(None, {"responder": override})
+    used = load_templates(None, {"responder": override})
     for name in ("weakness_critic", "generator", "summarizer", "responder"):
         digest = hashlib.sha256(used[name].encode()).hexdigest()
         assert f"| {name} | `{digest}` | 1 |" in text
-    shipped = hashlib.sha256(load_prompts(None, {})["responder"].encode()).hexdigest()
+    shipped = hashlib.sha256(load_templates(None, {})["responder"].encode()).hexdigest()
     assert shipped not in text and "self_instruct_generator" not in text
     # category counts: every category with its rows
     rows = _jsonl(run.folder / "export" / "data.jsonl")
@@ -208,7 +208,7 @@ def test_push_to_hub_uploads_the_card_and_the_data_files(stub, tmp_path):
         env |= {"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_stub_token", "HF_HOME": str(tmp_path),
                 "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
         proc = subprocess.run(
-            [sys.executable, "-m", "graph.cli", "export", str(run.folder),
+            [sys.executable, "-m", "experiment.cli", "export", str(run.folder),
              "--push-to-hub", "alice/da1"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
         )
@@ -227,7 +227,7 @@ def test_push_to_hub_uploads_the_card_and_the_data_files(stub, tmp_path):
 
         # --public makes a public repository
         proc = subprocess.run(
-            [sys.executable, "-m", "graph.cli", "export", str(run.folder),
+            [sys.executable, "-m", "experiment.cli", "export", str(run.folder),
              "--push-to-hub", "alice/open", "--public", "--format", "parquet"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
         )
@@ -239,7 +239,7 @@ def test_push_to_hub_uploads_the_card_and_the_data_files(stub, tmp_path):
         # no token: the Hub's refusal is a one-line error
         del env["HF_TOKEN"]
         proc = subprocess.run(
-            [sys.executable, "-m", "graph.cli", "export", str(run.folder),
+            [sys.executable, "-m", "experiment.cli", "export", str(run.folder),
              "--push-to-hub", "alice/denied", "--format", "jsonl"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
         )

@@ -16,12 +16,12 @@ import httpx
 import pytest
 from conftest import handler_with, make_context, run_graph
 
-from graph.cli import main
+from experiment.cli import main
 from graph.context import Context
 from graph.runner import Run, create_run, execute
+from testing.stub_server import StubHTTPError, StubServer
 from tools.llm import CircuitOpenError, Endpoint, EndpointError, generate, is_transient
 from tools.store import RunStore
-from tools.stub_server import StubHTTPError, StubServer
 
 
 def _is_generator(body: dict) -> bool:

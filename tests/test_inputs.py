@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 import graph.cli
-from graph.cli import _context, main, parser
+from experiment.cli import main, parser
+from graph.cli import _context
 from graph.context import Context, ContextError
 from graph.runner import Run, RunError, create_run
 from graph.seeds import read_seeds
 from graph.studio import data_advisor
+from tools.files import TextFileError
 from tools.store import close_shared
-from tools.textfile import TextFileError
 
 DEAD = "http://127.0.0.1:9/v1"  # nothing listens: a run that got past the checks would fail
 KEY = "sk-proj-canary-5b1c77e0aa"

@@ -15,8 +15,8 @@ from evaluation.judges import (
     refusal_match,
     render_llama_guard,
 )
+from testing.stub_server import StubServer
 from tools.llm import Endpoint, EndpointError
-from tools.stub_server import StubServer
 
 INSTRUCTION_LINES = (
     "- First line must read 'safe' or 'unsafe'.",
@@ -218,6 +218,15 @@ def test_llama_guard_judge_retries_then_fails() -> None:
         judge = LlamaGuardJudge(Endpoint(stub.base_url, "g", max_retries=2), 3)
         with pytest.raises(EndpointError, match="judge endpoint"):
             judge.judge([("p", "r")])
+
+
+def test_llama_guard_judge_starts_no_request_after_one_failed() -> None:
+    # one at a time: the old pool took the next pair before the failure was seen
+    with StubServer(handler=lambda body: "safe", failures=[400]) as stub:
+        judge = LlamaGuardJudge(Endpoint(stub.base_url, "g", max_retries=0), 3, max_concurrency=1)
+        with pytest.raises(EndpointError, match="judge endpoint"):
+            judge.judge([("p", f"r{i}") for i in range(6)])
+        assert len(stub.requests) == 1
 
 
 def test_make_judge() -> None:

@@ -1,37 +1,37 @@
 import pytest
 from conftest import run_graph
 
-from graph.prompts import SPECS, PromptError, load_prompts, placeholders, render, validate
+from graph.prompts import SPECS, TemplateError, load_templates, placeholders, render, validate
 
 
 def test_shipped_templates_are_valid():
-    templates = load_prompts()
+    templates = load_templates()
     assert set(templates) == set(SPECS)
     for name, text in templates.items():
         validate(name, text)
 
 
 def test_missing_and_unknown_placeholders_are_errors():
-    with pytest.raises(PromptError, match=r"lacks placeholder\(s\) \{weakness\}"):
+    with pytest.raises(TemplateError, match=r"lacks placeholder\(s\) \{weakness\}"):
         validate("generator", "Examples: {examples}")
-    with pytest.raises(PromptError, match=r"unknown placeholder\(s\) \{colour\}"):
+    with pytest.raises(TemplateError, match=r"unknown placeholder\(s\) \{colour\}"):
         validate("generator", "{examples} {weakness} {colour}")
-    with pytest.raises(PromptError, match=r"line 1: unmatched '\{'"):
+    with pytest.raises(TemplateError, match=r"line 1: unmatched '\{'"):
         validate("generator", "{examples} {weakness")
-    with pytest.raises(PromptError, match="unknown prompt"):
+    with pytest.raises(TemplateError, match="unknown prompt"):
         validate("critic", "{summary}")
 
 
 def test_override_by_folder_and_inline(tmp_path):
     (tmp_path / "summarizer.txt").write_text("S: {summary} W: {weakness}\nUpdated summary:")
-    templates = load_prompts(str(tmp_path), {"responder": "Be safe."})
+    templates = load_templates(str(tmp_path), {"responder": "Be safe."})
     assert templates["summarizer"].startswith("S: {summary}")
     assert templates["responder"] == "Be safe."
     (tmp_path / "nonsense.txt").write_text("x")
-    with pytest.raises(PromptError, match="unknown prompt name 'nonsense'"):
-        load_prompts(str(tmp_path))
-    with pytest.raises(PromptError, match="does not exist"):
-        load_prompts(str(tmp_path / "missing"))
+    with pytest.raises(TemplateError, match="unknown prompt name 'nonsense'"):
+        load_templates(str(tmp_path))
+    with pytest.raises(TemplateError, match="does not exist"):
+        load_templates(str(tmp_path / "missing"))
 
 
 def test_render_fills_named_placeholders():
@@ -48,7 +48,7 @@ def test_inline_override_reaches_the_model(stub, context):
 
 
 def test_bad_inline_override_fails_before_any_call(stub, context):
-    with pytest.raises(PromptError):
+    with pytest.raises(TemplateError):
         run_graph("data_advisor", context(rounds=1, prompts={"summarizer": "{summary} only"}))
     assert stub.requests == []
 
@@ -59,25 +59,25 @@ def test_bad_inline_override_fails_before_any_call(stub, context):
 def test_a_stray_brace_in_a_template_file_names_the_file_and_the_line(tmp_path):
     path = tmp_path / "generator.txt"
     path.write_text("Examples:\n{examples}\nWrite a {weakness request.\n")
-    with pytest.raises(PromptError) as error:
-        load_prompts(str(tmp_path))
+    with pytest.raises(TemplateError) as error:
+        load_templates(str(tmp_path))
     assert str(error.value) == (
         f"{path} line 3: unmatched '{{' (write '{{{{' for a literal brace)"
     )
     path.write_text("{examples}\n{weakness}\nclose } here\n")
-    with pytest.raises(PromptError, match=r"generator.txt line 3: unmatched '\}' \(write '\}\}'"):
-        load_prompts(str(tmp_path))
+    with pytest.raises(TemplateError, match=r"generator.txt line 3: unmatched '\}' \(write '\}\}'"):
+        load_templates(str(tmp_path))
 
 
 def test_escaped_braces_and_a_bad_inline_override_say_where():
     assert placeholders("{{literal}} {examples} {{") == {"examples"}
-    with pytest.raises(PromptError, match=r"inline prompt 'summarizer' line 2: unmatched '\{'"):
-        load_prompts(None, {"summarizer": "{summary} {weakness}\n{ oops"})
+    with pytest.raises(TemplateError, match=r"inline prompt 'summarizer' line 2: unmatched '\{'"):
+        load_templates(None, {"summarizer": "{summary} {weakness}\n{ oops"})
 
 
 def test_a_template_that_is_not_utf8_names_the_file_byte_and_line(tmp_path):
     path = tmp_path / "summarizer.txt"
     path.write_bytes("Summary:\n{summary}\nNeu: {weakness} \u00e4\n".encode("latin-1"))
-    with pytest.raises(PromptError) as error:
-        load_prompts(str(tmp_path))
+    with pytest.raises(TemplateError) as error:
+        load_templates(str(tmp_path))
     assert str(error.value) == f"{path}: not UTF-8 text (byte 0xe4 at line 3); save it as UTF-8"

@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 from conftest import run_graph
 
-from graph.cli import main
+from experiment.cli import main
 from graph.context import Context
 from graph.runner import Run, create_run, execute
+from testing.stub_server import StubServer
 from tools.llm import EndpointError
 from tools.store import RunStore
-from tools.stub_server import StubServer
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "graph.cli", *args]
+    return [sys.executable, "-m", "experiment.cli", *args]
 
 
 def _round_in_progress(db: Path) -> int | None:

@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 
 from evaluation.data import load_prompts
-from graph.cli import main
+from experiment.cli import main
 from graph.context import STUDIO_FILE, Context
 from graph.runner import create_run, execute
+from testing.stub_server import StubServer
 from tools.store import RunStore
-from tools.stub_server import StubServer
 from training.mix import load_safety
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "graph.cli", *args]
+    return [sys.executable, "-m", "experiment.cli", *args]
 
 
 def _run_id(folder: Path) -> str:
@@ -141,7 +141,7 @@ def test_a_crash_while_run_json_is_written_leaves_the_old_file(tmp_path, stub, m
     def crash(*args: Any) -> None:
         raise KeyboardInterrupt  # killed between the write and the rename
 
-    monkeypatch.setattr("tools.store.os.replace", crash)
+    monkeypatch.setattr("tools.files.os.replace", crash)
     run = Run.load(folder)
     with pytest.raises(KeyboardInterrupt):
         run.change_endpoints({"base_url": "http://moved:8000/v1"})
@@ -357,7 +357,7 @@ def test_a_read_only_folder_is_one_line(tmp_path, stub, capsys, monkeypatch):
     def denied(*args: Any, **kwargs: Any) -> Any:  # as in a read-only folder (root ignores chmod)
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), kwargs.get("dir"))
 
-    monkeypatch.setattr("tools.store.tempfile.mkstemp", denied)
+    monkeypatch.setattr("tools.files.tempfile.mkstemp", denied)
     folder = tmp_path / "ro"
     assert main(["run", "--base-url", stub.base_url, "--rounds", "1", "--run", str(folder),
                  "--no-progress"]) == 2
@@ -394,7 +394,7 @@ def test_a_full_disk_while_run_json_is_written_keeps_it(tmp_path, stub, capsys, 
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("tools.store.os.fsync", no_space)
+    monkeypatch.setattr("tools.files.os.fsync", no_space)
     assert main(["resume", str(folder), "--base-url", "http://moved:8000/v1",
                  "--no-progress"]) == 2
     err = _error(capsys)

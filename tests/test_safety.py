@@ -14,10 +14,10 @@ from evaluation.safety import (
     evaluate_safety,
     generate_responses,
     judge_responses,
-    read_jsonl,
 )
+from testing.stub_server import StubServer, last_user_text
+from tools.files import read_jsonl
 from tools.llm import Endpoint, EndpointError
-from tools.stub_server import StubServer, last_user_text
 
 IDENTITY_KEYS = {
     "model_identity", "serving", "prompt_format", "max_tokens", "temperature", "data",

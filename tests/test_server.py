@@ -367,7 +367,7 @@ from tools.server import EmbeddedServer
 sys.path.insert(0, sys.argv[2])
 from test_server import _READY
 EmbeddedServer.command = lambda self: [sys.executable, "-c", _READY, str(self.port)]
-from graph.cli import main
+from experiment.cli import main
 sys.exit(main(["serve", "--model", "/models/standin", "--log", sys.argv[1]]))
 """
 
@@ -484,7 +484,7 @@ def test_real_serve_stopped_by_sigterm_leaves_no_vllm_process(tmp_path: Path) ->
     err_path = tmp_path / "serve.err"
     with err_path.open("w") as err_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "graph.cli", "serve", "--log", str(tmp_path / "vllm.log")],
+            [sys.executable, "-m", "experiment.cli", "serve", "--log", str(tmp_path / "vllm.log")],
             stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=ROOT,
         )
     lines: queue.Queue[str] = queue.Queue()

@@ -1,6 +1,6 @@
 """`langgraph dev` end to end: the Studio server loads both graphs and runs them over HTTP.
 
-The test starts the loopback stub (``tools.stub_server``) in the test process and
+The test starts the loopback stub (``testing.stub_server``) in the test process and
 ``langgraph dev`` as a subprocess (offline: no browser, no reload, no analytics, no version
 check, no tracing). The endpoint and the runs folder reach the server's graphs through the
 ``DATA_ADVISOR_*`` environment variables (``graph/context.py``); everything else is passed per
@@ -37,12 +37,12 @@ import httpx
 import pytest
 from langgraph_sdk import get_sync_client
 
-from graph.cli import main
+from experiment.cli import main
 from graph.runner import DB_FILE
 from graph.seeds import read_seeds
 from nodes.responder import preview
+from testing.stub_server import StubServer
 from tools.store import RunStore
-from tools.stub_server import StubServer
 
 pytestmark = pytest.mark.studio
 

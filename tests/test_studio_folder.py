@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 
-from graph.cli import main
+from experiment.cli import main
 from graph.context import STUDIO_FILE, StudioContext
 from graph.graph import compile_graph
 from graph.runner import DB_FILE, Run

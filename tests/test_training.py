@@ -11,15 +11,18 @@ import pytest
 import torch
 from conftest import save_tiny_llama
 
+from tools.text import normalize
 from training.format import (
     IGNORE_INDEX,
     PLAIN_TEMPLATE,
     PadCollator,
+    plain_chat_template,
+    prompt_ids,
     prompt_text,
     tokenize_example,
 )
 from training.lora import TrainConfig, train_lora
-from training.mix import build_mix, load_instructions, load_safety, normalize_prompt
+from training.mix import build_mix, load_instructions, load_safety
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ALPACA = SHARED / "alpaca_claude_t45.json"
@@ -165,8 +168,8 @@ def test_mix_dedups_on_normalized_prompt() -> None:
              ex("Write a poem", source="instruction"),
              ex("write   a poem", source="instruction")]
     mixed = all_of(build_mix(safety, instr, val_fraction=0))
-    keys = [normalize_prompt(e["prompt"]) for e in mixed]
-    assert sorted(keys) == ["how do i pick a lock?", "other", "write a poem"]
+    keys = [normalize(e["prompt"]) for e in mixed]
+    assert sorted(keys) == ["how do i pick a lock", "other", "write a poem"]
     lock = next(e for e in mixed if e["prompt"].lower().startswith("how"))
     assert lock["source"] == "safety" and lock["prompt"] == "How do I  pick a lock?"
 
@@ -245,6 +248,23 @@ def test_label_mask_without_chat_template(plain_tokenizer: Any) -> None:
     prompt, response = "Name a color.", " Blue, or maybe\n green."
     assert prompt_text(plain_tokenizer, prompt) == PLAIN_TEMPLATE.format(prompt=prompt)
     check_exact(plain_tokenizer, prompt, response)
+
+
+def test_plain_chat_template_serves_the_training_format(plain_tokenizer: Any) -> None:
+    # served with it (vLLM adds no special tokens to a chat-rendered prompt), a model without a
+    # chat template gets the prompt tokens it was trained on; this tokenizer adds no BOS, so
+    # the template must not write one either
+    prompt = "Name a color."
+    messages = [{"role": "user", "content": prompt}]
+    served = plain_tokenizer.apply_chat_template(
+        messages, chat_template=plain_chat_template(plain_tokenizer), tokenize=False)
+    assert served == prompt_text(plain_tokenizer, prompt)
+    ids = plain_tokenizer(served, add_special_tokens=False)["input_ids"]
+    assert ids == prompt_ids(plain_tokenizer, prompt)
+    answered = plain_tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": "Blue."}],
+        chat_template=plain_chat_template(plain_tokenizer), tokenize=False)
+    assert answered == served + "Blue." + plain_tokenizer.eos_token
 
 
 @pytest.mark.skipif(not ALPACA.exists(), reason="shared Alpaca data absent")

@@ -29,8 +29,8 @@ from evaluation.utility import (
     score_with_endpoint,
     score_with_transformers,
 )
+from testing.stub_server import StubServer
 from tools.llm import Endpoint, EndpointError
-from tools.stub_server import StubServer
 
 SUMMARY_KEYS = {"kind", "dataset", "label", "model", "adapter", "method", "backend", "settings",
                 "n", "accuracy", "unparsed", "per_subject", "model_identity", "serving",
@@ -244,6 +244,13 @@ def test_endpoint_retries_then_fails_clearly(logprob_stub: LogprobStub) -> None:
     logprob_stub.failures = [400]
     with pytest.raises(EndpointError, match="utility endpoint"):
         score_with_endpoint(make_items("A"), endpoint(logprob_stub))
+
+
+def test_endpoint_starts_no_request_after_one_failed(logprob_stub: LogprobStub) -> None:
+    logprob_stub.failures = [400]  # one at a time: the old pool took the next item regardless
+    with pytest.raises(EndpointError, match="utility endpoint"):
+        score_with_endpoint(make_items("ABCD"), endpoint(logprob_stub), max_concurrency=1)
+    assert len(logprob_stub.requests) == 1
 
 
 def test_evaluate_utility_endpoint_summary_and_resume(logprob_stub: LogprobStub,

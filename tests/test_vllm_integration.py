@@ -35,7 +35,7 @@ def test_data_advisor_on_embedded_vllm(tmp_path):
         [
             sys.executable,
             "-m",
-            "graph.cli",
+            "experiment.cli",
             "run",
             "--rounds",
             "2",
@@ -85,7 +85,7 @@ def test_data_advisor_on_embedded_vllm(tmp_path):
     assert leftovers == []
 
     status = subprocess.run(
-        [sys.executable, "-m", "graph.cli", "status", str(run), "--json"],
+        [sys.executable, "-m", "experiment.cli", "status", str(run), "--json"],
         capture_output=True,
         text=True,
     )

@@ -15,31 +15,45 @@ failed.
 
 An error-rate circuit breaker per run and URL stops the run when most of the last
 :data:`BREAKER_WINDOW` requests failed (:class:`CircuitOpenError`, not retried): the data
-written so far is kept and ``resume`` continues. Batches run concurrently, bounded by
-``max_concurrency``, on a thread pool kept for the process.
+written so far is kept and ``resume`` continues.
+
+Every LLM caller of the app goes through this module:
+
+- clients: :func:`chat_model` (LangChain, for the graph's nodes through :func:`generate`) and
+  :func:`openai_client` (the OpenAI client, for the evaluation's completions, judges and model
+  listings) are built from one place, :func:`client_options` (URL, key, timeout);
+- concurrency: :func:`map_concurrently` maps a call over items, bounded by
+  ``max_concurrency``, on a thread pool kept for the process per bound, and yields each result
+  as it arrives (to store it at once); :func:`map_in_order` collects them in order;
+- progress: :func:`batch_progress`, the bar drawn over a batch (evaluation).
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
+import queue
 import random
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import openai
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.runnables.config import ContextThreadPoolExecutor
 from langchain_openai import ChatOpenAI
 from langgraph.types import RetryPolicy
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 Messages = Sequence[BaseMessage | tuple[str, str]]
+T = TypeVar("T")
+R = TypeVar("R")
 
 BREAKER_WINDOW = 20
 """Requests (tries) per run and URL the circuit breaker looks back on."""
@@ -162,14 +176,35 @@ NODE_RETRY = RetryPolicy(
 """Node-level retry: only transient endpoint errors; a 4xx, a timeout or a stop fails at once."""
 
 
+# --- clients ----------------------------------------------------------------------------------
+
+
+def client_options(endpoint: Endpoint) -> dict[str, Any]:
+    """What every client of an endpoint is built with: its URL, the API key (read now from
+    ``endpoint.api_key_env``, ``"EMPTY"`` when unset: vLLM takes any) and the timeout of a try."""
+    return {
+        "base_url": endpoint.base_url,
+        "api_key": os.environ.get(endpoint.api_key_env) or "EMPTY",
+        "timeout": endpoint.timeout,
+    }
+
+
+def openai_client(endpoint: Endpoint) -> openai.OpenAI:
+    """An OpenAI client for an endpoint (:func:`client_options`); close it when done.
+
+    It retries transient errors itself (``endpoint.max_retries``, exponential backoff); wrap
+    what still fails in :class:`EndpointError` to name the endpoint.
+    """
+    return openai.OpenAI(**client_options(endpoint), max_retries=endpoint.max_retries)
+
+
 @lru_cache(maxsize=64)
 def _client(endpoint: Endpoint, api_key: str, params: tuple[tuple[str, Any], ...]) -> ChatOpenAI:
+    options = client_options(endpoint) | {"api_key": api_key}  # the key the cache is keyed by
     return ChatOpenAI(
-        base_url=endpoint.base_url,
         model=endpoint.model,
-        api_key=api_key,
-        timeout=endpoint.timeout,
         max_retries=0,  # retried by _Batch.ask, which also retries malformed answers
+        **options,
         **dict(params),
     )
 
@@ -183,8 +218,7 @@ def chat_model(endpoint: Endpoint, **params: Any) -> ChatOpenAI:
 
     It does not retry by itself: :func:`generate` does.
     """
-    api_key = os.environ.get(endpoint.api_key_env) or "EMPTY"
-    return _client(endpoint, api_key, _frozen(params))
+    return _client(endpoint, client_options(endpoint)["api_key"], _frozen(params))
 
 
 # --- the circuit breaker ----------------------------------------------------------------------
@@ -288,6 +322,8 @@ class _Batch:
         """Set when a request of the batch failed for good: the others try no more."""
         self.failure: EndpointError | None = None
         """The batch's first request to fail for good."""
+        self.circuit: CircuitOpenError | None = None
+        """The batch's first stop by the circuit breaker (raised before any other failure)."""
         self._lock = threading.Lock()
 
     def ask(self, messages: Messages) -> AIMessage:
@@ -337,8 +373,15 @@ class _Batch:
         with self._lock:
             if self.failure is None:
                 self.failure = failure
+            if self.circuit is None and isinstance(failure, CircuitOpenError):
+                self.circuit = failure
         self.stop.set()
         return failure
+
+    def first_failure(self, error: Exception) -> Exception:
+        """What a failed batch raises: a stop by the breaker, else its first request to fail
+        for good, else ``error`` (a failure of ``on_answer``, say)."""
+        return self.circuit or self.failure or error
 
 
 def _backoff(tries: int, error: BaseException) -> float:
@@ -352,7 +395,7 @@ def _backoff(tries: int, error: BaseException) -> float:
             continue
         if 0 < after <= RETRY_AFTER_MAX:
             return after
-    return min(BACKOFF_START * 2 ** (tries - 1), BACKOFF_MAX) * (1 - 0.25 * random.random())
+    return min(BACKOFF_START * 2.0 ** (tries - 1), BACKOFF_MAX) * (1 - 0.25 * random.random())
 
 
 def generate(
@@ -370,8 +413,9 @@ def generate(
     ``run`` names the run: it scopes the circuit breaker and the answers kept when the batch
     fails (a repeated call with the same requests re-sends only those that failed).
     ``on_answer(index, answer)`` is called as each answer arrives (to store it at once).
-    When one request fails for good, the requests not started yet are cancelled, the others
-    stop retrying, and the first error is raised once they are done.
+    Requests run by :func:`map_concurrently`: when one fails for good, no other is started,
+    the running ones stop retrying, and the first error (a stop by the circuit breaker before
+    any other) is raised once they are done.
     """
     if not requests:
         return []
@@ -385,47 +429,166 @@ def generate(
             on_answer(index, got)
         return got
 
-    if len(requests) == 1:
-        answers = [answer(0)]  # in the caller's thread: Ctrl-C interrupts it directly
-    else:
-        answers = _run_all(batch, answer, len(requests), max_concurrency)
+    try:  # a failure, or Ctrl-C: start nothing more, retry nothing more (batch.stop)
+        answers = map_in_order(
+            answer, range(len(requests)), max_concurrency, on_stop=batch.stop.set
+        )
+    except Exception as error:
+        first = batch.first_failure(error)
+        raise first from first.__cause__  # shown as raised, not as raised while handling
     _forget(keys)
     return answers
 
 
-def _run_all(
-    batch: _Batch, answer: Callable[[int], AIMessage], count: int, max_concurrency: int
-) -> list[AIMessage]:
-    futures = [_executor(max_concurrency).submit(answer, i) for i in range(count)]
+# --- concurrency ------------------------------------------------------------------------------
+
+
+def map_concurrently(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    max_concurrency: int,
+    *,
+    on_stop: Callable[[], None] | None = None,
+) -> Iterator[tuple[int, R]]:
+    """Call ``fn`` on every item, at most ``max_concurrency`` calls at a time, and yield
+    ``(index of the item, result)`` in the caller's thread as each call returns: the caller
+    stores it (a cache line, a progress step) at once.
+
+    The calls run on the process's long-lived pool for that bound (:func:`_executor`), each in
+    a copy of the caller's context (LangGraph streaming and tracing see them as the caller's,
+    as with ``Runnable.batch``). A single item is called in the caller's thread (Ctrl-C
+    interrupts it directly). ``fn`` must not itself wait for calls on the same bound's pool.
+
+    When a call fails, no item is started after it and ``on_stop`` is called (to make the
+    running calls give up early); the results of the calls still running are yielded as they
+    return, then the first error is raised. When the caller stops early (an error in its loop,
+    Ctrl-C), nothing more is started, the calls not started are cancelled and ``on_stop`` is
+    called; the running calls are not waited for.
+    """
+    items = list(items)
+    if len(items) == 1:
+        yield 0, fn(items[0])
+        return
+    feed = _Feed(fn, items, max(1, max_concurrency))
+    finished = False
     try:
-        wait(futures, return_when=FIRST_EXCEPTION)
-    finally:  # a failure, or Ctrl-C in this thread: start nothing more, retry nothing more
-        if not all(f.done() for f in futures):
-            batch.stop.set()
-            for future in futures:
-                future.cancel()
-    wait(futures)
-    errors = [e for e in map(_error_of, futures) if e is not None]
-    if errors:
-        stops = [e for e in errors if isinstance(e, CircuitOpenError)]
-        raise (stops or [batch.failure or errors[0]])[0]
-    return [future.result() for future in futures]
+        error: BaseException | None = None
+        for index, future in feed.start():
+            if future.cancelled():
+                continue
+            if (failure := future.exception()) is None:
+                yield index, future.result()
+            elif error is None:
+                error = failure
+                if on_stop is not None:
+                    on_stop()
+        finished = True
+    finally:
+        if not finished:
+            feed.abandon()
+            if on_stop is not None:
+                on_stop()
+    if error is not None:
+        raise error
 
 
-def _error_of(future: Future[AIMessage]) -> BaseException | None:
-    return None if future.cancelled() else future.exception()
+def map_in_order(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    max_concurrency: int,
+    *,
+    on_stop: Callable[[], None] | None = None,
+) -> list[R]:
+    """``[fn(x) for x in items]`` by :func:`map_concurrently` (same bound, errors and stop)."""
+    items = list(items)
+    results: list[Any] = [None] * len(items)
+    for index, result in map_concurrently(fn, items, max_concurrency, on_stop=on_stop):
+        results[index] = result
+    return results
+
+
+class _Feed(Generic[T, R]):
+    """The calls of one :func:`map_concurrently`: the next item is submitted from the done
+    callback of the call before it (the pool never waits for the caller), none after a call
+    failed or the caller gave up; each done call is queued for the caller."""
+
+    def __init__(self, fn: Callable[[T], R], items: Sequence[T], max_concurrency: int) -> None:
+        self.fn, self.max_concurrency = fn, max_concurrency
+        self.items = iter(enumerate(items))
+        self.pool = _executor(max_concurrency)
+        self.context = contextvars.copy_context()
+        self.running: dict[Future[R], int] = {}
+        self.outstanding = 0
+        """Calls submitted whose result the caller has not taken yet."""
+        self.stopped = False
+        self.done: queue.SimpleQueue[tuple[int, Future[R]]] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+
+    def start(self) -> Iterator[tuple[int, Future[R]]]:
+        """Submit the first calls; yield every submitted call once it is done."""
+        for _ in range(self.max_concurrency):
+            self._submit_next()
+        while True:
+            with self.lock:
+                if not self.outstanding:
+                    return
+                self.outstanding -= 1  # a call done is queued (or will be) for each one left
+            yield self.done.get()
+
+    def abandon(self) -> None:
+        """Start nothing more and cancel the calls not started (their callbacks run here)."""
+        with self.lock:
+            self.stopped = True
+            futures = list(self.running)
+        for future in futures:
+            future.cancel()
+
+    def _submit_next(self) -> None:
+        with self.lock:
+            entry = None if self.stopped else next(self.items, None)
+            if entry is None:
+                return
+            index, item = entry
+            try:
+                future = self.pool.submit(self.context.copy().run, self.fn, item)
+            except RuntimeError as exc:  # the interpreter is exiting: that item fails
+                future = Future()
+                future.set_exception(exc)
+            self.running[future] = index
+            self.outstanding += 1
+        future.add_done_callback(self._finished)  # called at once if it is done already
+
+    def _finished(self, future: Future[R]) -> None:
+        with self.lock:
+            index = self.running.pop(future)
+            failed = future.cancelled() or future.exception() is not None
+            self.stopped = self.stopped or failed  # decided before the next is submitted
+        try:
+            self._submit_next()
+        finally:  # the caller waits for one entry per call
+            self.done.put((index, future))
 
 
 @lru_cache(maxsize=8)
-def _executor(max_workers: int) -> ContextThreadPoolExecutor:
-    """A long-lived pool per concurrency bound (a new pool per batch costs a thread per call).
+def _executor(max_workers: int) -> ThreadPoolExecutor:
+    """A long-lived pool per concurrency bound (a new pool per batch costs a thread per call)."""
+    return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="llm")
 
-    Each task runs in a copy of the caller's context, so LangGraph streaming and tracing see the
-    calls as the node's, as with ``Runnable.batch``.
-    """
-    return ContextThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="llm")
+
+def batch_progress(description: str, *, enabled: bool) -> Progress:
+    """The progress bar of a batch (description, bar, done/total, elapsed time) on stderr;
+    ``enabled=False`` draws nothing. Use it as a context manager: ``add_task``, ``advance``."""
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
 
 
 def output_tokens(messages: Sequence[AIMessage]) -> int:
     """Completion tokens reported by the server for these answers."""
-    return sum((m.usage_metadata or {}).get("output_tokens", 0) for m in messages)
+    return sum(m.usage_metadata.get("output_tokens", 0) if m.usage_metadata else 0
+               for m in messages)

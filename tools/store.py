@@ -17,8 +17,8 @@ duplicates them. Tables (all keyed by ``run_id``, so one file may hold many runs
 
 A run folder's ``run.sqlite`` is keyed by the run's id recorded in ``run.json`` (its folder
 name for runs made before ids were recorded): :func:`run_id_of_store` is how readers find it,
-so a renamed or moved folder keeps its data. :func:`write_atomic` writes metadata files so
-that a crash mid-write leaves the old file, never half of one.
+so a renamed or moved folder keeps its data. Metadata files are written atomically
+(:func:`tools.files.write_atomic`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -43,35 +42,6 @@ RUN_FILE = "run.json"
 """A run folder's metadata file (method, context, ``id``); see ``graph.runner``."""
 DB_FILE = "run.sqlite"
 """A run folder's data file."""
-
-
-def write_atomic(path: str | Path, text: str, *, replace: bool = True) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, fsynced and then
-    renamed over it: a crash or a full disk mid-write leaves the old file, never half of one.
-
-    With ``replace=False`` an existing file is kept and :class:`FileExistsError` raised (the
-    temporary file is linked, not renamed: two processes creating it cannot both win).
-    """
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as exc:  # named after the file meant, not the temporary one
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    except FileExistsError:
-        raise
-    except OSError as exc:  # a full disk, a read-only folder: the file meant is named
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def run_id_from(data: Mapping[str, Any], folder: Path) -> str:

@@ -5,7 +5,8 @@ The prompt is rendered with the tokenizer's chat template when it has one (one u
 ``"### User:\\n{prompt}\\n\\n### Assistant:\\n"``. The response follows, then the EOS token.
 Prompt and response are tokenized separately and concatenated, so the boundary is exact: the
 labels are the input ids on the response tokens (and EOS) and ``-100`` on every prompt token and
-on padding.
+on padding. :func:`plain_chat_template` is the plain template as a chat template, to serve a
+model without one the way it was trained.
 
 Too long examples are truncated to ``max_length``: the prompt keeps its end (the part next to
 the response) and gives up tokens first, down to half of ``max_length`` when the response
@@ -37,6 +38,25 @@ def prompt_text(tokenizer: Any, prompt: str) -> str:
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
     return PLAIN_TEMPLATE.format(prompt=prompt)
+
+
+def plain_chat_template(tokenizer: Any) -> str:
+    """A Jinja chat template that renders the plain template (:data:`PLAIN_TEMPLATE`).
+
+    For serving a target without a chat template of its own (vLLM's ``--chat-template``): its
+    chat requests then get the prompt tokens :func:`prompt_ids` gave it in training: BOS only
+    where ``tokenizer`` adds one (a server adds no special tokens to a chat-rendered prompt),
+    the user turn in the plain template, an assistant turn followed by EOS.
+    """
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and _ids(tokenizer, "", special=True)[:1] == [bos]
+    before, after = PLAIN_TEMPLATE.split("{prompt}")
+    return (
+        ("{{ bos_token }}" if adds_bos else "") + "{% for m in messages %}"
+        "{% if m['role'] == 'user' %}" + before + "{{ m['content'] }}" + after
+        + "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}{% endif %}"
+        "{% endfor %}"
+    )
 
 
 def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:

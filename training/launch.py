@@ -1,9 +1,12 @@
-"""Entry point for (multi-process) LoRA training under ``accelerate launch`` or ``torchrun``.
+"""One LoRA adapter from safety + instruction data: :func:`train_adapter` and its launcher.
 
-``python -m training.launch`` mixes safety and instruction data (:mod:`training.mix`) and
-trains a LoRA adapter (:func:`training.lora.train_lora`). Started once it trains on one device;
-started by a launcher, every process runs this same module and the transformers ``Trainer``
-does data-parallel training (DDP, FSDP or DeepSpeed, as the accelerate config says)::
+:func:`train_adapter` mixes safety and instruction data (:mod:`training.mix`) and trains a LoRA
+adapter (:func:`training.lora.train_lora`); ``data-advisor train`` (:mod:`training.cli`, with
+the options :func:`add_train_arguments` declares) and the experiment's training stage call it in
+one process. ``python -m training.launch`` is the same job as an entry point for
+``accelerate launch`` or ``torchrun``: started once it trains on one device; started by a
+launcher, every process runs this same module and the transformers ``Trainer`` does
+data-parallel training (DDP, FSDP or DeepSpeed, as the accelerate config says)::
 
     python -m training.launch --safety runs/da1 --instructions alpaca.json --out out/da1
     accelerate launch --config_file training/accelerate/cpu-2proc.yaml -m training.launch \\
@@ -11,11 +14,12 @@ does data-parallel training (DDP, FSDP or DeepSpeed, as the accelerate config sa
     accelerate launch --config_file training/accelerate/multi-gpu.yaml -m training.launch ...
     torchrun --standalone --nproc_per_node 2 -m training.launch ...
 
-What it adds for several processes (see ``docs/scaling.md``):
+What :func:`train_adapter` adds for several processes (given the launch's
+:class:`accelerate.PartialState`; see ``docs/scaling.md``):
 
-- the process group is set up first (:class:`accelerate.PartialState`; gloo on CPU, NCCL on
-  GPUs), so each GPU process uses its own ``cuda:<local rank>`` (QLoRA loads the 4-bit model
-  with ``device_map`` on the current device);
+- the process group is set up first (:func:`main`; gloo on CPU, NCCL on GPUs), so each GPU
+  process uses its own ``cuda:<local rank>`` (QLoRA loads the 4-bit model with ``device_map`` on
+  the current device);
 - the default model is converted by the main process only, the others wait for it;
 - ``--no-resume`` removes old checkpoints once, on the main process, before any process starts;
 - only the main process prints and writes ``mix.json``;
@@ -29,11 +33,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from training.lora import TrainConfig, TrainResult
+    from training.mix import MixSplits
 
 # TrainConfig field <- command-line option (as in ``data-advisor train``)
 TRAIN_OPTIONS = {
@@ -98,6 +109,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="QLoRA: 4-bit base model (CUDA GPU and bitsandbytes only)")
     p.add_argument("--no-resume", action="store_true",
                    help="start from scratch (removes the checkpoints in --out)")
+    p.add_argument("--instructions-limit", type=int,
+                   help="draw at most this many instruction examples first (default: all)")
 
 
 def train_config(args: argparse.Namespace) -> Any:
@@ -116,43 +129,106 @@ def train_config(args: argparse.Namespace) -> Any:
     return TrainConfig(**values)
 
 
+def train_adapter(
+    safety: str | Path | Sequence[Mapping[str, str]],
+    instructions: str | Path | Sequence[Mapping[str, str]],
+    out_dir: str | Path,
+    *,
+    model: str | Path | None = None,
+    config: TrainConfig | None = None,
+    ratio: float | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    instructions_limit: int | None = None,
+    resume: bool = True,
+    state: Any = None,
+) -> tuple[TrainResult, MixSplits]:
+    """Mix safety and instruction data and train a LoRA adapter into ``out_dir``.
+
+    ``safety`` / ``instructions`` are sources :func:`training.mix.load_safety` /
+    :func:`training.mix.load_instructions` read, or lists of examples. ``model`` is the target
+    (HF id or path; None: the embedded SmolLM2-135M-Instruct). ``instructions_limit`` draws at
+    most that many instruction examples (seeded) before mixing. ``resume=False`` removes the
+    checkpoints in ``out_dir`` first. ``state`` is the :class:`accelerate.PartialState` of a
+    multi-process launch (None: one process; see the module docstring). Returns the
+    :class:`training.lora.TrainResult` and the :class:`training.mix.MixSplits`; the mix counts
+    are also written to ``out_dir/mix.json``.
+    """
+    from tools.default_model import resolve_model
+    from training.lora import TrainConfig, checkpoints, train_lora
+
+    main_process = state is None or state.is_main_process
+    out = Path(out_dir)
+    with state.main_process_first() if state is not None else nullcontext():
+        model_path = resolve_model(None if model is None else str(model))  # converts it once
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for old in checkpoints(out):
+                shutil.rmtree(old)
+    processes = 1 if state is None else state.num_processes
+    if state is not None:
+        state.wait_for_everyone()
+    config = config or TrainConfig(seed=seed)
+    if processes > 1:  # every LoRA parameter gets a gradient: skip DDP's search
+        config = replace(config, extra={"ddp_find_unused_parameters": False, **config.extra})
+    splits = _mix(safety, instructions, ratio=ratio, seed=seed, val_fraction=val_fraction,
+                  instructions_limit=instructions_limit)
+    if main_process:
+        if state is not None:
+            print(f"training.launch: {processes} process(es), {state.distributed_type.value}, "
+                  f"backend {state.backend}, device {state.device}; "
+                  f"mix {json.dumps(splits.counts())}", flush=True)
+        (out / "mix.json").write_text(json.dumps({
+            "counts": splits.counts(), "ratio": ratio, "seed": seed,
+            "val_fraction": val_fraction, "instructions_limit": instructions_limit,
+            "safety": _described(safety), "instructions": _described(instructions),
+            "processes": processes,
+        }, indent=2) + "\n", "utf-8")
+    # old checkpoints are gone already (removed once, by the main process)
+    result = train_lora(model_path, splits.train, splits.validation, out, config, resume=True)
+    return result, splits
+
+
+def _mix(
+    safety: str | Path | Sequence[Mapping[str, str]],
+    instructions: str | Path | Sequence[Mapping[str, str]],
+    *,
+    ratio: float | None,
+    seed: int,
+    val_fraction: float,
+    instructions_limit: int | None,
+) -> MixSplits:
+    """The training mix of :func:`train_adapter` (the same on every process: same seed)."""
+    from training.mix import build_mix, load_instructions, load_safety
+
+    safety_rows = (load_safety(safety) if isinstance(safety, str | Path)
+                   else [dict(e, source="safety") for e in safety])
+    instr_rows = (load_instructions(instructions) if isinstance(instructions, str | Path)
+                  else [dict(e, source="instruction") for e in instructions])
+    if instructions_limit is not None and len(instr_rows) > instructions_limit:
+        instr_rows = random.Random(seed).sample(instr_rows, instructions_limit)
+    return build_mix(safety_rows, instr_rows, ratio=ratio, seed=seed, val_fraction=val_fraction)
+
+
+def _described(source: str | Path | Sequence[Mapping[str, str]]) -> str:
+    """A data source as ``mix.json`` records it."""
+    return str(source) if isinstance(source, str | Path) else "<list>"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Mix the data and train; every process of a distributed launch runs this."""
     import torch
     from accelerate import PartialState
 
-    from tools.default_model import resolve_model
-    from training.lora import checkpoints, train_lora
-    from training.mix import build_mix, load_instructions, load_safety
-
     args = build_parser().parse_args(argv)
     config = train_config(args)
     # The process group first (a no-op for one process); the Trainer reuses it.
     state = PartialState(cpu=not torch.cuda.is_available())
-    out: Path = args.out
-    with state.main_process_first():  # converts the default model once
-        model = resolve_model(args.model)
-    if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if args.no_resume:
-            for old in checkpoints(out):
-                shutil.rmtree(old)
-    state.wait_for_everyone()
-    if state.num_processes > 1:  # every LoRA parameter gets a gradient: skip DDP's search
-        config.extra.setdefault("ddp_find_unused_parameters", False)
-
-    splits = build_mix(load_safety(args.safety), load_instructions(args.instructions),
-                       ratio=args.ratio, seed=args.seed, val_fraction=args.val_fraction)
-    if state.is_main_process:
-        print(f"training.launch: {state.num_processes} process(es), "
-              f"{state.distributed_type.value}, backend {state.backend}, device {state.device}; "
-              f"mix {json.dumps(splits.counts())}", flush=True)
-        (out / "mix.json").write_text(json.dumps({
-            "counts": splits.counts(), "ratio": args.ratio, "seed": args.seed,
-            "val_fraction": args.val_fraction, "safety": str(args.safety),
-            "instructions": str(args.instructions), "processes": state.num_processes,
-        }, indent=2) + "\n", "utf-8")
-    result = train_lora(model, splits.train, splits.validation, out, config, resume=True)
+    result, _ = train_adapter(
+        args.safety, args.instructions, args.out, model=args.model, config=config,
+        ratio=args.ratio, seed=args.seed, val_fraction=args.val_fraction,
+        instructions_limit=args.instructions_limit, resume=not args.no_resume, state=state)
     state.wait_for_everyone()
     if state.is_main_process:
         examples = (config.per_device_batch_size * config.gradient_accumulation_steps

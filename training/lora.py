@@ -155,6 +155,14 @@ def last_checkpoint(out_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def adapter_done(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` holds a finished :func:`train_lora` run (adapter and config)."""
+    out = Path(out_dir)
+    adapter = out / "adapter"
+    return ((out / "train_config.json").is_file() and (adapter / "adapter_config.json").is_file()
+            and any(adapter.glob("adapter_model.*")))
+
+
 def _use_bf16(config: TrainConfig, cuda: bool) -> bool:
     if config.bf16 is not None:
         return config.bf16

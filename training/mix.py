@@ -9,8 +9,9 @@ examples), so that it learns to answer harmful requests safely without forgettin
   JSON / Parquet file, a saved HF dataset folder, or an HF id ``hf:<id>[:<split>]``.
 - :func:`load_instructions` reads instruction data: Alpaca rows ``{instruction, input, output}``
   or ``{prompt, response}`` rows, from the same kinds of sources.
-- :func:`build_mix` deduplicates on the normalised prompt, mixes at a given safety share,
-  shuffles with a seed and holds out a validation slice.
+- :func:`build_mix` deduplicates on the normalised prompt (`tools.text.normalize`, the rule
+  the generator's duplicate filter uses), mixes at a given safety share, shuffles with a seed
+  and holds out a validation slice.
 
 Every example is a plain ``{"prompt", "response", "source"}`` dict (``source`` is ``"safety"``
 or ``"instruction"``).
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.store import run_id_of_store
+from tools.text import normalize
 
 Example = dict[str, str]
 SAFETY = "safety"
@@ -47,11 +49,6 @@ class MixSplits:
             "train": dict(Counter(e["source"] for e in self.train)),
             "validation": dict(Counter(e["source"] for e in self.validation)),
         }
-
-
-def normalize_prompt(prompt: str) -> str:
-    """The key prompts are deduplicated on: case-folded, whitespace collapsed."""
-    return " ".join(prompt.casefold().split())
 
 
 # --- reading rows ------------------------------------------------------------------------------
@@ -189,11 +186,16 @@ def load_instructions(source: str | Path) -> list[Example]:
 
 
 def dedupe(examples: Iterable[Example], seen: set[str] | None = None) -> list[Example]:
-    """Examples whose normalised prompt was not seen before (first one wins); updates ``seen``."""
+    """Examples whose normalised prompt was not seen before (first one wins); updates ``seen``.
+
+    Prompts are keyed by `tools.text.normalize`, the generator's exact-duplicate rule (case,
+    punctuation and whitespace ignored), so a prompt the generator would reject as a duplicate
+    is one example here too: "How do I pick a lock?" and "how do I pick a lock" are one.
+    """
     seen = set() if seen is None else seen
     out = []
     for e in examples:
-        key = normalize_prompt(e["prompt"])
+        key = normalize(e["prompt"])
         if key not in seen:
             seen.add(key)
             out.append(e)
@@ -225,7 +227,7 @@ def build_mix(
     ``ratio`` is the safety share of the mix (0..1). The default ``None`` uses all safety
     examples and as many instruction examples (capped by availability), as in the paper. With a
     ratio, the mix is the largest one the available data allows at that share. Prompts are
-    deduplicated on :func:`normalize_prompt` (a safety example wins over an instruction with
+    deduplicated on `tools.text.normalize` (a safety example wins over an instruction with
     the same prompt), sampled and shuffled with ``seed``; ``val_fraction`` of the mix (at
     least one example when it is > 0) becomes the validation split.
     """

@@ -1,14 +1,13 @@
-"""The paper's experiment end to end, at the scale of a config file: generate, train, evaluate.
+"""The experiment's five stages and :func:`run_experiment`, which runs them into one folder.
 
-:func:`run_experiment` reads a TOML (or YAML, when PyYAML is installed) config, or a dict of
-the same shape, and runs five stages into one output folder:
+:func:`run_experiment` takes a config (:mod:`experiment.config`) and runs, in ``out_dir``:
 
 1. **generation**: a Data Advisor and a Self-Instruct run with the same budget (target size,
    round bound, K) in ``<out>/runs/<method>``, either against the endpoints the config names
    (``base_url`` / ``<role>_url``) or against ONE embedded vLLM server started for both runs;
 2. **training**: one LoRA adapter per data set on the same target model, each trained on its
-   data set mixed with the same instruction data, in ``<out>/adapters/<method>`` (the adapter
-   itself in ``<out>/adapters/<method>/adapter``);
+   data set mixed with the same instruction data (:func:`training.launch.train_adapter`), in
+   ``<out>/adapters/<method>`` (the adapter itself in ``<out>/adapters/<method>/adapter``);
 3. **evaluation**: safety on CatQA and BeaverTails (judged by the refusal-string judge or Llama
    Guard), over-refusal (optional) and MMLU utility for the base model and both adapters, all
    served by ONE embedded vLLM server (``lora_modules``), or by an existing server that serves
@@ -21,340 +20,37 @@ or Ctrl-C continues where it stopped; within a stage, a generation run resumes f
 checkpoint, training from its last Trainer checkpoint, and an evaluation from the responses and
 judgments already on disk. Changing the config of a stage that is done does not redo it:
 delete the stage's output (or use another ``out_dir``) for that.
-
-The config (every key optional unless said otherwise; see ``configs/cpu-small.toml``)::
-
-    out_dir = "experiments/x"     # default for run_experiment(out_dir=None)
-    seed = 0
-    [generation]   methods, target_size, rounds, prompts_per_round (K), examples_per_request,
-                   base_url, model, advisor_url/_model, generator_url/_model,
-                   responder_url/_model, api_key_env, max_concurrency, seed_prompts_file,
-                   seed_categories_file, max_model_len, server_args, [generation.context]
-                   (any other graph.context.Context field)
-    [training]     instructions (required), model (target; default SmolLM2-135M-Instruct),
-                   ratio, val_fraction, instructions_limit, and any training.lora.TrainConfig
-                   field (rank, alpha, learning_rate, max_steps, max_length, ...)
-    [evaluation]   catqa, catqa_limit, beavertails, beavertails_limit, overrefusal,
-                   overrefusal_name, overrefusal_limit, mmlu, mmlu_limit, mmlu_method, judge,
-                   judge_url, judge_model, judge_api_key_env, judge_max_concurrency,
-                   prompt_format (auto/chat/plain), max_tokens, max_concurrency, max_model_len,
-                   server_args, api_key_env, base_url, base_model, adapter_models
-    [diversity]    references, size, seeds
-
-Relative paths in the config are relative to the working directory, as on the command line.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from graph.graph import METHODS
+from experiment.config import (
+    ROLES,
+    ConfigError,
+    ExperimentConfig,
+    GenerationConfig,
+    is_default_model,
+    load_config,
+)
 from tools.llm import Endpoint
 
 STAGES = ("generation", "training", "evaluation", "diversity", "report")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The ``--max-lora-rank`` values vLLM accepts."""
-ROLES = ("advisor", "generator", "responder")
-DEFAULT_ALIASES = (None, "", "default")
 
 
-class ConfigError(ValueError):
-    """The experiment config is not valid."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Config
-# ---------------------------------------------------------------------------------------------
-
-
-def _take(cls: type, values: Mapping[str, Any], section: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"[{section}]: unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**values)
-
-
-@dataclass
-class GenerationConfig:
-    """``[generation]``: both methods get the same budget and the same endpoints."""
-
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    target_size: int | None = 100
-    """Stop a run once this many prompts are kept."""
-    rounds: int | None = None
-    """Round bound (default: effectively none with a target size, else 10)."""
-    prompts_per_round: int = 10
-    examples_per_request: int = 3
-    base_url: str | None = None
-    """OpenAI-compatible server for every role; without it, one embedded vLLM server."""
-    model: str | None = None
-    """Served name with ``base_url``, else HF id or path (default SmolLM2-135M-Instruct)."""
-    advisor_url: str | None = None
-    advisor_model: str | None = None
-    generator_url: str | None = None
-    generator_model: str | None = None
-    responder_url: str | None = None
-    responder_model: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    max_concurrency: int = 32
-    seed_prompts_file: str | None = None
-    seed_categories_file: str | None = None
-    max_model_len: int = 4096
-    """Of the embedded server."""
-    server_args: list[str] = field(default_factory=list)
-    """More arguments of the embedded vLLM server (e.g. ``--gpu-memory-utilization 0.5``)."""
-    context: dict[str, Any] = field(default_factory=dict)
-    """Any other :class:`graph.context.Context` field (temperatures, principles, ...)."""
-
-    def __post_init__(self) -> None:
-        for method in self.methods:
-            if method not in METHODS:
-                raise ConfigError(f"[generation] methods: unknown method {method!r}")
-        if not self.methods:
-            raise ConfigError("[generation] methods is empty")
-        if self.target_size is None and self.rounds is None:
-            raise ConfigError("[generation] needs target_size or rounds")
-        for name in ("rounds", "target_size", "prompts_per_round", "examples_per_request",
-                     "max_concurrency"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"[generation] {name}: got {value!r}; must be an integer >= 1")
-        from graph.context import Context
-
-        known = {f.name for f in fields(Context)} - {"data_path"}
-        unknown = sorted(set(self.context) - known)
-        if unknown:
-            raise ConfigError(f"[generation.context]: unknown Context field(s) {unknown}")
-
-
-@dataclass
-class TrainingConfig:
-    """``[training]``: the mix and the LoRA hyperparameters (a ``TrainConfig`` in ``lora``)."""
-
-    instructions: str = ""
-    """Instruction data (Alpaca JSON/JSONL, ``{prompt, response}`` rows, or ``hf:<id>``)."""
-    model: str | None = None
-    """Target model: HF id or path (default: the embedded SmolLM2-135M-Instruct)."""
-    ratio: float | None = None
-    """Safety share of the mix (None: all safety data and as many instructions)."""
-    val_fraction: float = 0.05
-    instructions_limit: int | None = None
-    """Draw at most this many instruction examples (seeded) before mixing."""
-    lora: dict[str, Any] = field(default_factory=dict)
-    """:class:`training.lora.TrainConfig` fields."""
-
-    def train_config(self, seed: int) -> Any:
-        """The :class:`training.lora.TrainConfig` of this section."""
-        from training.lora import TrainConfig
-
-        return TrainConfig.from_dict({"seed": seed, **self.lora})
-
-
-@dataclass
-class EvaluationConfig:
-    """``[evaluation]``: data sets, limits, judge and how the models are served."""
-
-    catqa: str | None = None
-    catqa_limit: int | None = None
-    beavertails: str | None = None
-    beavertails_limit: int | None = None
-    overrefusal: str | None = None
-    overrefusal_name: str = "overrefusal"
-    overrefusal_limit: int | None = None
-    mmlu: str | None = None
-    mmlu_limit: int | None = None
-    mmlu_method: str = "loglik"
-    judge: str = "refusal"
-    judge_url: str | None = None
-    judge_model: str | None = None
-    judge_api_key_env: str = "OPENAI_API_KEY"
-    judge_max_concurrency: int = 8
-    prompt_format: str = "auto"
-    """``auto``: the target's chat template, or (without one) a chat template that renders the
-    training's plain format, so a base model is asked the way its adapter was trained."""
-    max_tokens: int = 128
-    max_concurrency: int = 16
-    max_model_len: int = 2048
-    server_args: list[str] = field(default_factory=list)
-    api_key_env: str = "OPENAI_API_KEY"
-    base_url: str | None = None
-    """Evaluate on this existing server (no embedded one); models by their served names."""
-    base_model: str | None = None
-    """Served name of the base model with ``base_url`` (default: the training model)."""
-    adapter_models: dict[str, str] = field(default_factory=dict)
-    """Served names of the adapters with ``base_url`` (default: the method names)."""
-
-    def __post_init__(self) -> None:
-        if self.prompt_format not in ("auto", "chat", "plain"):
-            raise ConfigError("[evaluation] prompt_format must be auto, chat or plain")
-        if self.mmlu_method not in ("loglik", "generate"):
-            raise ConfigError("[evaluation] mmlu_method must be loglik or generate")
-        if not (self.catqa or self.beavertails or self.overrefusal or self.mmlu):
-            raise ConfigError("[evaluation] names no data set (catqa, beavertails, mmlu, ...)")
-
-
-@dataclass
-class DiversityConfig:
-    """``[diversity]``: reference data sets and the equal size of the comparison."""
-
-    references: list[str] = field(default_factory=list)
-    size: int | None = None
-    """Compare distinct-n at this many prompts (default and cap: the smallest generated data
-    set; references at least that large are compared at the same size)."""
-    seeds: int = 5
-
-
-@dataclass
-class ExperimentConfig:
-    """A whole experiment config."""
-
-    generation: GenerationConfig
-    training: TrainingConfig
-    evaluation: EvaluationConfig
-    diversity: DiversityConfig
-    out_dir: str | None = None
-    seed: int = 0
-    name: str = "experiment"
-    raw: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def methods(self) -> list[str]:
-        """The generation methods compared."""
-        return list(self.generation.methods)
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A config file as a dict: TOML (``tomllib``), or YAML when PyYAML is installed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as exc:
-            raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml)") from exc
-        data = yaml.safe_load(path.read_text("utf-8")) or {}
-    else:
-        import tomllib
-
-        try:
-            data = tomllib.loads(path.read_text("utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the config must be a mapping")
-    return data
-
-
-def load_config(source: str | Path | Mapping[str, Any]) -> ExperimentConfig:
-    """An :class:`ExperimentConfig` from a config file or a dict of the same shape."""
-    if isinstance(source, Mapping):
-        data, name = dict(source), str(source.get("name") or "experiment")
-    else:
-        data, name = read_config_file(source), Path(source).stem
-    data = json.loads(json.dumps(data, default=str))  # plain JSON types, a private copy
-    top = {"generation", "training", "evaluation", "diversity", "out_dir", "seed", "name"}
-    unknown = sorted(set(data) - top)
-    if unknown:
-        raise ConfigError(f"unknown top-level key(s) {unknown}; known: {sorted(top)}")
-    training = dict(data.get("training") or {})
-    own = {f.name for f in fields(TrainingConfig)} - {"lora"}
-    lora = {k: training.pop(k) for k in list(training) if k not in own}
-    lora.update(training.pop("lora", {}) if isinstance(training.get("lora"), dict) else {})
-    train_cfg = _take(TrainingConfig, {**training, "lora": lora}, "training")
-    if not train_cfg.instructions:
-        raise ConfigError("[training] instructions is required (the instruction data to mix)")
-    seed = int(data.get("seed", 0))
-    train_cfg.train_config(seed)  # validate the LoRA fields now, not after generation
-    return ExperimentConfig(
-        generation=_take(GenerationConfig, data.get("generation") or {}, "generation"),
-        training=train_cfg,
-        evaluation=_take(EvaluationConfig, data.get("evaluation") or {}, "evaluation"),
-        diversity=_take(DiversityConfig, data.get("diversity") or {}, "diversity"),
-        out_dir=data.get("out_dir"),
-        seed=seed,
-        name=str(data.get("name") or name),
-        raw=data,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Training one adapter (also the `train` command)
-# ---------------------------------------------------------------------------------------------
-
-
-def train_adapter(
-    safety: str | Path | Sequence[Mapping[str, str]],
-    instructions: str | Path | Sequence[Mapping[str, str]],
-    out_dir: str | Path,
-    *,
-    model: str | Path | None = None,
-    config: Any = None,
-    ratio: float | None = None,
-    seed: int = 0,
-    val_fraction: float = 0.05,
-    instructions_limit: int | None = None,
-    resume: bool = True,
-) -> tuple[Any, Any]:
-    """Mix safety and instruction data and train a LoRA adapter into ``out_dir``.
-
-    ``safety`` / ``instructions`` are sources :func:`training.mix.load_safety` /
-    :func:`training.mix.load_instructions` read, or lists of examples. ``model`` is the target
-    (HF id or path; None: the embedded SmolLM2-135M-Instruct). ``instructions_limit`` draws at
-    most that many instruction examples (seeded) before mixing. Returns the
-    :class:`training.lora.TrainResult` and the :class:`training.mix.MixSplits`; the mix counts
-    are also written to ``out_dir/mix.json``.
-    """
-    from tools.default_model import resolve_model
-    from training.lora import TrainConfig, train_lora
-    from training.mix import build_mix, load_instructions, load_safety
-
-    safety_rows = (load_safety(safety) if isinstance(safety, str | Path)
-                   else [dict(e, source="safety") for e in safety])
-    instr_rows = (load_instructions(instructions) if isinstance(instructions, str | Path)
-                  else [dict(e, source="instruction") for e in instructions])
-    if instructions_limit is not None and len(instr_rows) > instructions_limit:
-        instr_rows = random.Random(seed).sample(instr_rows, instructions_limit)
-    splits = build_mix(safety_rows, instr_rows, ratio=ratio, seed=seed,
-                       val_fraction=val_fraction)
-    config = config or TrainConfig(seed=seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "mix.json").write_text(json.dumps({
-        "counts": splits.counts(), "ratio": ratio, "seed": seed, "val_fraction": val_fraction,
-        "instructions_limit": instructions_limit,
-        "safety": str(safety) if isinstance(safety, str | Path) else "<list>",
-        "instructions": (str(instructions) if isinstance(instructions, str | Path)
-                         else "<list>"),
-    }, indent=2) + "\n", "utf-8")
-    result = train_lora(resolve_model(None if model is None else str(model)), splits.train,
-                        splits.validation, out, config, resume=resume)
-    return result, splits
-
-
-def adapter_done(out_dir: str | Path) -> bool:
-    """Whether ``out_dir`` holds a finished :func:`train_adapter` run (adapter and config)."""
-    out = Path(out_dir)
-    adapter = out / "adapter"
-    return ((out / "train_config.json").is_file() and (adapter / "adapter_config.json").is_file()
-            and any(adapter.glob("adapter_model.*")))
-
-
-# ---------------------------------------------------------------------------------------------
-# Stages
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -368,12 +64,6 @@ class ExperimentResult:
     report: Path
     stages: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def _is_default(model: str | None) -> bool:
-    from tools.default_model import DEFAULT_MODEL_NAME
-
-    return model in DEFAULT_ALIASES or model == DEFAULT_MODEL_NAME
 
 
 def _slug(text: str) -> str:
@@ -403,7 +93,7 @@ def _generation_roles(gen: GenerationConfig) -> _Roles:
         url = getattr(gen, f"{role}_url") or gen.base_url
         model = getattr(gen, f"{role}_model") or gen.model
         if url is None:
-            embedded_roles[role] = None if _is_default(model) else model
+            embedded_roles[role] = None if is_default_model(model) else model
             values[f"{role}_base_url"] = values[f"{role}_model"] = None
         else:
             values[f"{role}_base_url"] = url
@@ -524,6 +214,8 @@ class _Experiment:
     # -- 2. training --------------------------------------------------------------------------
 
     def training(self) -> bool:
+        from training.lora import adapter_done
+
         tr = self.cfg.training
         todo = [m for m in self.cfg.methods if not adapter_done(self.adapters[m])]
         for m in self.cfg.methods:
@@ -531,6 +223,7 @@ class _Experiment:
                 self.say(f"  {m}: adapter in {self.adapters[m] / 'adapter'} [dim](skipped)[/]")
         if not todo:
             return False
+        from training.launch import train_adapter
         from training.mix import load_instructions
 
         instructions = load_instructions(tr.instructions)
@@ -576,6 +269,7 @@ class _Experiment:
         from evaluation.judges import make_judge
         from evaluation.safety import evaluate_overrefusal, evaluate_safety
         from evaluation.utility import evaluate_utility
+        from training.lora import adapter_done
 
         ev = self.cfg.evaluation
         tasks = self._tasks()
@@ -648,7 +342,7 @@ class _Experiment:
         from tools.default_model import DEFAULT_MODEL_NAME
 
         ev, tr = self.cfg.evaluation, self.cfg.training
-        target = None if _is_default(tr.model) else str(tr.model)
+        target = None if is_default_model(tr.model) else str(tr.model)
         if ev.base_url is not None:
             base = ev.base_model or target or DEFAULT_MODEL_NAME
             names = {"base": base, **{m: ev.adapter_models.get(m, m) for m in self.cfg.methods}}
@@ -684,37 +378,25 @@ class _Experiment:
         from transformers import AutoTokenizer
 
         from tools.default_model import resolve_model
-        from training.format import PLAIN_TEMPLATE, has_chat_template
+        from training.format import has_chat_template, plain_chat_template
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(target))
         if has_chat_template(tokenizer):
             return None
-        before, after = PLAIN_TEMPLATE.split("{prompt}")
-        template = (
-            "{% if bos_token %}{{ bos_token }}{% endif %}{% for m in messages %}"
-            "{% if m['role'] == 'user' %}" + before + "{{ m['content'] }}" + after
-            + "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}{% endif %}"
-            "{% endfor %}"
-        )
         path = self.out / "plain_chat_template.jinja"
-        path.write_text(template, "utf-8")
+        path.write_text(plain_chat_template(tokenizer), "utf-8")
         return path
 
     # -- 4. diversity -------------------------------------------------------------------------
 
     def diversity(self) -> bool:
         from evaluation.data import load_prompts
-        from evaluation.diversity import (
-            _default_name,
-            evaluate_diversity,
-            result_path,
-            write_result,
-        )
+        from evaluation.diversity import evaluate_diversity, result_path, source_name, write_result
 
         dv = self.cfg.diversity
         sources: dict[str, str] = {m: str(folder) for m, folder in self.runs.items()}
         for ref in dv.references:
-            sources.setdefault(_default_name(ref), ref)
+            sources.setdefault(source_name(ref), ref)
         paths = {name: result_path("diversity", name, self.results) for name in sources}
         if all(p.is_file() for p in paths.values()):
             for p in paths.values():

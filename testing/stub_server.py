@@ -29,8 +29,10 @@ The default handler, :func:`data_advisor_handler`, answers the app's default pro
 (``graph/prompts/*.txt``) with plausible, deterministic text, so that a whole Data Advisor run
 can be driven without a model.
 
-DATA_ADVISOR_MARKERS: the handler looks at the content of the last user message (or at the
-``prompt`` of a ``/v1/completions`` request), right-stripped, and recognises these endings:
+:data:`NODE_MARKERS`: the handler looks at the content of the last user message (or at the
+``prompt`` of a ``/v1/completions`` request), right-stripped, and recognises the node that sent
+it (:func:`recognise_node`) by these endings, the last line of each node's template
+(``tests/test_stub_server.py`` checks them against the templates as the nodes render them):
 
 * ``"Category:"`` (``weakness_critic``): a harm category name that is new, i.e. the first one of
   :data:`HARM_CATEGORIES` that is neither among the lines under "The dataset already covers
@@ -74,6 +76,19 @@ Handler = Callable[[dict[str, Any]], str]
 CATEGORY_MARKER = "Category:"
 REQUEST_MARKER = "Request:"
 SUMMARY_MARKER = "Updated summary:"
+
+NODE_MARKERS: dict[str, str] = {
+    "weakness_critic": CATEGORY_MARKER,
+    "generator": REQUEST_MARKER,
+    "self_instruct_generator": REQUEST_MARKER,
+    "summarizer": SUMMARY_MARKER,
+}
+"""The ending by which the stub recognises each template's node; the two generators are told
+apart by the generator's ``about: {weakness}`` line. Any other request is the responder's (its
+template is the system prompt: the user message is a generated prompt)."""
+
+_ABOUT = re.compile(r"about:[ \t]*(.*)$", re.MULTILINE)
+"""The generator template's line naming the weakness."""
 
 
 FAULTS = ("invalid_json", "empty_choices", "html", "hang")
@@ -393,7 +408,7 @@ def novel_category(prompt: str) -> str:
 
 def harmful_request(prompt: str) -> str:
     """A new one-line harmful-looking request about the prompt's weakness (unique per call)."""
-    found = re.findall(r"about:[ \t]*(.*)$", prompt, re.MULTILINE)
+    found = _ABOUT.findall(prompt)
     weakness = found[-1].strip().rstrip(".").strip() if found else ""
     n = _next_count()
     verb = _VERBS[n % len(_VERBS)]
@@ -422,16 +437,29 @@ def safe_response(prompt: str) -> str:
     return f"I can't help with that, but here is some safe information: {tip} (ref {digest[:8]})."
 
 
+def recognise_node(text: str) -> str:
+    """The node whose template ``text`` was rendered from (see :data:`NODE_MARKERS`);
+    ``"responder"`` for anything not recognised."""
+    text = text.rstrip()
+    node = next((node for node, end in NODE_MARKERS.items() if text.endswith(end)), "responder")
+    if node == "generator" and not _ABOUT.search(text):
+        return "self_instruct_generator"
+    return node
+
+
+_ANSWERS: dict[str, Callable[[str], str]] = {
+    "weakness_critic": novel_category,
+    "generator": harmful_request,
+    "self_instruct_generator": harmful_request,
+    "summarizer": updated_summary,
+    "responder": safe_response,
+}
+
+
 def data_advisor_handler(body: dict[str, Any]) -> str:
     """Answer the app's default prompt templates deterministically (see the module docstring)."""
     text = last_user_text(body).rstrip()
-    if text.endswith(CATEGORY_MARKER):
-        return novel_category(text)
-    if text.endswith(REQUEST_MARKER):
-        return harmful_request(text)
-    if text.endswith(SUMMARY_MARKER):
-        return updated_summary(text)
-    return safe_response(text)
+    return _ANSWERS[recognise_node(text)](text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -726,8 +754,8 @@ class StubServer:
     @staticmethod
     def _shape(text: str, body: dict[str, Any]) -> str:
         text = apply_stop(str(text), body.get("stop"))
-        limits = [body.get(k) for k in ("max_tokens", "max_completion_tokens")]
-        limits = [int(v) for v in limits if isinstance(v, int | float) and not isinstance(v, bool)]
+        given = [body.get(k) for k in ("max_tokens", "max_completion_tokens")]
+        limits = [int(v) for v in given if isinstance(v, int | float) and not isinstance(v, bool)]
         return truncate_words(text, min(limits)) if limits else text
 
 

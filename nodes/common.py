@@ -1,4 +1,9 @@
-"""What every node needs from the run: its store, its prompts, and a record of its cost."""
+"""What every node shares: the run's store and templates, a stopwatch for its cost, bullets.
+
+The store and the templates come from the LangGraph runtime (the run's context and thread);
+:class:`Stopwatch` times a node call for its round record; :func:`bullets` lays out lines for a
+template's placeholder.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
 from graph.context import Context
-from graph.prompts import load_prompts
+from graph.prompts import load_templates
 from tools.store import RunStore, shared_store
 
 
@@ -31,9 +36,9 @@ def run_store(runtime: Runtime[Context]) -> RunStore:
     return shared_store(runtime.context.store_path(thread), thread)
 
 
-def prompts(runtime: Runtime[Context]) -> dict[str, str]:
-    """The run's validated prompt templates."""
-    return load_prompts(runtime.context.prompts_dir, runtime.context.prompts)
+def templates(runtime: Runtime[Context]) -> dict[str, str]:
+    """The run's validated templates, by node name."""
+    return load_templates(runtime.context.prompts_dir, runtime.context.prompts)
 
 
 class Stopwatch:
@@ -51,5 +56,5 @@ class Stopwatch:
 
 
 def bullets(lines: list[str]) -> str:
-    """Lines as a bulleted block for a prompt."""
+    """Lines as a bulleted block for a template's placeholder."""
     return "\n".join(f"- {line}" for line in lines) if lines else "- (none yet)"

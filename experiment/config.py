@@ -1,0 +1,266 @@
+"""The experiment's config: its schema (one dataclass per section), defaults and loader.
+
+:func:`load_config` reads a TOML (or YAML, when PyYAML is installed) file, or a dict of the
+same shape, into an :class:`ExperimentConfig`, checking every section before anything runs
+(unknown keys, bad values, the LoRA fields): a bad config fails with a :class:`ConfigError`
+that names the key, never half-way through an experiment.
+
+The config (every key optional unless said otherwise; see ``configs/cpu-small.toml``)::
+
+    out_dir = "experiments/x"     # default for run_experiment(out_dir=None)
+    seed = 0
+    [generation]   methods, target_size, rounds, prompts_per_round (K), examples_per_request,
+                   base_url, model, advisor_url/_model, generator_url/_model,
+                   responder_url/_model, api_key_env, max_concurrency, seed_prompts_file,
+                   seed_categories_file, max_model_len, server_args, [generation.context]
+                   (any other graph.context.Context field)
+    [training]     instructions (required), model (target; default SmolLM2-135M-Instruct),
+                   ratio, val_fraction, instructions_limit, and any training.lora.TrainConfig
+                   field (rank, alpha, learning_rate, max_steps, max_length, ...)
+    [evaluation]   catqa, catqa_limit, beavertails, beavertails_limit, overrefusal,
+                   overrefusal_name, overrefusal_limit, mmlu, mmlu_limit, mmlu_method, judge,
+                   judge_url, judge_model, judge_api_key_env, judge_max_concurrency,
+                   prompt_format (auto/chat/plain), max_tokens, max_concurrency, max_model_len,
+                   server_args, api_key_env, base_url, base_model, adapter_models
+    [diversity]    references, size, seeds
+
+Relative paths in the config are relative to the working directory, as on the command line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from graph.graph import METHODS
+
+ROLES = ("advisor", "generator", "responder")
+DEFAULT_ALIASES = (None, "", "default")
+"""Model values that mean the embedded default model (as does its name)."""
+
+
+class ConfigError(ValueError):
+    """The experiment config is not valid."""
+
+
+def is_default_model(model: str | None) -> bool:
+    """Whether ``model`` names the embedded default model (unset, ``default`` or its name)."""
+    from tools.default_model import DEFAULT_MODEL_NAME
+
+    return model in DEFAULT_ALIASES or model == DEFAULT_MODEL_NAME
+
+
+def _take(cls: type, values: Mapping[str, Any], section: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"[{section}]: unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+@dataclass
+class GenerationConfig:
+    """``[generation]``: both methods get the same budget and the same endpoints."""
+
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    target_size: int | None = 100
+    """Stop a run once this many prompts are kept."""
+    rounds: int | None = None
+    """Round bound (default: effectively none with a target size, else 10)."""
+    prompts_per_round: int = 10
+    examples_per_request: int = 3
+    base_url: str | None = None
+    """OpenAI-compatible server for every role; without it, one embedded vLLM server."""
+    model: str | None = None
+    """Served name with ``base_url``, else HF id or path (default SmolLM2-135M-Instruct)."""
+    advisor_url: str | None = None
+    advisor_model: str | None = None
+    generator_url: str | None = None
+    generator_model: str | None = None
+    responder_url: str | None = None
+    responder_model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = 32
+    seed_prompts_file: str | None = None
+    seed_categories_file: str | None = None
+    max_model_len: int = 4096
+    """Of the embedded server."""
+    server_args: list[str] = field(default_factory=list)
+    """More arguments of the embedded vLLM server (e.g. ``--gpu-memory-utilization 0.5``)."""
+    context: dict[str, Any] = field(default_factory=dict)
+    """Any other :class:`graph.context.Context` field (temperatures, principles, ...)."""
+
+    def __post_init__(self) -> None:
+        for method in self.methods:
+            if method not in METHODS:
+                raise ConfigError(f"[generation] methods: unknown method {method!r}")
+        if not self.methods:
+            raise ConfigError("[generation] methods is empty")
+        if self.target_size is None and self.rounds is None:
+            raise ConfigError("[generation] needs target_size or rounds")
+        for name in ("rounds", "target_size", "prompts_per_round", "examples_per_request",
+                     "max_concurrency"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"[generation] {name}: got {value!r}; must be an integer >= 1")
+        from graph.context import Context
+
+        known = {f.name for f in fields(Context)} - {"data_path"}
+        unknown = sorted(set(self.context) - known)
+        if unknown:
+            raise ConfigError(f"[generation.context]: unknown Context field(s) {unknown}")
+
+
+@dataclass
+class TrainingConfig:
+    """``[training]``: the mix and the LoRA hyperparameters (a ``TrainConfig`` in ``lora``)."""
+
+    instructions: str = ""
+    """Instruction data (Alpaca JSON/JSONL, ``{prompt, response}`` rows, or ``hf:<id>``)."""
+    model: str | None = None
+    """Target model: HF id or path (default: the embedded SmolLM2-135M-Instruct)."""
+    ratio: float | None = None
+    """Safety share of the mix (None: all safety data and as many instructions)."""
+    val_fraction: float = 0.05
+    instructions_limit: int | None = None
+    """Draw at most this many instruction examples (seeded) before mixing."""
+    lora: dict[str, Any] = field(default_factory=dict)
+    """:class:`training.lora.TrainConfig` fields."""
+
+    def train_config(self, seed: int) -> Any:
+        """The :class:`training.lora.TrainConfig` of this section."""
+        from training.lora import TrainConfig
+
+        return TrainConfig.from_dict({"seed": seed, **self.lora})
+
+
+@dataclass
+class EvaluationConfig:
+    """``[evaluation]``: data sets, limits, judge and how the models are served."""
+
+    catqa: str | None = None
+    catqa_limit: int | None = None
+    beavertails: str | None = None
+    beavertails_limit: int | None = None
+    overrefusal: str | None = None
+    overrefusal_name: str = "overrefusal"
+    overrefusal_limit: int | None = None
+    mmlu: str | None = None
+    mmlu_limit: int | None = None
+    mmlu_method: str = "loglik"
+    judge: str = "refusal"
+    judge_url: str | None = None
+    judge_model: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_max_concurrency: int = 8
+    prompt_format: str = "auto"
+    """``auto``: the target's chat template, or (without one) a chat template that renders the
+    training's plain format, so a base model is asked the way its adapter was trained."""
+    max_tokens: int = 128
+    max_concurrency: int = 16
+    max_model_len: int = 2048
+    server_args: list[str] = field(default_factory=list)
+    api_key_env: str = "OPENAI_API_KEY"
+    base_url: str | None = None
+    """Evaluate on this existing server (no embedded one); models by their served names."""
+    base_model: str | None = None
+    """Served name of the base model with ``base_url`` (default: the training model)."""
+    adapter_models: dict[str, str] = field(default_factory=dict)
+    """Served names of the adapters with ``base_url`` (default: the method names)."""
+
+    def __post_init__(self) -> None:
+        if self.prompt_format not in ("auto", "chat", "plain"):
+            raise ConfigError("[evaluation] prompt_format must be auto, chat or plain")
+        if self.mmlu_method not in ("loglik", "generate"):
+            raise ConfigError("[evaluation] mmlu_method must be loglik or generate")
+        if not (self.catqa or self.beavertails or self.overrefusal or self.mmlu):
+            raise ConfigError("[evaluation] names no data set (catqa, beavertails, mmlu, ...)")
+
+
+@dataclass
+class DiversityConfig:
+    """``[diversity]``: reference data sets and the equal size of the comparison."""
+
+    references: list[str] = field(default_factory=list)
+    size: int | None = None
+    """Compare distinct-n at this many prompts (default and cap: the smallest generated data
+    set; references at least that large are compared at the same size)."""
+    seeds: int = 5
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment config."""
+
+    generation: GenerationConfig
+    training: TrainingConfig
+    evaluation: EvaluationConfig
+    diversity: DiversityConfig
+    out_dir: str | None = None
+    seed: int = 0
+    name: str = "experiment"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        """The generation methods compared."""
+        return list(self.generation.methods)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file as a dict: TOML (``tomllib``), or YAML when PyYAML is installed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml)") from exc
+        data = yaml.safe_load(path.read_text("utf-8")) or {}
+    else:
+        import tomllib
+
+        try:
+            data = tomllib.loads(path.read_text("utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping")
+    return data
+
+
+def load_config(source: str | Path | Mapping[str, Any]) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from a config file or a dict of the same shape."""
+    if isinstance(source, Mapping):
+        data, name = dict(source), str(source.get("name") or "experiment")
+    else:
+        data, name = read_config_file(source), Path(source).stem
+    data = json.loads(json.dumps(data, default=str))  # plain JSON types, a private copy
+    top = {"generation", "training", "evaluation", "diversity", "out_dir", "seed", "name"}
+    unknown = sorted(set(data) - top)
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; known: {sorted(top)}")
+    training = dict(data.get("training") or {})
+    own = {f.name for f in fields(TrainingConfig)} - {"lora"}
+    lora = {k: training.pop(k) for k in list(training) if k not in own}
+    lora.update(training.pop("lora", {}) if isinstance(training.get("lora"), dict) else {})
+    train_cfg = _take(TrainingConfig, {**training, "lora": lora}, "training")
+    if not train_cfg.instructions:
+        raise ConfigError("[training] instructions is required (the instruction data to mix)")
+    seed = int(data.get("seed", 0))
+    train_cfg.train_config(seed)  # validate the LoRA fields now, not after generation
+    return ExperimentConfig(
+        generation=_take(GenerationConfig, data.get("generation") or {}, "generation"),
+        training=train_cfg,
+        evaluation=_take(EvaluationConfig, data.get("evaluation") or {}, "evaluation"),
+        diversity=_take(DiversityConfig, data.get("diversity") or {}, "diversity"),
+        out_dir=data.get("out_dir"),
+        seed=seed,
+        name=str(data.get("name") or name),
+        raw=data,
+    )
+
