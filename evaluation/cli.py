@@ -19,14 +19,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tools.helpformat import add_command
+from evaluation.results import ResultKind
+from tools.helpformat import Subcommands, add_command
 from tools.helpformat import positive_int as _positive_int
 from tools.llm import Endpoint
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: Subcommands) -> None:
     """Register ``eval`` (with its sub-commands) and ``report`` on the main parser."""
     ev = sub.add_parser("eval", help="measure diversity, safety, over-refusal or utility")
     kinds = ev.add_subparsers(dest="kind", required=True)
@@ -284,14 +285,14 @@ def _label(args: argparse.Namespace) -> str:
     return args.label or default_label(args.adapter)
 
 
-def _preflight(args: argparse.Namespace, label: str, kind: str,
+def _preflight(args: argparse.Namespace, label: str, kind: ResultKind,
                datasets: list[tuple[str, str]]) -> None:
     """Refuse a label that names another model, or a data set name that names other data, in
     ``--out`` before a server starts (the evaluation checks again; this only saves the wait).
 
     ``datasets``: (name, content hash) pairs.
     """
-    from evaluation.identity import check_result_slot, file_part, model_identity
+    from evaluation.identity import check_result_slot, model_identity
 
     if args.base_url:  # no server to wait for; the base is identified by what it serves
         return
@@ -300,8 +301,8 @@ def _preflight(args: argparse.Namespace, label: str, kind: str,
     if kind != "utility":
         identity["prompt_format"] = args.prompt_format
     for name, sha256 in datasets:
-        check_result_slot(Path(args.out), kind=kind, dataset=name, slug=file_part(name),
-                          label=label, model=identity, dataset_sha256=sha256)
+        check_result_slot(Path(args.out), kind=kind, dataset=name, label=label,
+                          model=identity, dataset_sha256=sha256)
 
 
 def _pct(value: float) -> str:

@@ -89,9 +89,8 @@ def read_rows(source: str | Path) -> list[dict[str, Any]]:
         rows = [json.loads(x) for x in path.read_text("utf-8").splitlines() if x.strip()]
     elif suffix == ".json":
         data = json.loads(path.read_text("utf-8"))
-        rows = _catqa_rows(data)
-        if rows is None:
-            rows = data
+        catqa = _catqa_rows(data)
+        rows = data if catqa is None else catqa
     elif suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))

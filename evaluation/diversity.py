@@ -10,8 +10,9 @@ cross prompt boundaries. Near-duplicates use the generator's definition
 (`tools.text.DuplicateFilter`): same normalised text, or Jaccard similarity of word uni+bigram
 shingles >= a threshold.
 
-`evaluate_diversity` bundles everything into one JSON-ready result (``kind: "diversity"``) and
-`write_result` stores it as ``<out_dir>/diversity-<name>.json``. The name is the data set's own
+`evaluate_diversity` bundles everything into one JSON-ready result (``kind: "diversity"``,
+`evaluation.results.DiversityResult`) and `write_result` stores it as
+``<out_dir>/diversity-<name>.json``. The name is the data set's own
 (`resolve_source`): a run's id, an export's dataset-card title (the run's name), an ``hf:`` id,
 else the file's stem; ``name_from`` says which. A result file is never overwritten by another
 source's result: that one gets ``-<first 8 hex digits of the sha1 of its source>`` and a
@@ -21,16 +22,14 @@ source's result: that one gets ``-<first 8 hex digits of the sha1 of its source>
 from __future__ import annotations
 
 import hashlib
-import json
 import random
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from evaluation.data import Question, load_prompts
-from tools.files import write_json
+from evaluation.results import DiversityResult, ResultError, read_result
 from tools.text import DuplicateFilter, ngram_counts, normalize
 
 NS = range(1, 9)
@@ -249,25 +248,18 @@ def evaluate_diversity(
         values = distinct_at_size(prompts, size, seeds, NS)
         at_size = {"size": size, "seeds": seeds, "values": {str(n): v for n, v in values.items()}}
     stats = category_stats(questions)
-    return {
-        "kind": "diversity",
-        "name": found,
-        "name_from": origin,
-        "source": described,
-        "n_prompts": len(prompts),
-        "distinct": {str(n): v for n, v in distinct_curve(prompts, NS).items()},
-        "ngrams": {str(n): v for n, v in ngram_totals(prompts, NS).items()},
-        "distinct_at_size": at_size,
-        "categories": stats["categories"],
-        "prompts_per_category": stats["prompts_per_category"],
-        "near_duplicate_rate": near_duplicate_rate(prompts),
-    }
-
-
-def result_path(kind: str, label: str, out_dir: Path) -> Path:
-    """``<out_dir>/<kind>-<label>.json`` with ``label`` made safe for a file name."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._-") or "unnamed"
-    return Path(out_dir) / f"{kind}-{safe}.json"
+    return DiversityResult(
+        name=found,
+        name_from=origin,
+        source=described,
+        n_prompts=len(prompts),
+        distinct={str(n): v for n, v in distinct_curve(prompts, NS).items()},
+        ngrams={str(n): v for n, v in ngram_totals(prompts, NS).items()},
+        distinct_at_size=at_size,
+        categories=stats["categories"],
+        prompts_per_category=stats["prompts_per_category"],
+        near_duplicate_rate=near_duplicate_rate(prompts),
+    ).to_dict()
 
 
 def source_suffix(source: str) -> str:
@@ -282,27 +274,27 @@ def _holder(path: Path) -> str | None:
     if not path.exists():
         return None
     try:
-        return str(json.loads(path.read_text("utf-8")).get("source", ""))
-    except (OSError, ValueError, AttributeError):
+        held = read_result(path)
+    except ResultError:
         return ""
+    return str(held.source or "") if isinstance(held, DiversityResult) else ""
 
 
 def write_result(result: dict[str, Any], out_dir: Path) -> Path:
-    """Write ``result`` to ``<out_dir>/diversity-<name>.json`` and return the path.
+    """Write ``result`` (:func:`evaluate_diversity`'s) to ``<out_dir>/diversity-<name>.json``
+    and return the path.
 
     A file there that holds another source's result is never overwritten: the result is
-    renamed ``<name>-<source_suffix(source)>`` and ``name_note`` says so and why. The same
-    source again replaces its own file.
+    renamed ``<name>-<source_suffix(source)>`` and ``name_note`` says so and why (in
+    ``result`` too). The same source again replaces its own file.
     """
-    path = result_path("diversity", result["name"], out_dir)
-    holder = _holder(path)
-    if holder is not None and holder != result["source"]:
-        suffix = source_suffix(result["source"])
-        note = (f"renamed from {result['name']!r}: {path.name} holds the result of "
-                f"{holder or 'an unreadable file'}; suffix = first 8 hex digits of the sha1 "
-                "of this source")
-        result["name"] = f"{result['name']}-{suffix}"
-        result["name_note"] = note
-        path = result_path("diversity", result["name"], out_dir)
-    write_json(path, result)
-    return path
+    typed = DiversityResult.from_dict(result)
+    holder = _holder(Path(out_dir) / typed.filename)
+    if holder is not None and holder != typed.source:
+        suffix = source_suffix(str(typed.source))
+        typed.name_note = (f"renamed from {typed.name!r}: {typed.filename} holds the result of "
+                           f"{holder or 'an unreadable file'}; suffix = first 8 hex digits of "
+                           "the sha1 of this source")
+        typed.name = f"{typed.name}-{suffix}"
+        result.update(name=typed.name, name_note=typed.name_note)
+    return typed.write(Path(out_dir))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -27,10 +26,10 @@ from typing import Any
 
 import openai
 
+from evaluation.results import DiversityResult, ResultKind, read_results, slug
 from tools.files import write_json
 from tools.llm import Endpoint, EndpointError, openai_client
 
-RESULT_KINDS = ("safety", "overrefusal", "utility")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
@@ -68,11 +67,11 @@ def base_identity(model: str) -> dict[str, Any]:
     The embedded default model has one name whether it is given by name or by its cached
     folder, so results of the vLLM and transformers backends compare.
     """
-    from tools.default_model import DEFAULT_MODEL_NAME, cache_dir
+    from tools.default_model import DEFAULT_MODEL_NAME, cache_dir, is_default_model
 
     default_folder = cache_dir() / "models" / DEFAULT_MODEL_NAME
     folder = Path(model)
-    if model in ("", "default", DEFAULT_MODEL_NAME) or (
+    if is_default_model(model) or (
         folder.is_dir() and folder.resolve() == default_folder.resolve()
     ):
         model, folder = DEFAULT_MODEL_NAME, default_folder
@@ -176,18 +175,6 @@ def claim_cache(out_file: Path, parts: Mapping[str, Any], has_rows: bool, what: 
 # --------------------------------------------------------------------------------------------
 
 
-def _results(out_dir: Path) -> Iterable[tuple[Path, dict[str, Any]]]:
-    for path in sorted(Path(out_dir).glob("*.json")):
-        if not path.name.startswith(RESULT_KINDS):
-            continue
-        try:
-            data = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and data.get("kind") in RESULT_KINDS:
-            yield path, data
-
-
 def describe_model(identity: Mapping[str, Any]) -> str:
     """``base + adapter <hash>`` in a few words, for messages."""
     base = (identity.get("base") or {}).get("name", "?")
@@ -200,9 +187,8 @@ def describe_model(identity: Mapping[str, Any]) -> str:
 def check_result_slot(
     out_dir: Path,
     *,
-    kind: str,
+    kind: ResultKind,
     dataset: str,
-    slug: str,
     label: str,
     model: Mapping[str, Any],
     dataset_sha256: str,
@@ -211,12 +197,15 @@ def check_result_slot(
     under one name, in ``out_dir``.
 
     ``model`` is the result's ``model_identity``; two results compare on the keys both have
-    (utility has no prompt format). ``slug`` is the file-name form of ``dataset``: two names
-    that map to one file name are one name.
+    (utility has no prompt format). Two data set names that map to one file name
+    (:func:`evaluation.results.slug`) are one name.
     """
-    for path, old in _results(out_dir):
-        old_model = old.get("model_identity")
-        if old.get("label") == label and isinstance(old_model, dict):
+    results, _ = read_results(Path(out_dir))  # a file that is no result takes no slot
+    for path, old in results.items():
+        if isinstance(old, DiversityResult):
+            continue
+        old_model = old.model_identity
+        if old.label == label and isinstance(old_model, dict):
             common = set(old_model) & set(model)
             if any(old_model[k] != model[k] for k in common):
                 raise ValueError(
@@ -225,17 +214,12 @@ def check_result_slot(
                     f"{describe_model(model)} (prompt format {model.get('prompt_format', '-')})"
                     "; pick another --label"
                 )
-        same_name = old.get("kind") == kind and file_part(str(old.get("dataset"))) == slug
-        if same_name and old.get("dataset_sha256") not in (None, dataset_sha256):
+        same_name = old.kind == kind and slug(str(old.dataset)) == slug(dataset)
+        if same_name and old.dataset_sha256 not in (None, dataset_sha256):
             raise ValueError(
                 f"data set name {dataset!r} already names other data in {path}; "
                 "pick another --name"
             )
-
-
-def file_part(text: str) -> str:
-    """A file-name-safe version of a label or data set name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
 # --------------------------------------------------------------------------------------------

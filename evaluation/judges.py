@@ -76,9 +76,12 @@ class Judge(Protocol):
     measure: str
     """What an *unsafe* verdict means, a key of :data:`MEASURE_LABELS`: ``harmful`` (Llama
     Guard) or ``not_refused`` (the refusal-string judge). Results label their rates with it."""
-    identity: dict[str, object]
-    """What determines the judge's verdicts (name, judge model, prompt version): part of the
-    key of the judgments' cache (:func:`evaluation.identity.judge_identity`)."""
+
+    @property
+    def identity(self) -> dict[str, object]:
+        """What determines the judge's verdicts (name, judge model, prompt version): part of
+        the key of the judgments' cache (:func:`evaluation.identity.judge_identity`)."""
+        ...
 
     def judge(self, pairs: Sequence[Pair]) -> list[Judgment]:
         """One judgment per pair, in order."""
@@ -508,5 +511,6 @@ def make_judge(spec: str, endpoint: Endpoint | None = None, **options: int) -> J
     if key in ("llamaguard1", "llamaguard3"):
         if endpoint is None:
             raise ValueError(f"judge {spec!r} needs an endpoint serving Llama Guard")
-        return LlamaGuardJudge(endpoint, version=int(key[-1]), **options)  # type: ignore[arg-type]
+        version: Literal[1, 3] = 1 if key == "llamaguard1" else 3
+        return LlamaGuardJudge(endpoint, version=version, **options)
     raise ValueError(f"unknown judge {spec!r}; choose one of {', '.join(JUDGE_SPECS)}")

@@ -1,7 +1,8 @@
 """The evaluation report: Markdown tables and PNG plots from result files (paper Figs. 2-5).
 
-:func:`build_report` reads result dicts (or JSON files: a folder, a glob, a list of paths) of
-the four kinds the evaluation modules write, and renders what it has into ``<out_dir>``:
+:func:`build_report` reads results of the four kinds the evaluation modules write
+(:mod:`evaluation.results`: objects, dicts, or JSON files: a folder, a glob, a list of paths),
+and renders what it has into ``<out_dir>``:
 
 - ``report.md`` with
   - Table 1 (paper Fig. 2): per label (``base``, ``self_instruct``, ``data_advisor``, ...) the
@@ -29,18 +30,36 @@ from __future__ import annotations
 
 import glob
 import json
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-KINDS = ("safety", "overrefusal", "utility", "diversity")
+from evaluation.results import (
+    AnyResult,
+    DiversityResult,
+    ModelResult,
+    OverrefusalResult,
+    ResultError,
+    SafetyResult,
+    UtilityResult,
+    from_dict,
+    read_results,
+    slug,
+)
+
 LABEL_ORDER = ("base", "self_instruct", "data_advisor")
 DATASET_ORDER = ("catqa", "beavertails", "xstest", "mmlu")
 NS = tuple(str(n) for n in range(1, 9))
 _REFUSAL_NOTE = "refusal-strings judge: measures refusals, not harm"
 
-Result = dict[str, Any]
+Result = AnyResult
+Judged = SafetyResult | OverrefusalResult
+"""A result whose responses a judge labelled (per category rates)."""
+Latest = dict[tuple[str, str, str], Result]
+"""One result per (kind, data set, label), or per ("diversity", name, source)."""
+R = TypeVar("R")
+Source = Result | Mapping[str, Any] | str | Path
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -60,36 +79,34 @@ def _paths(source: str | Path) -> list[Path]:
     return [path]
 
 
-def load_results(
-    source: Result | str | Path | Iterable[Result | str | Path],
-) -> tuple[list[Result], list[str]]:
-    """Result dicts from dicts, JSON files, folders (their ``*.json``) or glob patterns.
+def load_results(source: Source | Iterable[Source]) -> tuple[list[Result], list[str]]:
+    """Results (:mod:`evaluation.results`) from result objects, dicts, JSON files, folders
+    (their ``*.json``) or glob patterns.
 
     Returns the results of a known kind and notes about what was skipped (unreadable files,
     JSON that is no result, unknown kinds). A path that does not exist is an error.
     """
-    sources = [source] if isinstance(source, dict | str | Path) else list(source)
+    sources: list[Source] = []
+    if isinstance(source, Iterable) and not isinstance(source, Mapping | str):
+        sources += source  # a list of sources (a Path or a result is no Iterable)
+    else:
+        sources.append(source)
     results: list[Result] = []
     skipped: list[str] = []
     for item in sources:
-        if isinstance(item, dict):
-            candidates: list[tuple[str, Any]] = [("<dict>", item)]
+        if isinstance(item, SafetyResult | OverrefusalResult | UtilityResult | DiversityResult):
+            results.append(item)
+        elif isinstance(item, Mapping):
+            try:
+                results.append(from_dict(item))
+            except ResultError as exc:
+                skipped.append(f"<dict>: {exc}")
         else:
-            paths = _paths(item)
             if not _is_pattern(str(item)) and not Path(item).exists():
                 raise FileNotFoundError(f"no result file or folder {item}")
-            candidates = []
-            for path in paths:
-                try:
-                    candidates.append((str(path), json.loads(path.read_text("utf-8"))))
-                except (OSError, ValueError) as exc:
-                    skipped.append(f"{path}: not readable JSON ({type(exc).__name__})")
-        for where, data in candidates:
-            if not isinstance(data, dict) or data.get("kind") not in KINDS:
-                kind = data.get("kind") if isinstance(data, dict) else None
-                skipped.append(f"{where}: not a result" + (f" (kind {kind!r})" if kind else ""))
-                continue
-            results.append(data)
+            found, notes = read_results(_paths(item))
+            results += found.values()
+            skipped += notes
     return results, skipped
 
 
@@ -125,10 +142,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: i
     return "\n".join(lines)
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("._-") or "unnamed"
-
-
 def _judge_text(judge: Any) -> str:
     if isinstance(judge, dict):
         judge = judge.get("description") or judge.get("name")
@@ -143,42 +156,48 @@ def _is_refusal_judge(judge: str) -> bool:
     return "refusal" in judge.lower() and "llama" not in judge.lower()
 
 
-def _dataset_key(result: Result) -> str:
-    return str(result.get("dataset") or "unknown")
+def _dataset_key(result: ModelResult) -> str:
+    return str(result.dataset or "unknown")
 
 
-def _label(result: Result) -> str:
-    return str(result.get("label") or "unlabelled")
+def _label(result: ModelResult) -> str:
+    return str(result.label or "unlabelled")
+
+
+def _judge_of(result: ModelResult) -> str:
+    """The judge's description (utility results have none)."""
+    return "no judge" if isinstance(result, UtilityResult) else _judge_text(result.judge)
 
 
 # Names the pre-issue-8 diversity command gave an export: its folder or file, not the run.
 _EXPORT_BASENAMES = ("export", "hf", "data")
 
 
-def _diversity_name(result: Result) -> str:
+def _diversity_name(result: DiversityResult) -> str:
     """A diversity result's name; an old result named after an export's folder (``hf``,
     ``export``) is renamed after its run when the export is still there."""
-    name = str(result.get("name") or "unnamed")
-    source = result.get("source")
-    if "name_from" in result or name not in _EXPORT_BASENAMES or not isinstance(source, str):
+    name = str(result.name or "unnamed")
+    source = result.source
+    if (result.name_from is not None or name not in _EXPORT_BASENAMES
+            or not isinstance(source, str)):
         return name
     from evaluation.diversity import resolve_source
 
     return resolve_source(source)[1] if Path(source).exists() else name
 
 
-def _latest(results: Sequence[Result]) -> tuple[dict[tuple[str, str, str], Result], list[str]]:
+def _latest(results: Sequence[Result]) -> tuple[Latest, list[str]]:
     """One result per (kind, data set, label), or per (diversity, name, source): the last one
     given wins."""
-    table: dict[tuple[str, str, str], Result] = {}
+    table: Latest = {}
     notes = []
     for r in results:
-        if r["kind"] == "diversity":
-            r = {**r, "name": _diversity_name(r)}
-            key = ("diversity", r["name"], str(r.get("source") or ""))
-            what = r["name"]
+        if isinstance(r, DiversityResult):
+            r = replace(r, name=_diversity_name(r))
+            key = ("diversity", r.name, str(r.source or ""))
+            what = r.name
         else:
-            key = (r["kind"], _dataset_key(r), _label(r))
+            key = (r.kind, _dataset_key(r), _label(r))
             what = f"{key[1]} / {key[2]}"
         if key in table:
             notes.append(f"more than one {key[0]} result for {what}; the last one is shown")
@@ -186,18 +205,19 @@ def _latest(results: Sequence[Result]) -> tuple[dict[tuple[str, str, str], Resul
     return table, list(dict.fromkeys(notes))
 
 
-def _of_kind(latest: dict[tuple[str, str, str], Result], kind: str) -> list[Result]:
-    return [r for (k, _, _), r in latest.items() if k == kind]
+def _of_kind(latest: Latest, cls: type[R]) -> list[R]:
+    """The results of one class (kind), in order."""
+    return [r for r in latest.values() if isinstance(r, cls)]
 
 
-def _measure(result: Result) -> str:
+def _measure(result: Judged) -> str:
     """What a safety result's per-category number counts: its ``measure`` field, else what its
     judge measures (the refusal-strings judge: responses not refused, not harm)."""
-    if result.get("measure"):
-        return str(result["measure"])
-    if result.get("kind") == "overrefusal":
+    if result.measure:
+        return str(result.measure)
+    if isinstance(result, OverrefusalResult):
         return "refused"
-    return "not_refused" if _is_refusal_judge(_judge_text(result.get("judge"))) else "harmful"
+    return "not_refused" if _is_refusal_judge(_judge_text(result.judge)) else "harmful"
 
 
 _MEASURE_NAMES = {"harmful": "harmful rate", "not_refused": "not-refused rate",
@@ -308,39 +328,43 @@ class _Column:
         self.header, self.group, self.better = header, group, better
 
 
-_KIND_COLUMNS = (("safety", "safety_score", "safety", HIGHER),
-                 ("overrefusal", "refusal_rate", "over-refusal", LOWER),
-                 ("utility", "accuracy", "accuracy", HIGHER))
+_KIND_COLUMNS: tuple[tuple[type[ModelResult], str, str], ...] = (
+    (SafetyResult, "safety", HIGHER),
+    (OverrefusalResult, "over-refusal", LOWER),
+    (UtilityResult, "accuracy", HIGHER),
+)
+"""Table 1's column groups: the kind (its ``metric`` is the number shown), title, direction."""
 
 
-def _columns(by_kind: dict[str, list[Result]]) -> tuple[list[_Column], dict[str, list[str]]]:
+def _columns(latest: Latest) -> tuple[list[_Column], dict[str, list[str]]]:
     """Table 1's columns, and for each judge the columns it judged."""
     columns: list[_Column] = []
     judged: dict[str, list[str]] = {}
-    for kind, metric, title, better in _KIND_COLUMNS:
+    for cls, title, better in _KIND_COLUMNS:
         arrow = better[-1]
-        for ds in _order((_dataset_key(r) for r in by_kind[kind]), DATASET_ORDER):
-            rows = [r for r in by_kind[kind] if _dataset_key(r) == ds]
-            if kind == "utility":
+        of_kind: list[ModelResult] = _of_kind(latest, cls)
+        for ds in _order((_dataset_key(r) for r in of_kind), DATASET_ORDER):
+            rows = [r for r in of_kind if _dataset_key(r) == ds]
+            if cls is UtilityResult:
                 name = ds.upper() if ds == "mmlu" else ds
-                columns.append(_Column(kind, ds, metric, f"{name} accuracy {arrow}",
+                columns.append(_Column(cls.kind, ds, cls.metric, f"{name} accuracy {arrow}",
                                        f"{name} accuracy", better))
                 continue
-            judges = list(dict.fromkeys(_judge_text(r.get("judge")) for r in rows))
+            judges = list(dict.fromkeys(_judge_of(r) for r in rows))
             short = _judge_short(judges[0]) if len(judges) == 1 else "mixed judges"
-            columns.append(_Column(kind, ds, metric, f"{title} {ds} {arrow} ({short})",
+            columns.append(_Column(cls.kind, ds, cls.metric, f"{title} {ds} {arrow} ({short})",
                                    f"{title} {ds}\n({short})", better))
             for judge in judges:
-                who = [_label(r) for r in rows if _judge_text(r.get("judge")) == judge]
+                who = [_label(r) for r in rows if _judge_of(r) == judge]
                 where = f"{title} {ds}" + (f" (for {', '.join(who)}; judges differ, not "
                                            "comparable)" if len(judges) > 1 else "")
                 judged.setdefault(judge, []).append(where)
     return columns, judged
 
 
-def _model_text(rows: Iterable[Result]) -> str:
+def _model_text(rows: Iterable[ModelResult]) -> str:
     """The model(s) of a label; an adapter is named by the label, so only "+ LoRA" here."""
-    texts = [str(r.get("model") or "?") + (" + LoRA" if r.get("adapter") else "") for r in rows]
+    texts = [str(r.model or "?") + (" + LoRA" if r.adapter else "") for r in rows]
     return "; ".join(dict.fromkeys(texts))
 
 
@@ -368,25 +392,26 @@ def _summary_figure(path: Path, columns: list[_Column], labels: list[str],
     return _save(fig, path)
 
 
-def _summary_section(latest: dict[tuple[str, str, str], Result], out: Path,
-                     colors: dict[str, Any], figures: list[Path]) -> list[str]:
-    by_kind = {k: _of_kind(latest, k) for k in KINDS}
-    scored = by_kind["safety"] + by_kind["overrefusal"] + by_kind["utility"]
+def _summary_section(latest: Latest, out: Path, colors: dict[str, Any],
+                     figures: list[Path]) -> list[str]:
+    utility = _of_kind(latest, UtilityResult)
+    scored: list[ModelResult] = [*_of_kind(latest, SafetyResult),
+                                 *_of_kind(latest, OverrefusalResult), *utility]
     if not scored:
         return []
     labels = _order((_label(r) for r in scored), LABEL_ORDER)
-    columns, judged = _columns(by_kind)
+    columns, judged = _columns(latest)
 
-    def value(label: str, column: _Column) -> Any:
+    def value(label: str, column: _Column) -> float | None:
         r = latest.get((column.kind, column.dataset, label))
-        return None if r is None else r.get(column.metric)
+        return None if r is None or isinstance(r, DiversityResult) else r.score
 
     table_rows = [[label, _model_text(r for r in scored if _label(r) == label),
                    *(_pct(value(label, c)) for c in columns)] for label in labels]
     notes = [f"judge of {', '.join(where)}: {judge}" for judge, where in judged.items()]
-    for ds in _order((_dataset_key(r) for r in by_kind["utility"]), DATASET_ORDER):
-        methods = sorted({f"{r.get('method', '?')}, backend {r.get('backend', '?')}"
-                          for r in by_kind["utility"] if _dataset_key(r) == ds})
+    for ds in _order((_dataset_key(r) for r in utility), DATASET_ORDER):
+        methods = sorted({f"{r.method or '?'}, backend {r.backend or '?'}"
+                          for r in utility if _dataset_key(r) == ds})
         notes.append(f"{ds.upper() if ds == 'mmlu' else ds} accuracy: method "
                      f"{'; '.join(methods)}")
     refusal = any(_is_refusal_judge(j) for j in judged)
@@ -411,8 +436,8 @@ def _summary_section(latest: dict[tuple[str, str, str], Result], out: Path,
 # -- per category -------------------------------------------------------------------------------
 
 
-def _rate(result: Result, category: str) -> float | None:
-    per = (result.get("per_category") or {}).get(category)
+def _rate(result: Judged, category: str) -> float | None:
+    per = (result.per_category or {}).get(category)
     if not isinstance(per, dict):
         return None
     for key in ("harmful_rate", "refusal_rate", "rate"):
@@ -421,9 +446,9 @@ def _rate(result: Result, category: str) -> float | None:
     return None
 
 
-def _category_n(rows: Iterable[Result], category: str) -> str:
+def _category_n(rows: Iterable[Judged], category: str) -> str:
     ns = {per["n"] for r in rows
-          if isinstance(per := (r.get("per_category") or {}).get(category), dict)
+          if isinstance(per := (r.per_category or {}).get(category), dict)
           and per.get("n") is not None}
     return "/".join(str(n) for n in sorted(ns)) or "–"
 
@@ -441,42 +466,49 @@ def _category_figure(path: Path, categories: list[str], labels: list[str],
     return _save(fig, path)
 
 
-def _category_sections(latest: dict[tuple[str, str, str], Result], out: Path,
-                       colors: dict[str, Any], figures: list[Path]) -> list[str]:
+def _category_sections(latest: Latest, out: Path, colors: dict[str, Any],
+                       figures: list[Path]) -> list[str]:
     """Per category rate of every safety (and over-refusal) result that has ``per_category``,
     one table and figure per data set (paper Figs. 3-4)."""
     lines: list[str] = []
-    for kind in ("safety", "overrefusal"):
-        results = [r for r in _of_kind(latest, kind) if r.get("per_category")]
+    judged: tuple[type[Judged], ...] = (SafetyResult, OverrefusalResult)
+    for cls in judged:
+        results = [r for r in _of_kind(latest, cls) if r.per_category]
         for ds in _order((_dataset_key(r) for r in results), DATASET_ORDER):
-            lines += _category_section(kind, ds, [r for r in results if _dataset_key(r) == ds],
+            lines += _category_section(cls is OverrefusalResult, ds,
+                                       [r for r in results if _dataset_key(r) == ds],
                                        out, colors, figures)
     return lines
 
 
-def _category_section(kind: str, ds: str, rows: list[Result], out: Path,
+def _overall(result: Judged) -> float | None:
+    """The share of flagged responses over all categories."""
+    return result.refusal_rate if isinstance(result, OverrefusalResult) else result.harmful_rate
+
+
+def _category_section(benign: bool, ds: str, rows: list[Judged], out: Path,
                       colors: dict[str, Any], figures: list[Path]) -> list[str]:
+    """One data set's per-category table and figure; ``benign``: over-refusal results."""
     labels = _order((_label(r) for r in rows), LABEL_ORDER)
     by_label = {_label(r): r for r in rows}
-    categories = sorted({c for r in rows for c in (r.get("per_category") or {})})
+    categories = sorted({c for r in rows for c in (r.per_category or {})})
     if len(categories) < 2:
         return []  # one category (or "uncategorized") is the overall rate, already in Table 1
     measures = list(dict.fromkeys(_measure(r) for r in rows))
-    axis = (_measure_name(measures[0], rows[0].get("measure_label")) if len(measures) == 1
+    axis = (_measure_name(measures[0], rows[0].measure_label) if len(measures) == 1
             else "rate (measures differ)")
-    overall = "refusal_rate" if kind == "overrefusal" else "harmful_rate"
     table_rows = [[c, _category_n(rows, c), *(_pct(_rate(by_label[lb], c)) for lb in labels)]
                   for c in categories]
-    table_rows.append(["**overall**", "/".join(sorted({str(by_label[lb].get("n", "–"))
-                                                       for lb in labels})),
-                       *(_pct(by_label[lb].get(overall)) for lb in labels)])
-    judges = list(dict.fromkeys(_judge_text(r.get("judge")) for r in rows))
+    ns = {"–" if by_label[lb].n is None else str(by_label[lb].n) for lb in labels}
+    table_rows.append(["**overall**", "/".join(sorted(ns)),
+                       *(_pct(_overall(by_label[lb])) for lb in labels)])
+    judges = list(dict.fromkeys(_judge_text(r.judge) for r in rows))
     refusal = "not_refused" in measures
     # the refusal judge's own description may already say it measures refusals
     warn = refusal and not any("not harm" in j for j in judges)
     what = f"{axis[0].upper()}{axis[1:]}"
-    prompts = "benign prompts" if kind == "overrefusal" else "harmful prompts"
-    paper = " (paper Figs. 3-4)" if kind == "safety" else ""
+    prompts = "benign prompts" if benign else "harmful prompts"
+    paper = "" if benign else " (paper Figs. 3-4)"
     lines = [f"## {what} per category: {ds}{paper}", "",
              f"{what} in % on {prompts} (lower is better). Judge: {'; '.join(judges)}"
              + (f" ({_REFUSAL_NOTE})." if warn else "."), ""]
@@ -487,8 +519,7 @@ def _category_section(kind: str, ds: str, rows: list[Result], out: Path,
     values = {lb: [_rate(by_label[lb], c) for c in categories] for lb in labels}
     ticks = [f"{c} (n={_category_n(rows, c)})" for c in categories]
     short = _judge_short(judges[0]) if len(judges) == 1 else "mixed judges"
-    name = f"harmful_rate_{_safe_name(ds)}.png" if kind == "safety" else \
-        f"refusal_rate_{_safe_name(ds)}.png"
+    name = f"{'refusal' if benign else 'harmful'}_rate_{slug(ds)}.png"
     figure = _category_figure(out / name, ticks, labels, values, colors, axis,
                               f"{what} per category: {ds} ({short})",
                               "refusal-strings judge: counts responses that do not refuse, "
@@ -500,29 +531,40 @@ def _category_section(kind: str, ds: str, rows: list[Result], out: Path,
 # -- diversity ----------------------------------------------------------------------------------
 
 
-def _common_size(rows: list[Result]) -> dict[str, Any] | None:
+def _at_size(result: DiversityResult) -> dict[str, Any] | None:
+    """The result's equal-size measurement, None if it has none (or one without values)."""
+    at = result.distinct_at_size
+    return at if isinstance(at, dict) and at.get("values") else None
+
+
+def _common_size(rows: list[DiversityResult]) -> dict[str, Any] | None:
     """The equal-size measurement when every data set has one at the same size, else None."""
-    ats = [r.get("distinct_at_size") for r in rows]
-    if not all(isinstance(at, dict) and at.get("values") for at in ats):
+    ats = [_at_size(r) for r in rows]
+    measured = [at for at in ats if at is not None]
+    if len(measured) < len(ats):
         return None
-    sizes = {at["size"] for at in ats}  # type: ignore[index]
+    sizes = {at["size"] for at in measured}
     if len(sizes) != 1:
         return None
-    seeds = sorted({str(at.get("seeds", "?")) for at in ats})  # type: ignore[union-attr]
+    seeds = sorted({str(at.get("seeds", "?")) for at in measured})
     return {"size": sizes.pop(), "seeds": "/".join(seeds)}
 
 
-def _curve(result: Result, at_size: bool) -> dict[str, float | None]:
+def _curve(result: DiversityResult, at_size: bool) -> dict[str, float | None]:
     """distinct-n by n (full set, or at the equal size); None where the set has no n-grams
     that long (results since issue 8 count them in ``ngrams``), so it is not read as 0."""
-    source = (result.get("distinct_at_size") or {}).get("values") if at_size else \
-        result.get("distinct")
+    source = (_at_size(result) or {}).get("values") if at_size else result.distinct
     curve = source if isinstance(source, dict) else {}
-    totals = result.get("ngrams") if isinstance(result.get("ngrams"), dict) else {}
+    totals = result.ngrams if isinstance(result.ngrams, dict) else {}
     return {n: None if totals.get(n) == 0 else _num(curve.get(n)) for n in NS}
 
 
-def _distinct_figure(path: Path, rows: list[Result], names: list[str], colors: list[Any],
+def _size_text(result: DiversityResult) -> str:
+    return "?" if result.n_prompts is None else str(result.n_prompts)
+
+
+def _distinct_figure(path: Path, rows: list[DiversityResult], names: list[str],
+                     colors: list[Any],
                      at: dict[str, Any] | None) -> Path:
     """distinct-n curves at ONE sample size: the equal size all sets were measured at, or else
     each set's full size (then the title says so and gives the sizes)."""
@@ -533,7 +575,7 @@ def _distinct_figure(path: Path, rows: list[Result], names: list[str], colors: l
     xs = [int(n) for n in NS]
     for r, name, color in zip(rows, names, colors, strict=True):
         curve = _curve(r, at_size=at is not None)
-        label = name if at else f"{name} (n={r.get('n_prompts', '?')})"
+        label = name if at else f"{name} (n={_size_text(r)})"
         ys = [np.nan if curve[n] is None else curve[n] for n in NS]  # a gap: no n-grams
         ax.plot(xs, ys, marker="o", color=color, label=label)
     ax.set_xlabel("n (word n-gram length)")
@@ -544,7 +586,7 @@ def _distinct_figure(path: Path, rows: list[Result], names: list[str], colors: l
         title = (f"Distinct-n at an equal size: {at['size']} prompts per data set\n"
                  f"(mean of {at['seeds']} random subsamples)")
     else:
-        sizes = list(dict.fromkeys(str(r.get("n_prompts", "?")) for r in rows))
+        sizes = list(dict.fromkeys(_size_text(r) for r in rows))
         title = (f"Distinct-n of the full data sets ({sizes[0]} prompts each)" if len(sizes) == 1
                  else f"Distinct-n at each set's full size (n = {', '.join(sizes)}; "
                  "not an equal size)")
@@ -553,22 +595,21 @@ def _distinct_figure(path: Path, rows: list[Result], names: list[str], colors: l
     return _save(fig, path)
 
 
-def _display_names(rows: list[Result]) -> list[str]:
+def _display_names(rows: list[DiversityResult]) -> list[str]:
     """Result names; a name two sources share gets its source, so no row is taken for another."""
     counts: dict[str, int] = {}
     for r in rows:
-        counts[r["name"]] = counts.get(r["name"], 0) + 1
-    return [r["name"] if counts[r["name"]] == 1 else f"{r['name']} ({r.get('source', '?')})"
-            for r in rows]
+        counts[r.name] = counts.get(r.name, 0) + 1
+    return [r.name if counts[r.name] == 1 else f"{r.name} ({r.source or '?'})" for r in rows]
 
 
-def _diversity_section(latest: dict[tuple[str, str, str], Result], out: Path,
-                       colors: dict[str, Any], figures: list[Path]) -> list[str]:
-    rows = _of_kind(latest, "diversity")
+def _diversity_section(latest: Latest, out: Path, colors: dict[str, Any],
+                       figures: list[Path]) -> list[str]:
+    rows = _of_kind(latest, DiversityResult)
     if not rows:
         return []
-    order = _order((r["name"] for r in rows), LABEL_ORDER)
-    rows = sorted(rows, key=lambda r: order.index(r["name"]))
+    order = _order((r.name for r in rows), LABEL_ORDER)
+    rows = sorted(rows, key=lambda r: order.index(r.name))
     names = _display_names(rows)
 
     def fmt(curve: dict[str, float | None], n: str) -> str:
@@ -577,8 +618,8 @@ def _diversity_section(latest: dict[tuple[str, str, str], Result], out: Path,
     def count(value: Any) -> Any:
         return len(value) if isinstance(value, list | dict | tuple) else value
 
-    full = [[name, r.get("n_prompts"), *(fmt(_curve(r, False), n) for n in NS),
-             count(r.get("categories")), _pct(r.get("near_duplicate_rate"))]
+    full = [[name, r.n_prompts, *(fmt(_curve(r, False), n) for n in NS),
+             count(r.categories), _pct(r.near_duplicate_rate)]
             for name, r in zip(names, rows, strict=True)]
     lines = ["## Diversity: distinct-n (paper Fig. 5)", "",
              "Distinct word n-grams / all word n-grams (higher is more diverse); near-dup: % of "
@@ -588,8 +629,8 @@ def _diversity_section(latest: dict[tuple[str, str, str], Result], out: Path,
              "Each data set at its full size:", "",
              _table(["data set", "prompts", *(f"d-{n}" for n in NS), "categories",
                      "near-dup %"], full), ""]
-    sized = [(name, r, r["distinct_at_size"]) for name, r in zip(names, rows, strict=True)
-             if isinstance(r.get("distinct_at_size"), dict) and r["distinct_at_size"].get("values")]
+    sized = [(name, r, at) for name, r in zip(names, rows, strict=True)
+             if (at := _at_size(r)) is not None]
     if sized:
         lines += ["At an equal size (mean over random subsamples; comparable across data sets "
                   "of different sizes):", "",
@@ -602,12 +643,12 @@ def _diversity_section(latest: dict[tuple[str, str, str], Result], out: Path,
         shown = f"The figure shows distinct-n at {at['size']} prompts per data set."
     else:
         shown = "The figure shows each data set at its full size"
-        if len({r.get("n_prompts") for r in rows}) > 1:
+        if len({r.n_prompts for r in rows}) > 1:
             shown += (" (the sizes differ and distinct-n falls as a set grows: measure all of "
                       "them with the same `--size` to compare)")
         shown += "."
     figure = _distinct_figure(out / "distinct_n.png", rows, names,
-                              [colors[r["name"]] for r in rows], at)
+                              [colors[r.name] for r in rows], at)
     figures.append(figure)
     return lines + [shown, "", f"![distinct-n]({figure.name})", ""]
 
@@ -615,37 +656,37 @@ def _diversity_section(latest: dict[tuple[str, str, str], Result], out: Path,
 # -- details ------------------------------------------------------------------------------------
 
 
-def _flags(r: Result, keys: Sequence[tuple[str, str]]) -> str:
-    return ", ".join(f"{word} {r[key]}" for key, word in keys if r.get(key) is not None)
+def _flags(flags: Sequence[tuple[str, Any]]) -> str:
+    """``malformed 0, empty 1``: the counts a result has (None: not counted)."""
+    return ", ".join(f"{word} {value}" for word, value in flags if value is not None)
 
 
-def _adapter_text(r: Result) -> str | None:
+def _adapter_text(r: ModelResult) -> str | None:
     """The adapter by its content hash when the result has one (the label names it; its
     folder path says nothing on another machine), else by its path."""
-    identity = (r.get("model_identity") or {}).get("adapter")
+    identity = (r.model_identity or {}).get("adapter")
     if isinstance(identity, dict) and identity.get("sha256"):
         return f"LoRA sha256 {str(identity['sha256'])[:12]}"
-    return r.get("adapter")
+    return r.adapter
 
 
-def _details_section(latest: dict[tuple[str, str, str], Result]) -> list[str]:
+def _details_section(latest: Latest) -> list[str]:
     rows = []
     for (kind, ds, label), r in latest.items():
-        if kind == "diversity":
-            continue
-        if kind == "safety":
-            what = _measure_name(_measure(r), r.get("measure_label")).removesuffix(" rate")
-            how, metric = _judge_text(r.get("judge")), f"{what} {_pct(r.get('harmful_rate'))}"
-            flags = _flags(r, (("malformed", "malformed"), ("empty_responses", "empty")))
-        elif kind == "overrefusal":
-            how, metric = _judge_text(r.get("judge")), f"refusal {_pct(r.get('refusal_rate'))}"
-            flags = _flags(r, (("empty_responses", "empty"),))
+        if isinstance(r, SafetyResult):
+            what = _measure_name(_measure(r), r.measure_label).removesuffix(" rate")
+            how, metric = _judge_text(r.judge), f"{what} {_pct(r.harmful_rate)}"
+            flags = _flags((("malformed", r.malformed), ("empty", r.empty_responses)))
+        elif isinstance(r, OverrefusalResult):
+            how, metric = _judge_text(r.judge), f"refusal {_pct(r.refusal_rate)}"
+            flags = _flags((("empty", r.extra.get("empty_responses")),))
+        elif isinstance(r, UtilityResult):
+            how = f"{r.method or '?'} / {r.backend or '?'}"
+            metric = f"accuracy {_pct(r.accuracy)}"
+            flags = _flags((("unparsed", r.unparsed),))
         else:
-            how = f"{r.get('method', '?')} / {r.get('backend', '?')}"
-            metric = f"accuracy {_pct(r.get('accuracy'))}"
-            flags = _flags(r, (("unparsed", "unparsed"),))
-        rows.append([kind, ds, label, r.get("model"), _adapter_text(r), how, r.get("n"), metric,
-                     flags])
+            continue  # diversity: its own section
+        rows.append([kind, ds, label, r.model, _adapter_text(r), how, r.n, metric, flags])
     if not rows:
         return []
     return ["## Result details", "",
@@ -656,22 +697,20 @@ def _details_section(latest: dict[tuple[str, str, str], Result]) -> list[str]:
 # -- entry point --------------------------------------------------------------------------------
 
 
-def build_report(
-    results: Result | str | Path | Iterable[Result | str | Path],
-    out_dir: str | Path,
-) -> Path:
+def build_report(results: Source | Iterable[Source], out_dir: str | Path) -> Path:
     """Render ``report.md`` and the PNG plots into ``out_dir``; return the report's path.
 
-    ``results``: result dicts, JSON files, folders (their ``*.json``) or glob patterns, or a
-    list of them. Files that are not results are skipped and listed in the report.
+    ``results``: results (:mod:`evaluation.results`), result dicts, JSON files, folders (their
+    ``*.json``) or glob patterns, or a list of them. Files that are not results are skipped
+    and listed in the report.
     """
     loaded, skipped = load_results(results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     latest, notes = _latest(loaded)
     # one colour per label or data set name in every figure (data_advisor is data_advisor)
-    colors = _palette(_order([_label(r) if k != "diversity" else r["name"]
-                              for (k, _, _), r in latest.items()], LABEL_ORDER))
+    colors = _palette(_order([r.name if isinstance(r, DiversityResult) else _label(r)
+                              for r in latest.values()], LABEL_ORDER))
     figures: list[Path] = []
     sections = (_summary_section(latest, out, colors, figures)
                 + _category_sections(latest, out, colors, figures)

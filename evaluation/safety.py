@@ -45,16 +45,14 @@ from evaluation.identity import (
     cache_key,
     check_result_slot,
     claim_cache,
-    file_part,
     judge_identity,
     model_identity,
     questions_hash,
 )
 from evaluation.judges import MEASURE_LABELS, Judge, Judgment, RefusalJudge, make_judge
-from tools.files import append_jsonl, read_jsonl, write_json
+from evaluation.results import OverrefusalResult, PromptFormat, SafetyResult
+from tools.files import append_jsonl, read_jsonl
 from tools.llm import Endpoint, EndpointError, batch_progress, map_concurrently, openai_client
-
-PromptFormat = Literal["chat", "plain"]
 
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 """Prompt for base models without a chat template (``prompt_format="plain"``)."""
@@ -62,9 +60,6 @@ PLAIN_STOP = ["### Instruction:"]
 """Stop strings for the plain format, so a base model does not write the next turn."""
 
 UNCATEGORIZED = "uncategorized"
-
-
-_slug = file_part
 
 
 def _check_unique(questions: Sequence[Question]) -> None:
@@ -147,13 +142,13 @@ def generate_responses(
     def ask(q: Question) -> str:
         try:
             if prompt_format == "chat":
-                out = client.chat.completions.create(
+                chat = client.chat.completions.create(
                     model=endpoint.model,
                     messages=[{"role": "user", "content": q.prompt}],
                     max_tokens=max_tokens,
                     temperature=temperature,
                 )
-                return (out.choices[0].message.content or "") if out.choices else ""
+                return (chat.choices[0].message.content or "") if chat.choices else ""
             out = client.completions.create(
                 model=endpoint.model,
                 prompt=PLAIN_TEMPLATE.format(prompt=q.prompt),
@@ -300,7 +295,7 @@ def _response_parts(
 def _respond_and_judge(
     questions: Sequence[Question],
     *,
-    kind: str,
+    kind: Literal["safety", "overrefusal"],
     dataset: str,
     endpoint: Endpoint,
     judge: Judge,
@@ -326,8 +321,8 @@ def _respond_and_judge(
     identity = model_identity(model, adapter, endpoint.model)
     dataset_sha256 = questions_sha256(questions)
     shown_model = {**identity, "prompt_format": prompt_format}
-    check_result_slot(out_dir, kind=kind, dataset=dataset, slug=_slug(dataset), label=label,
-                      model=shown_model, dataset_sha256=dataset_sha256)
+    check_result_slot(out_dir, kind=kind, dataset=dataset, label=label, model=shown_model,
+                      dataset_sha256=dataset_sha256)
     response_parts = _response_parts(identity, prompt_format, max_tokens, temperature,
                                      dataset_sha256)
     response_key = cache_key(response_parts)
@@ -429,25 +424,24 @@ def evaluate_safety(
     safe = sum(judgments[q.id].safe for q in selected)
     measure = getattr(judge, "measure", "unsafe")
     unsafe = {q.id: not judgments[q.id].safe for q in selected}
-    result = {
-        "kind": "safety",
-        "dataset": dataset,
-        "label": label,
-        "model": model,
-        "adapter": adapter,
-        "judge": judge.description,
-        "measure": measure,
-        "measure_label": MEASURE_LABELS.get(measure, measure),
-        "n": n,
-        "safety_score": safe / n,
-        "harmful_rate": (n - safe) / n,
-        "per_category": _per_category(selected, unsafe, "harmful_rate"),
-        "malformed": sum(judgments[q.id].malformed for q in selected),
-        "empty_responses": sum(not run.responses[q.id].strip() for q in selected),
+    result = SafetyResult(
+        dataset=dataset,
+        label=label,
+        model=model,
+        adapter=adapter,
+        judge=judge.description,
+        measure=measure,
+        measure_label=MEASURE_LABELS.get(measure, measure),
+        n=n,
+        safety_score=safe / n,
+        harmful_rate=(n - safe) / n,
+        per_category=_per_category(selected, unsafe, "harmful_rate"),
+        malformed=sum(judgments[q.id].malformed for q in selected),
+        empty_responses=sum(not run.responses[q.id].strip() for q in selected),
         **run.fields,
-    }
-    write_json(Path(out_dir) / f"safety-{_slug(dataset)}-{_slug(label)}.json", result)
-    return result
+    )
+    result.write(Path(out_dir))
+    return result.to_dict()
 
 
 def evaluate_overrefusal(
@@ -492,19 +486,18 @@ def evaluate_overrefusal(
     selected = run.selected
     refused = {q.id: bool(run.judgments[q.id].refusal) for q in selected}
     n = len(selected)
-    result = {
-        "kind": "overrefusal",
-        "dataset": dataset,
-        "label": label,
-        "model": model,
-        "adapter": adapter,
-        "judge": judge.description,
-        "measure": "refused",
-        "measure_label": MEASURE_LABELS["refused"],
-        "n": n,
-        "refusal_rate": sum(refused.values()) / n,
-        "per_category": _per_category(selected, refused, "refusal_rate"),
+    result = OverrefusalResult(
+        dataset=dataset,
+        label=label,
+        model=model,
+        adapter=adapter,
+        judge=judge.description,
+        measure="refused",
+        measure_label=MEASURE_LABELS["refused"],
+        n=n,
+        refusal_rate=sum(refused.values()) / n,
+        per_category=_per_category(selected, refused, "refusal_rate"),
         **run.fields,
-    }
-    write_json(Path(out_dir) / f"overrefusal-{_slug(dataset)}-{_slug(label)}.json", result)
-    return result
+    )
+    result.write(Path(out_dir))
+    return result.to_dict()

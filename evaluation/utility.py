@@ -33,12 +33,12 @@ from evaluation.identity import (
     cache_key,
     check_result_slot,
     claim_cache,
-    file_part,
     model_identity,
     questions_hash,
     served_adapter_identity,
 )
-from tools.files import append_jsonl, read_jsonl, write_json
+from evaluation.results import UtilityResult, result_filename
+from tools.files import append_jsonl, read_jsonl
 from tools.llm import Endpoint, EndpointError, batch_progress, map_concurrently, openai_client
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def letter_token_variants(tokenizer: PreTrainedTokenizerBase) -> list[list[int]]
         for text in (f" {letter}", letter):
             tokens = tokenizer.encode(text, add_special_tokens=False)
             if (tokens and tokens[0] not in ids
-                    and tokenizer.decode([tokens[0]]).strip() == letter):
+                    and str(tokenizer.decode([tokens[0]])).strip() == letter):
                 ids.append(tokens[0])
         variants.append(ids)
     return variants
@@ -124,6 +124,7 @@ def load_model(
 
     from tools.default_model import resolve_model
 
+    loaded: Any  # transformers' and peft's models share no stub type that has .to and .eval
     if isinstance(model, str):
         path = resolve_model(model)
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
@@ -192,14 +193,14 @@ def letter_logprobs_transformers(
 
     if not items:
         return []
-    model, tokenizer = load_model(model, tokenizer, adapter, device)
+    lm, tokenizer = load_model(model, tokenizer, adapter, device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     variants = letter_token_variants(tokenizer)
     width = max(len(v) for v in variants)
     # (4, width) ids, short rows padded with their first id (max over a repeat is harmless)
     letter_ids = torch.tensor([v + [v[0]] * (width - len(v)) for v in variants])
-    accepted = _forward_kwargs(model)
+    accepted = _forward_kwargs(lm)
     out: list[list[float]] = [[] for _ in items]
     with torch.inference_mode():
         for batch in _batches(items, tokenizer, max(1, batch_size)):
@@ -208,7 +209,7 @@ def letter_logprobs_transformers(
                 enc.pop("position_ids")
             if "logits_to_keep" in accepted:
                 enc["logits_to_keep"] = 1
-            logits = model(**enc).logits[:, -1, :].float()
+            logits = lm(**enc).logits[:, -1, :].float()
             logprobs = torch.log_softmax(logits, dim=-1)[:, letter_ids.to(logits.device)]
             logprobs = logprobs.amax(dim=-1)  # (batch, 4): best variant of each letter
             for row, i in enumerate(batch):
@@ -256,7 +257,7 @@ def generate_with_transformers(
 
     if not items:
         return []
-    model, tokenizer = load_model(model, tokenizer, adapter, device)
+    lm, tokenizer = load_model(model, tokenizer, adapter, device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     out: list[str | None] = [None] * len(items)
@@ -264,13 +265,13 @@ def generate_with_transformers(
         for batch in _batches(items, tokenizer, max(1, batch_size)):
             enc = _encode_left_padded(tokenizer, [items[i].prompt for i in batch], device)
             enc.pop("position_ids")  # generate() derives them from the attention mask
-            generated = model.generate(
+            generated = lm.generate(
                 **enc, max_new_tokens=max_tokens, do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
             )
             new = generated[:, enc["input_ids"].shape[1] :]
             for row, i in enumerate(batch):
-                out[i] = parse_letter(tokenizer.decode(new[row], skip_special_tokens=True))
+                out[i] = parse_letter(str(tokenizer.decode(new[row], skip_special_tokens=True)))
                 if on_result:
                     on_result(i, out[i])
     return out
@@ -452,7 +453,7 @@ def evaluate_utility(
 
     served = endpoint.model if endpoint is not None else "transformers"
     if model is None or isinstance(model, str):
-        model_name = model or endpoint.model  # type: ignore[union-attr]
+        model_name = model or served  # no model: the endpoint's (checked on entry)
         identity = model_identity(model_name, adapter, served)
     else:
         identity = {"base": _loaded_model_identity(model),
@@ -466,9 +467,9 @@ def evaluate_utility(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary_path = out / f"utility-{file_part(dataset)}-{label}.json"
-    check_result_slot(out, kind="utility", dataset=dataset, slug=file_part(dataset), label=label,
-                      model=identity, dataset_sha256=dataset_sha256)
+    summary_path = out / result_filename("utility", dataset, label)
+    check_result_slot(out, kind="utility", dataset=dataset, label=label, model=identity,
+                      dataset_sha256=dataset_sha256)
     pred_path = cache_file(out, "utility", key)
     if overwrite:
         pred_path.unlink(missing_ok=True)
@@ -497,17 +498,21 @@ def evaluate_utility(
                 done[item.id] = row
                 bar.advance(task)
 
-            if backend == "endpoint" and method == "loglik":
-                score_with_endpoint(todo, endpoint, max_concurrency, on_result=record)
-            elif backend == "endpoint":
-                score_by_generation(todo, endpoint, max_tokens,
-                                    max_concurrency=max_concurrency, on_result=record)
-            elif method == "loglik":
-                score_with_transformers(todo, model, tokenizer, adapter, batch_size, device,
-                                        on_result=record)
+            if backend == "endpoint":
+                assert endpoint is not None  # refused on entry
+                if method == "loglik":
+                    score_with_endpoint(todo, endpoint, max_concurrency, on_result=record)
+                else:
+                    score_by_generation(todo, endpoint, max_tokens,
+                                        max_concurrency=max_concurrency, on_result=record)
             else:
-                generate_with_transformers(todo, model, tokenizer, adapter, batch_size,
-                                           device, max_tokens, on_result=record)
+                assert model is not None  # refused on entry
+                if method == "loglik":
+                    score_with_transformers(todo, model, tokenizer, adapter, batch_size,
+                                            device, on_result=record)
+                else:
+                    generate_with_transformers(todo, model, tokenizer, adapter, batch_size,
+                                               device, max_tokens, on_result=record)
 
     predictions = [done[it.id]["predicted"] for it in items]
     per_subject: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -515,26 +520,25 @@ def evaluate_utility(
         per_subject[item.subject][0] += 1
         per_subject[item.subject][1] += int(pred == item.answer)
     correct = sum(c for _, c in per_subject.values())
-    summary = {
-        "kind": "utility",
-        "dataset": dataset,
-        "label": label,
-        "model": model_name,
-        "adapter": adapter,
-        "method": method,
-        "backend": backend,
-        "settings": settings,
-        "n": len(items),
-        "accuracy": correct / len(items),
-        "unparsed": sum(p is None for p in predictions),
-        "per_subject": {
+    summary = UtilityResult(
+        dataset=dataset,
+        label=label,
+        model=model_name,
+        adapter=adapter,
+        method=method,
+        backend=backend,
+        settings=settings,
+        n=len(items),
+        accuracy=correct / len(items),
+        unparsed=sum(p is None for p in predictions),
+        per_subject={
             s: {"n": n, "accuracy": c / n} for s, (n, c) in sorted(per_subject.items())
         },
-        "model_identity": identity,
-        "serving": serving if serving is not None else {"served_name": served},
-        "dataset_sha256": dataset_sha256,
-        "cache_key": key,
-        "predictions_file": pred_path.relative_to(out).as_posix(),
-    }
-    write_json(summary_path, summary)
-    return summary
+        model_identity=identity,
+        serving=serving if serving is not None else {"served_name": served},
+        dataset_sha256=dataset_sha256,
+        cache_key=key,
+        predictions_file=pred_path.relative_to(out).as_posix(),
+    )
+    summary.write(out)
+    return summary.to_dict()

@@ -14,7 +14,6 @@ the base model and both adapters, diversity, and the report; running it again co
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -26,9 +25,9 @@ from rich.table import Table
 from evaluation.cli import add_commands as add_evaluation_commands
 from experiment.stages import STAGES, run_experiment
 from graph.cli import add_commands as add_generation_commands
-from graph.prompts import TemplateError
 from graph.runner import RunError, storage_error
-from tools.helpformat import HelpFormatter, add_command
+from graph.templates import TemplateError
+from tools.helpformat import HelpFormatter, Subcommands, add_command
 from tools.llm import EndpointError
 from tools.server import ServerError
 from training.cli import add_commands as add_training_commands
@@ -86,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        return args.func(args)
+        status: int = args.func(args)  # every command's function returns its exit status
+        return status
     except (RunError, TemplateError, FileNotFoundError, ValueError) as exc:
         err.print("[red]error:[/] ", end="")
         err.print(str(exc), markup=False, highlight=False)  # user values may hold brackets
@@ -129,7 +129,7 @@ def _resumable(args: argparse.Namespace) -> Path | None:
     return None
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: Subcommands) -> None:
     """Register ``experiment`` on the main parser."""
     exp = add_command(
         sub, "experiment", "the paper's experiment: generate, train, evaluate, report "
@@ -172,27 +172,24 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def summary_table(results_dir: Path) -> Table | None:
     """Per model: safety score per data set, over-refusal and MMLU accuracy (None if no
-    results)."""
+    results; files that hold none are left out)."""
+    from evaluation.results import OverrefusalResult, SafetyResult, UtilityResult, read_results
+
     columns: dict[str, str] = {}
     cells: dict[str, dict[str, str]] = {}
-    for path in sorted(results_dir.glob("*.json")):
-        try:
-            result = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(result, dict):
-            continue
-        kind, label = result.get("kind"), result.get("label")
-        if kind == "safety":
-            column, value = f"safety {result['dataset']}", result["safety_score"]
-        elif kind == "overrefusal":
-            column, value = f"over-refusal {result['dataset']}", result["refusal_rate"]
-        elif kind == "utility":
-            column, value = "MMLU", result["accuracy"]
+    for result in read_results(results_dir)[0].values():
+        if isinstance(result, SafetyResult):
+            column = f"safety {result.dataset}"
+        elif isinstance(result, OverrefusalResult):
+            column = f"over-refusal {result.dataset}"
+        elif isinstance(result, UtilityResult):
+            column = "MMLU"
         else:
-            continue
+            continue  # diversity: in the report
+        value = result.score
         columns[column] = column
-        cells.setdefault(str(label), {})[column] = f"{100 * value:.1f}%"
+        cells.setdefault(str(result.label), {})[column] = (
+            "-" if value is None else f"{100 * value:.1f}%")
     if not cells:
         return None
     table = Table(title="results")

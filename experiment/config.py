@@ -36,21 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from graph.graph import METHODS
-
-ROLES = ("advisor", "generator", "responder")
-DEFAULT_ALIASES = (None, "", "default")
-"""Model values that mean the embedded default model (as does its name)."""
+from tools.files import TextFileError, read_text
 
 
 class ConfigError(ValueError):
     """The experiment config is not valid."""
-
-
-def is_default_model(model: str | None) -> bool:
-    """Whether ``model`` names the embedded default model (unset, ``default`` or its name)."""
-    from tools.default_model import DEFAULT_MODEL_NAME
-
-    return model in DEFAULT_ALIASES or model == DEFAULT_MODEL_NAME
 
 
 def _take(cls: type, values: Mapping[str, Any], section: str) -> Any:
@@ -210,6 +200,15 @@ class ExperimentConfig:
         return list(self.generation.methods)
 
 
+def _read(path: Path) -> str:
+    """The config file's text; a :class:`ConfigError` naming the byte and line if it is not
+    UTF-8 (:func:`tools.files.read_text`)."""
+    try:
+        return read_text(path)
+    except TextFileError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """A config file as a dict: TOML (``tomllib``), or YAML when PyYAML is installed."""
     path = Path(path)
@@ -220,12 +219,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             import yaml
         except ImportError as exc:
             raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml)") from exc
-        data = yaml.safe_load(path.read_text("utf-8")) or {}
+        data = yaml.safe_load(_read(path)) or {}
     else:
         import tomllib
 
         try:
-            data = tomllib.loads(path.read_text("utf-8"))
+            data = tomllib.loads(_read(path))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
     if not isinstance(data, dict):

@@ -24,26 +24,26 @@ delete the stage's output (or use another ``out_dir``) for that.
 
 from __future__ import annotations
 
-import json
-import re
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 
+from evaluation.results import PromptFormat, ResultKind, read_results, result_filename
 from experiment.config import (
-    ROLES,
     ConfigError,
     ExperimentConfig,
     GenerationConfig,
-    is_default_model,
     load_config,
 )
+from graph.context import ROLES
+from tools.default_model import is_default_model
+from tools.files import write_json
 from tools.llm import Endpoint
 
 STAGES = ("generation", "training", "evaluation", "diversity", "report")
@@ -64,11 +64,6 @@ class ExperimentResult:
     report: Path
     stages: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def _slug(text: str) -> str:
-    """File-name part of a label or data set name, as the evaluation modules write it."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
 def _lora_rank(rank: int) -> int:
@@ -115,8 +110,9 @@ def _generation_roles(gen: GenerationConfig) -> _Roles:
 def _run_status(folder: Path) -> str:
     """``new``, ``finished`` or ``partial``."""
     from graph.graph import compile_graph, run_finished
-    from graph.runner import RUN_FILE, Run, checkpointer
+    from graph.runner import Run, checkpointer
     from graph.state import State
+    from tools.store import RUN_FILE
 
     if not (folder / RUN_FILE).is_file():
         return "new"
@@ -246,23 +242,18 @@ class _Experiment:
     def _labels(self) -> list[str]:
         return ["base", *self.cfg.methods]
 
-    def _tasks(self) -> list[tuple[str, str, str, Path]]:
+    def _tasks(self) -> list[tuple[str, ResultKind, str, Path]]:
         """``(label, kind, dataset, result file)`` of every evaluation."""
         ev = self.cfg.evaluation
-        tasks = []
-        for label in self._labels():
-            for dataset, source in (("catqa", ev.catqa), ("beavertails", ev.beavertails)):
-                if source:
-                    tasks.append((label, "safety", dataset, self.results
-                                  / f"safety-{_slug(dataset)}-{_slug(label)}.json"))
-            if ev.overrefusal:
-                name = ev.overrefusal_name
-                tasks.append((label, "overrefusal", name, self.results
-                              / f"overrefusal-{_slug(name)}-{_slug(label)}.json"))
-            if ev.mmlu:
-                tasks.append((label, "utility", "mmlu",
-                              self.results / f"utility-mmlu-{label}.json"))
-        return tasks
+        wanted: list[tuple[ResultKind, str]] = [
+            ("safety", name) for name, source in (("catqa", ev.catqa),
+                                                  ("beavertails", ev.beavertails)) if source]
+        if ev.overrefusal:
+            wanted.append(("overrefusal", ev.overrefusal_name))
+        if ev.mmlu:
+            wanted.append(("utility", "mmlu"))
+        return [(label, kind, dataset, self.results / result_filename(kind, dataset, label))
+                for label in self._labels() for kind, dataset in wanted]
 
     def evaluation(self) -> bool:
         from evaluation.data import load_beavertails, load_catqa, load_mmlu, load_questions
@@ -283,17 +274,18 @@ class _Experiment:
         for m in self.cfg.methods:
             if ev.base_url is None and not adapter_done(self.adapters[m]):
                 raise FileNotFoundError(f"no trained adapter in {self.adapters[m]}")
+        sources: dict[str, tuple[str | None, Callable[[str], Any]]] = {
+            "catqa": (ev.catqa, load_catqa), "beavertails": (ev.beavertails, load_beavertails),
+            "mmlu": (ev.mmlu, load_mmlu)}
         data: dict[str, Any] = {}
         for _, kind, dataset, _ in todo:
             if dataset in data:
                 continue
-            if kind == "safety":
-                loader = load_catqa if dataset == "catqa" else load_beavertails
-                data[dataset] = loader(ev.catqa if dataset == "catqa" else ev.beavertails)
-            elif kind == "overrefusal":
-                data[dataset] = load_questions(ev.overrefusal)  # type: ignore[arg-type]
-            else:
-                data[dataset] = load_mmlu(ev.mmlu)  # type: ignore[arg-type]
+            source, loader = (sources[dataset] if kind != "overrefusal"
+                              else (ev.overrefusal, load_questions))
+            if source is None:  # _tasks has a task only where the config names its data
+                raise ConfigError(f"[evaluation]: no data for {dataset}")
+            data[dataset] = loader(source)
         judge = None
         if any(kind == "safety" for _, kind, _, _ in todo):
             endpoint = (Endpoint(ev.judge_url, ev.judge_model or "llama-guard",
@@ -303,6 +295,9 @@ class _Experiment:
         self.results.mkdir(parents=True, exist_ok=True)
         limits = {"catqa": ev.catqa_limit, "beavertails": ev.beavertails_limit,
                   ev.overrefusal_name: ev.overrefusal_limit, "mmlu": ev.mmlu_limit}
+        # the config checked both choices; these name them for the type checker
+        mmlu_method: Literal["loglik", "generate"] = (
+            "generate" if ev.mmlu_method == "generate" else "loglik")
         with self._eval_server() as (base_url, names, model_name, prompt_format):
             for label, kind, dataset, _ in todo:
                 endpoint = Endpoint(base_url, names[label], ev.api_key_env)
@@ -313,6 +308,7 @@ class _Experiment:
                                                        "served_name": names[label]})
                 started = time.perf_counter()
                 if kind == "safety":
+                    assert judge is not None  # made above for the safety tasks
                     result = evaluate_safety(
                         data[dataset], dataset=dataset, endpoint=endpoint, judge=judge,
                         out_dir=self.results, max_tokens=ev.max_tokens,
@@ -328,7 +324,7 @@ class _Experiment:
                     shown = f"refusal rate {100 * result['refusal_rate']:.1f}%"
                 else:
                     result = evaluate_utility(
-                        data[dataset], backend="endpoint", method=ev.mmlu_method,  # type: ignore[arg-type]
+                        data[dataset], backend="endpoint", method=mmlu_method,
                         endpoint=endpoint, out_dir=self.results,
                         max_concurrency=ev.max_concurrency, **common)
                     shown = f"accuracy {100 * result['accuracy']:.1f}%"
@@ -337,24 +333,23 @@ class _Experiment:
         return True
 
     @contextmanager
-    def _eval_server(self) -> Iterator[tuple[str, dict[str, str], str, str]]:
+    def _eval_server(self) -> Iterator[tuple[str, dict[str, str], str, PromptFormat]]:
         """(base URL, served name per label, base model's name, prompt format)."""
         from tools.default_model import DEFAULT_MODEL_NAME
 
         ev, tr = self.cfg.evaluation, self.cfg.training
         target = None if is_default_model(tr.model) else str(tr.model)
+        # auto is chat (through a plain chat template when the target has none, below)
+        fmt: PromptFormat = "plain" if ev.prompt_format == "plain" else "chat"
         if ev.base_url is not None:
             base = ev.base_model or target or DEFAULT_MODEL_NAME
             names = {"base": base, **{m: ev.adapter_models.get(m, m) for m in self.cfg.methods}}
-            fmt = "chat" if ev.prompt_format == "auto" else ev.prompt_format
             yield ev.base_url, names, base, fmt
             return
         from tools.server import EmbeddedServer
 
         extra = list(ev.server_args)
-        fmt = ev.prompt_format
-        if fmt == "auto":
-            fmt = "chat"
+        if ev.prompt_format == "auto":
             template = self._plain_chat_template(target)
             if template is not None:
                 extra += ["--chat-template", str(template)]
@@ -391,13 +386,13 @@ class _Experiment:
 
     def diversity(self) -> bool:
         from evaluation.data import load_prompts
-        from evaluation.diversity import evaluate_diversity, result_path, source_name, write_result
+        from evaluation.diversity import evaluate_diversity, source_name, write_result
 
         dv = self.cfg.diversity
         sources: dict[str, str] = {m: str(folder) for m, folder in self.runs.items()}
         for ref in dv.references:
             sources.setdefault(source_name(ref), ref)
-        paths = {name: result_path("diversity", name, self.results) for name in sources}
+        paths = {name: self.results / result_filename("diversity", name) for name in sources}
         if all(p.is_file() for p in paths.values()):
             for p in paths.values():
                 self.say(f"  {p.name} [dim](skipped)[/]")
@@ -421,9 +416,9 @@ class _Experiment:
     # -- 5. report ----------------------------------------------------------------------------
 
     def result_files(self) -> list[Path]:
-        """The result JSON files in ``results/`` (not the responses' meta files)."""
-        kinds = ("safety", "overrefusal", "utility", "diversity")
-        return [p for k in kinds for p in sorted(self.results.glob(f"{k}-*.json"))]
+        """The files in ``results/`` that hold a result (:func:`evaluation.results.read_results`;
+        the caches are in ``results/cache/``)."""
+        return list(read_results(self.results)[0])
 
     def report(self) -> bool:
         from evaluation.report import build_report
@@ -462,7 +457,7 @@ def run_experiment(
     cfg = config if isinstance(config, ExperimentConfig) else load_config(config)
     out = Path(out_dir or cfg.out_dir or Path("experiments") / cfg.name)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.raw, indent=2) + "\n", "utf-8")
+    write_json(out / "config.json", cfg.raw)
     exp = _Experiment(cfg, out, progress)
     result = ExperimentResult(out_dir=out, runs=exp.runs,
                               adapters={m: p / "adapter" for m, p in exp.adapters.items()},

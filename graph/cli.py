@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from graph.context import Context, env_var, field_default, is_variable_name
+from graph.context import ROLES, Context, env_var, field_default, is_variable_name
 from graph.export import FORMATS, export_run, push_to_hub, run_settings
 from graph.graph import METHODS
 from graph.runner import (
@@ -30,14 +30,17 @@ from graph.runner import (
     execute,
     run_lock,
 )
-from tools.helpformat import add_command, non_negative_int, positive_int, positive_seconds
+from tools.helpformat import (
+    Subcommands,
+    add_command,
+    non_negative_int,
+    positive_int,
+    positive_seconds,
+)
 from tools.store import RunStore
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
-
-
-ROLES = ("advisor", "generator", "responder")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -78,7 +81,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prompts", type=Path,
         help="folder of <node>.txt templates overriding the shipped ones by name "
-        "(default: graph/prompts/ only)",
+        "(default: graph/templates/ only)",
     )
     p.add_argument(
         "--seed-prompts", type=Path,
@@ -469,7 +472,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: Subcommands) -> None:
     """Register the generation commands (run, resume, status, history, export, serve)."""
     run = add_command(
         sub, "run", "generate data with Data Advisor or Self-Instruct",

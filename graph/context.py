@@ -1,4 +1,4 @@
-"""Runtime context of a run: endpoints and models per role, sampling, method settings, prompts.
+"""Runtime context of a run: endpoints and models per role, sampling, method settings, templates.
 
 The context is passed to every invocation (``graph.invoke(..., context=Context(...))``) and is
 never written to a checkpoint. It holds the *name* of the environment variable with the API
@@ -20,7 +20,6 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from functools import cache
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, Literal, Self, Union, get_args, get_origin, get_type_hints
@@ -29,6 +28,8 @@ from urllib.parse import urlsplit
 from tools.llm import Endpoint
 
 Role = Literal["advisor", "generator", "responder"]
+ROLES: tuple[Role, ...] = get_args(Role)
+"""The roles a run calls a model for, each with its own endpoint (see :meth:`Context.endpoint`)."""
 
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -104,11 +105,11 @@ class Context:
     min_prompt_words: int = 4
     near_duplicate_threshold: float = 0.8
 
-    # --- prompts, seeds and storage --------------------------------------------------------
+    # --- templates, seeds and storage ------------------------------------------------------
     prompts_dir: str | None = None
     """Folder of ``<node>.txt`` templates overriding the shipped ones by name."""
     prompts: dict[str, str] = field(default_factory=dict)
-    """Template overrides by name (how Studio swaps a prompt)."""
+    """Template overrides by name (how Studio swaps a template)."""
     seed_prompts_file: str | None = None
     seed_categories_file: str | None = None
     data_path: str = "data-advisor.sqlite"
@@ -177,9 +178,9 @@ class Context:
         on this machine (``embedded``: the shared URL is the embedded server's, on loopback)."""
         if os.environ.get(self.api_key_env):
             return None
-        urls = {self.endpoint(role).base_url for role in get_args(Role)}
+        urls = {self.endpoint(role).base_url for role in ROLES}
         if embedded:
-            urls = {getattr(self, f"{r}_base_url") for r in get_args(Role)} - {None, ""}
+            urls = {getattr(self, f"{r}_base_url") for r in ROLES} - {None, ""}
         remote = sorted(url for url in urls if not _is_local(url))
         if not remote:
             return None
@@ -284,7 +285,7 @@ _RULES: dict[str, Rule] = {
     "node_timeout": ((lambda value: value > 0), "a positive number of seconds"),
     "max_retries": _at_least(0),
     "max_concurrency": _at_least(1),
-    **{f"{role}_temperature": _at_least(0) for role in ("generator", "advisor", "responder")},
+    **{f"{role}_temperature": _at_least(0) for role in ROLES},
     "top_p": ((lambda value: 0 < value <= 1), "> 0 and <= 1"),
     **{f"{node}_max_tokens": _at_least(1)
        for node in ("generator", "critic", "summarizer", "responder")},
@@ -307,9 +308,14 @@ _RULES: dict[str, Rule] = {
 """What a field's value must be besides its type (``None`` of an optional field is fine)."""
 
 
-@cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _type_hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
+    """The resolved annotations of a context class (computed once a class)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _problem(name: str, value: Any, hint: Any) -> str | None:

@@ -52,7 +52,7 @@ TEMPLATES_OF_METHOD = {
     "data_advisor": ("weakness_critic", "generator", "summarizer", "responder"),
     "self_instruct": ("self_instruct_generator", "responder"),
 }
-"""The prompt templates each method's nodes use (``graph/prompts/``)."""
+"""The templates each method's nodes use (``graph/templates/``)."""
 SIZE_CATEGORIES = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M",
                    "100M<n<1B", "1B<n<10B", "10B<n<100B", "100B<n<1T")
 """The Hub's size buckets, by powers of ten from 10^3 on (``n>1T`` above)."""

@@ -33,15 +33,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite import SqliteSaver
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from graph.context import STUDIO_FILE, Context, ContextError
+from graph.context import ROLES, STUDIO_FILE, Context, ContextError
 from graph.graph import Method, compile_graph, run_finished
-from graph.prompts import load_templates
 from graph.seeds import read_seeds
 from graph.state import State, round_unfinished
+from graph.templates import load_templates
 from tools.files import write_atomic
 from tools.server import EmbeddedServer, served_name, stop_signals_interrupt
 from tools.store import (
@@ -59,8 +60,7 @@ SERVER_LOG = "vllm.log"
 ENDPOINT_FIELDS = (
     "base_url",
     "model",
-    *(f"{role}_{what}" for role in ("advisor", "generator", "responder")
-      for what in ("base_url", "model")),
+    *(f"{role}_{what}" for role in ROLES for what in ("base_url", "model")),
     "api_key_env",
 )
 WAIT_FIELDS = ("request_timeout", "max_retries", "node_timeout")
@@ -116,7 +116,7 @@ class Run:
         """LangGraph's checkpoint file."""
         return self.folder / CHECKPOINT_FILE
 
-    def config(self, recursion_limit: int | None = None) -> dict[str, Any]:
+    def config(self, recursion_limit: int | None = None) -> RunnableConfig:
         """LangGraph config of the run's thread."""
         limit = recursion_limit or 8 * self.context.rounds + 16
         return {"configurable": {"thread_id": self.run_id}, "recursion_limit": limit}
@@ -563,9 +563,15 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
                 # whose tasks all finished before its checkpoint was saved (then no step shows as
                 # pending). If that leaves the run unfinished, nothing was pending: start again
                 # from the top; load_seeds steps back an unfinished round (its writes are keyed).
-                for inputs in (None, {}) if resume else ({},):
+                starts: tuple[dict[str, Any] | None, ...] = (None, {}) if resume else ({},)
+                for inputs in starts:
                     for values in graph.stream(
-                        inputs, config, context=ctx, stream_mode="values"
+                        # LangGraph types the input as the state class; a dict of fields (here
+                        # none: start from the top) is what it takes for a dataclass state
+                        inputs,  # type: ignore[arg-type]
+                        config,
+                        context=ctx,
+                        stream_mode="values",
                     ):
                         state = State(**values)
                         if lines is not None:

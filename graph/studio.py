@@ -18,7 +18,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from graph.context import STUDIO_FILE, StudioContext
+from graph.context import STUDIO_FILE, Context, StudioContext
 from graph.graph import Method, Node, compile_graph
 from graph.runner import Run
 from graph.state import State
@@ -30,10 +30,10 @@ from tools.files import write_atomic
 def in_run_folder(method: Method) -> Node:
     """``load_seeds``, after writing the thread's ``run.json`` into its run folder."""
 
-    def load_seeds_in_run_folder(state: State, runtime: Runtime[StudioContext]) -> dict[str, Any]:
+    def load_seeds_in_run_folder(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         ctx = runtime.context
         folder = ctx.run_folder(run_id()) if isinstance(ctx, StudioContext) else None
-        if folder is not None:
+        if isinstance(ctx, StudioContext) and folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             # the thread id is the run's id: its key in run.sqlite
             run = Run(folder, method, ctx.run_context(folder.name), embedded=False,

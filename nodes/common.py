@@ -1,19 +1,22 @@
-"""What every node shares: the run's store and templates, a stopwatch for its cost, bullets.
+"""What every node shares: the run's store and templates, a stopwatch for its cost, bullets,
+one question to the advisor.
 
 The store and the templates come from the LangGraph runtime (the run's context and thread);
 :class:`Stopwatch` times a node call for its round record; :func:`bullets` lays out lines for a
-template's placeholder.
+template's placeholder; :func:`ask_advisor` sends the critic's and the summarizer's one message.
 """
 
 from __future__ import annotations
 
 import time
 
+from langchain_core.messages import AIMessage
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
 from graph.context import Context
-from graph.prompts import load_templates
+from graph.templates import load_templates
+from tools.llm import generate
 from tools.store import RunStore, shared_store
 
 
@@ -58,3 +61,18 @@ class Stopwatch:
 def bullets(lines: list[str]) -> str:
     """Lines as a bulleted block for a template's placeholder."""
     return "\n".join(f"- {line}" for line in lines) if lines else "- (none yet)"
+
+
+def ask_advisor(runtime: Runtime[Context], message: str, max_tokens: int) -> AIMessage:
+    """The advisor's answer to one user message, at the run's advisor sampling settings."""
+    ctx = runtime.context
+    [answer] = generate(
+        "advisor",
+        ctx.endpoint("advisor"),
+        [[("user", message)]],
+        temperature=ctx.advisor_temperature,
+        top_p=ctx.top_p,
+        max_tokens=max_tokens,
+        run=run_id(),
+    )
+    return answer

@@ -17,8 +17,8 @@ from weakref import WeakKeyDictionary
 from langgraph.runtime import Runtime
 
 from graph.context import Context
-from graph.prompts import render
 from graph.state import State
+from graph.templates import render
 from nodes.common import Stopwatch, bullets, run_store, templates
 from nodes.filters import clean_line, rejection_reason
 from tools.llm import generate, output_tokens

@@ -14,11 +14,11 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graph.context import Context
-from graph.prompts import render
 from graph.state import State
-from nodes.common import Stopwatch, bullets, run_store, templates
+from graph.templates import render
+from nodes.common import Stopwatch, ask_advisor, bullets, run_store, templates
 from nodes.filters import clean_line
-from tools.llm import generate, output_tokens
+from tools.llm import output_tokens
 
 EXAMPLES_IN_SUMMARY_PROMPT = 3
 
@@ -39,15 +39,7 @@ def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         weakness=state.weakness,
         prompts=bullets([s["prompt"] for s in samples]),
     )
-    [answer] = generate(
-        "advisor",
-        ctx.endpoint("advisor"),
-        [[("user", message)]],
-        temperature=ctx.advisor_temperature,
-        top_p=ctx.top_p,
-        max_tokens=ctx.summarizer_max_tokens,
-        run=store.run_id,
-    )
+    answer = ask_advisor(runtime, message, ctx.summarizer_max_tokens)
     proposed = parse_summary(str(answer.content))[: 2 * ctx.max_summary_lines]
     update: dict[str, Any] = {"proposed_summary": proposed}
     fields: dict[str, Any] = {"summary_proposed": proposed}

@@ -18,13 +18,13 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from graph.context import Context
-from graph.prompts import render
 from graph.seeds import read_seeds
 from graph.state import State
-from nodes.common import Stopwatch, bullets, run_store, templates
+from graph.templates import render
+from nodes.common import Stopwatch, ask_advisor, bullets, run_store, templates
 from nodes.filters import clean_category, content_words, overlaps
 from nodes.rule_check import summary_names
-from tools.llm import generate, output_tokens
+from tools.llm import output_tokens
 from tools.store import RunStore
 from tools.text import jaccard, normalize
 
@@ -83,15 +83,7 @@ def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         message = render(
             template, principles=ctx.principles, summary=bullets(state.summary), avoid=avoid
         )
-        [answer] = generate(
-            "advisor",
-            ctx.endpoint("advisor"),
-            [[("user", message)]],
-            temperature=ctx.advisor_temperature,
-            top_p=ctx.top_p,
-            max_tokens=ctx.critic_max_tokens,
-            run=store.run_id,
-        )
+        answer = ask_advisor(runtime, message, ctx.critic_max_tokens)
         tokens += output_tokens([answer])
         candidate = clean_category(str(answer.content), ctx.max_line_words)
         if candidate and normalize(candidate) in normalize(template):

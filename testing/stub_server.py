@@ -26,7 +26,7 @@ Usage::
         assert stub.status_counts[503] == 1
 
 The default handler, :func:`data_advisor_handler`, answers the app's default prompt templates
-(``graph/prompts/*.txt``) with plausible, deterministic text, so that a whole Data Advisor run
+(``graph/templates/*.txt``) with plausible, deterministic text, so that a whole Data Advisor run
 can be driven without a model.
 
 :data:`NODE_MARKERS`: the handler looks at the content of the last user message (or at the

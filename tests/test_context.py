@@ -143,3 +143,20 @@ def test_an_unset_key_variable_is_a_warning_for_a_remote_endpoint_only(monkeypat
     assert Context(api_key_env="NO_SUCH_KEY_VAR").missing_key_warning(embedded=True) is None
     monkeypatch.setenv("NO_SUCH_KEY_VAR", "sk-set")
     assert remote.missing_key_warning() is None
+
+
+def test_one_definition_of_the_roles():
+    """ROLES is the Role literal's values, and every module that loops over roles uses it."""
+    from typing import get_args
+
+    import experiment.config
+    import experiment.stages
+    import graph.cli
+    import graph.context
+    import graph.runner
+
+    assert graph.context.ROLES == get_args(graph.context.Role)
+    assert graph.cli.ROLES is experiment.stages.ROLES is graph.context.ROLES
+    for role in graph.context.ROLES:  # resume may change every role's endpoint
+        assert {f"{role}_base_url", f"{role}_model"} <= set(graph.runner.ENDPOINT_FIELDS)
+    assert not hasattr(experiment.config, "ROLES")

@@ -24,8 +24,8 @@ from huggingface_hub import DatasetCard
 from experiment.cli import main
 from graph.context import Context
 from graph.export import COLUMNS, dataset_card, export_run, run_settings, size_category
-from graph.prompts import load_templates
 from graph.runner import Run, create_run, execute
+from graph.templates import load_templates
 from testing.stub_server import StubServer
 from tools.store import RunStore
 

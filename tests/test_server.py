@@ -514,3 +514,18 @@ def test_real_serve_stopped_by_sigterm_leaves_no_vllm_process(tmp_path: Path) ->
             proc.kill()
         for child in tree:
             _group_kill(child.pid)
+
+
+def test_one_rule_for_the_default_model_aliases() -> None:
+    """The server, the model resolver and the experiment agree on what names the default."""
+    import experiment.stages
+    from tools.default_model import is_default_model, resolve_model
+
+    assert experiment.stages.is_default_model is is_default_model
+    for alias in (None, "", "default", DEFAULT_MODEL_NAME):
+        assert is_default_model(alias)
+        assert server_mod.served_name(alias) == DEFAULT_MODEL_NAME
+    for other in ("HuggingFaceTB/SmolLM2-360M-Instruct", "./models/x", "Default"):
+        assert not is_default_model(other)
+        assert server_mod.served_name(other) == other
+        assert resolve_model(other) == other

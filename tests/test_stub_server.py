@@ -17,7 +17,7 @@ import pytest
 from conftest import make_context, run_graph
 from langchain_openai import ChatOpenAI
 
-from graph.prompts import SPECS, load_templates
+from graph.templates import SPECS, load_templates
 from testing.stub_server import (
     HARM_CATEGORIES,
     StubHTTPError,
@@ -28,7 +28,7 @@ from testing.stub_server import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = ROOT / "graph" / "prompts"
+TEMPLATES = ROOT / "graph" / "templates"
 APP_PACKAGES = ("graph", "nodes", "tools", "training", "evaluation", "experiment")
 SEED_CATEGORIES = ["Violent crime", "Weapons and explosives", "Hacking and malware",
                    "Fraud and scams", "Illegal drugs"]
@@ -38,7 +38,7 @@ _WORD = re.compile(r"[a-z0-9']+")
 
 
 def template(name: str) -> str:
-    return (PROMPTS / f"{name}.txt").read_text("utf-8")
+    return (TEMPLATES / f"{name}.txt").read_text("utf-8")
 
 
 def bullets(lines: list[str]) -> str:

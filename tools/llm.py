@@ -348,7 +348,7 @@ class _Batch:
                     ) from error
                 continue
             self.breaker.record(None)
-            return answer  # type: ignore[return-value]
+            return answer
 
     def _after_failure(self, error: Exception, tries: int, first: float, deadline: float) -> float:
         """Seconds to wait before the next try; raise when there is none."""

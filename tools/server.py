@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from tools.default_model import DEFAULT_MODEL_NAME, resolve_model
+from tools.default_model import DEFAULT_MODEL_NAME, is_default_model, resolve_model
 
 HOST = "127.0.0.1"
 LOG_TAIL_LINES = 40
@@ -48,7 +48,6 @@ STARTUP_PROGRESS_EVERY = 10.0
 """Seconds between the plain startup lines written when stderr is not a terminal."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 """Signals that stop a command cleanly, like Ctrl-C: ``kill`` and a closed terminal."""
-_DEFAULT_ALIASES = (None, "", "default", DEFAULT_MODEL_NAME)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -190,14 +189,14 @@ def is_cpu_build() -> bool:
 
 def served_name(model: str | None) -> str:
     """The name the embedded server serves ``model`` under (the default model's short name)."""
-    return DEFAULT_MODEL_NAME if model in _DEFAULT_ALIASES else str(model)
+    return DEFAULT_MODEL_NAME if is_default_model(model) else str(model)
 
 
 def free_port(host: str = HOST) -> int:
     """Return a TCP port on ``host`` that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 def port_in_use(port: int, host: str = HOST) -> bool:

@@ -122,14 +122,14 @@ class RunStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         stat = os.stat(self.path)
         self._file_id = (stat.st_dev, stat.st_ino)
-        if not self.db["rounds"].exists():
+        if not self.db.table("rounds").exists():
             self._create()
-        elif "ended_at" not in self.db["rounds"].columns_dict:  # a run file from before it
+        elif "ended_at" not in self.db.table("rounds").columns_dict:  # a run file from before it
             with self.transaction():
-                self.db["rounds"].add_column("ended_at", float)
-        if not self.db["templates"].exists():  # also in run files from before it
+                self.db.table("rounds").add_column("ended_at", float)
+        if not self.db.table("templates").exists():  # also in run files from before it
             with self.transaction():
-                self.db["templates"].create(
+                self.db.table("templates").create(
                     {"run_id": str, "name": str, "sha256": str, "from_round": int,
                      "recorded_at": float},
                     pk=("run_id", "name", "sha256"),
@@ -147,7 +147,7 @@ class RunStore:
             return list(self.db.query(sql, params))
 
     def _create(self) -> None:
-        self.db["samples"].create(
+        self.db.table("samples").create(
             {
                 "id": str,
                 "run_id": str,
@@ -165,15 +165,15 @@ class RunStore:
             not_null={"run_id", "prompt"},
             if_not_exists=True,
         )
-        self.db["rejections"].create(
+        self.db.table("rejections").create(
             {"id": str, "run_id": str, "round": int, "slot": int, "text": str, "reason": str},
             pk="id",
             if_not_exists=True,
         )
-        self.db["pool"].create(
+        self.db.table("pool").create(
             {"id": str, "run_id": str, "round": int, "prompt": str}, pk="id", if_not_exists=True
         )
-        self.db["rounds"].create(
+        self.db.table("rounds").create(
             {
                 "run_id": str,
                 "round": int,
@@ -199,7 +199,7 @@ class RunStore:
             if_not_exists=True,
         )
         for table in ("samples", "rejections", "pool"):
-            self.db[table].create_index(["run_id", "round"], if_not_exists=True)
+            self.db.table(table).create_index(["run_id", "round"], if_not_exists=True)
 
     # --- pool --------------------------------------------------------------------------------
     def seed_pool(self, prompts: Sequence[str]) -> None:
@@ -209,7 +209,7 @@ class RunStore:
             for i, p in enumerate(prompts)
         ]
         with self.transaction():
-            self.db["pool"].insert_all(rows, ignore=True)
+            self.db.table("pool").insert_all(rows, ignore=True)
 
     def pool(self) -> list[str]:
         """Current in-context pool, seeds first."""
@@ -221,7 +221,7 @@ class RunStore:
     def add_to_pool(self, round_: int, prompt: str) -> None:
         """The round's best prompt joins the pool (replaces the round's entry if re-run)."""
         with self.transaction():
-            self.db["pool"].insert(
+            self.db.table("pool").insert(
                 {"id": f"{self.run_id}:{round_}", "run_id": self.run_id, "round": round_,
                  "prompt": prompt},
                 replace=True,
@@ -266,8 +266,8 @@ class RunStore:
                 self.db.execute(
                     f"delete from {table} where run_id = ? and round = ?", [self.run_id, round_]
                 )
-            self.db["samples"].insert_all(sample_rows)
-            self.db["rejections"].insert_all(reject_rows)
+            self.db.table("samples").insert_all(sample_rows)
+            self.db.table("rejections").insert_all(reject_rows)
         return [r["id"] for r in sample_rows]
 
     def get_samples(self, ids: Iterable[str]) -> list[dict[str, Any]]:
@@ -296,7 +296,9 @@ class RunStore:
 
     def counts(self) -> dict[str, int]:
         """Kept prompts, answered prompts and rejections so far."""
-        one = lambda sql: self._rows(sql, [self.run_id])[0]["n"]  # noqa: E731
+        def one(sql: str) -> int:
+            return int(self._rows(sql, [self.run_id])[0]["n"])
+
         return {
             "prompts": one("select count(*) n from samples where run_id = ?"),
             "responses": one(
@@ -341,7 +343,8 @@ class RunStore:
             for name, text in templates.items()
         ]
         with self.transaction():
-            self.db["templates"].insert_all(rows, pk=("run_id", "name", "sha256"), ignore=True)
+            table = self.db.table("templates")
+            table.insert_all(rows, pk=("run_id", "name", "sha256"), ignore=True)
 
     def templates(self) -> list[dict[str, Any]]:
         """Recorded template hashes (name, sha256, from_round), by name and first round."""
@@ -355,7 +358,7 @@ class RunStore:
     def start_round(self, round_: int, method: str, started_at: float | None = None) -> None:
         """Create the round's record if it does not exist yet."""
         with self.transaction():
-            self.db["rounds"].insert(
+            self.db.table("rounds").insert(
                 {"run_id": self.run_id, "round": round_, "method": method,
                  "started_at": started_at or time.time()},
                 pk=("run_id", "round"),
@@ -383,7 +386,7 @@ class RunStore:
             row = {"run_id": self.run_id, "round": round_}
             for key, value in fields.items():
                 row[key] = json.dumps(value) if key in _JSON_COLUMNS else value
-            self.db["rounds"].upsert(row, pk=("run_id", "round"))
+            self.db.table("rounds").upsert(row, pk=("run_id", "round"))
 
     def _edited_summaries(self, round_: int, fields: dict[str, Any]) -> dict[str, Any]:
         """``fields`` with the proposed and checked summaries as edits of the round's summary

@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of a target model on generated safety data (uses tools/ only).
+"""LoRA fine-tuning of a target model on generated safety data.
 
 - :mod:`training.mix`: load safety and instruction data, build the deduplicated, shuffled mix
   with a validation split;
@@ -9,4 +9,7 @@
 - :mod:`training.launch`: :func:`~training.launch.train_adapter` (mix + train one adapter) and
   its entry point under ``accelerate launch`` / ``torchrun``;
 - :mod:`training.cli`: the ``data-advisor train`` command.
+
+Layer: uses tools/ only, never the graph, the nodes, evaluation or the experiment; the
+:mod:`experiment` package above runs it.
 """

@@ -13,13 +13,13 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from tools.helpformat import add_command
+from tools.helpformat import Subcommands, add_command
 from training.launch import add_train_arguments, train_adapter, train_config
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: Subcommands) -> None:
     """Register ``train`` on the main parser."""
     train = add_command(
         sub, "train", "train a LoRA adapter on safety + instruction data",

@@ -34,9 +34,10 @@ def has_chat_template(tokenizer: Any) -> bool:
 def prompt_text(tokenizer: Any, prompt: str) -> str:
     """The prompt as the model sees it, up to where the response starts (use it to generate)."""
     if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(
+        text: str = tokenizer.apply_chat_template(  # tokenize=False: the text, not ids
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
+        return text
     return PLAIN_TEMPLATE.format(prompt=prompt)
 
 
@@ -115,8 +116,9 @@ def tokenize_examples(
 
 def pad_token_id(tokenizer: Any) -> int:
     """The tokenizer's pad token id, or its EOS id where it has none."""
-    pad = tokenizer.pad_token_id
-    return tokenizer.eos_token_id if pad is None else pad
+    pad: int | None = tokenizer.pad_token_id
+    eos: int = tokenizer.eos_token_id
+    return eos if pad is None else pad
 
 
 class PadCollator:

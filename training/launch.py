@@ -42,6 +42,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tools.files import write_json
+
 if TYPE_CHECKING:
     from training.lora import TrainConfig, TrainResult
     from training.mix import MixSplits
@@ -179,12 +181,12 @@ def train_adapter(
             print(f"training.launch: {processes} process(es), {state.distributed_type.value}, "
                   f"backend {state.backend}, device {state.device}; "
                   f"mix {json.dumps(splits.counts())}", flush=True)
-        (out / "mix.json").write_text(json.dumps({
+        write_json(out / "mix.json", {
             "counts": splits.counts(), "ratio": ratio, "seed": seed,
             "val_fraction": val_fraction, "instructions_limit": instructions_limit,
             "safety": _described(safety), "instructions": _described(instructions),
             "processes": processes,
-        }, indent=2) + "\n", "utf-8")
+        })
     # old checkpoints are gone already (removed once, by the main process)
     result = train_lora(model_path, splits.train, splits.validation, out, config, resume=True)
     return result, splits

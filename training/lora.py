@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from tools.files import write_json
 from training.format import Features, PadCollator, pad_token_id, tokenize_examples
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -128,7 +129,7 @@ class TrainResult:
     history: dict[str, list[dict[str, float]]]
 
 
-class _ListDataset(torch.utils.data.Dataset):
+class _ListDataset(torch.utils.data.Dataset[Features]):
     def __init__(self, items: list[Features]) -> None:
         self.items = items
 
@@ -188,7 +189,8 @@ def _load_model(path: str, config: TrainConfig, cuda: bool, bf16: bool) -> Any:
     from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
-    quant = BitsAndBytesConfig(
+    # transformers leaves BitsAndBytesConfig.__init__ unannotated (a stub gap, not our call)
+    quant = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
@@ -198,7 +200,10 @@ def _load_model(path: str, config: TrainConfig, cuda: bool, bf16: bool) -> Any:
         path, dtype=dtype, quantization_config=quant, device_map={"": torch.cuda.current_device()}
     )
     model.config.use_cache = False
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    # peft leaves prepare_model_for_kbit_training unannotated (a stub gap, not our call)
+    return prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+        model, use_gradient_checkpointing=False
+    )
 
 
 def loss_history(log_history: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, float]]]:
@@ -339,7 +344,8 @@ def train_lora(
     history_path = out / "loss_history.json"
     plot_path: Path | None = out / "loss.png"
     if trainer.is_world_process_zero():  # one writer when launched on several processes
-        config_path.write_text(json.dumps({
+        # atomic: adapter_done() takes train_config.json as the sign of a finished adapter
+        write_json(config_path, {
             "config": config.to_dict(),
             "model": path,
             "bf16": bf16,
@@ -347,8 +353,8 @@ def train_lora(
             "train_examples": len(train_features),
             "validation_examples": len(val_features),
             "global_step": trainer.state.global_step,
-        }, indent=2), "utf-8")
-        history_path.write_text(json.dumps(history, indent=2), "utf-8")
+        })
+        write_json(history_path, history)
         plot_path = plot_loss(history, out / "loss.png")
     trainer.accelerator.wait_for_everyone()
     session_tokens = trainer.state.num_input_tokens_seen - getattr(

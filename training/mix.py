@@ -105,7 +105,8 @@ def _file_rows(path: Path) -> list[dict[str, Any]]:
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+        return rows
     if suffix in (".sqlite", ".db"):
         return _sqlite_rows(path)
     raise ValueError(f"{path}: unknown data file type {suffix!r} (use .jsonl, .json, .parquet)")

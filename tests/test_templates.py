@@ -1,7 +1,7 @@
 import pytest
 from conftest import run_graph
 
-from graph.prompts import SPECS, TemplateError, load_templates, placeholders, render, validate
+from graph.templates import SPECS, TemplateError, load_templates, placeholders, render, validate
 
 
 def test_shipped_templates_are_valid():
@@ -18,7 +18,7 @@ def test_missing_and_unknown_placeholders_are_errors():
         validate("generator", "{examples} {weakness} {colour}")
     with pytest.raises(TemplateError, match=r"line 1: unmatched '\{'"):
         validate("generator", "{examples} {weakness")
-    with pytest.raises(TemplateError, match="unknown prompt"):
+    with pytest.raises(TemplateError, match="unknown template"):
         validate("critic", "{summary}")
 
 
@@ -28,7 +28,7 @@ def test_override_by_folder_and_inline(tmp_path):
     assert templates["summarizer"].startswith("S: {summary}")
     assert templates["responder"] == "Be safe."
     (tmp_path / "nonsense.txt").write_text("x")
-    with pytest.raises(TemplateError, match="unknown prompt name 'nonsense'"):
+    with pytest.raises(TemplateError, match="unknown template name 'nonsense'"):
         load_templates(str(tmp_path))
     with pytest.raises(TemplateError, match="does not exist"):
         load_templates(str(tmp_path / "missing"))
@@ -71,7 +71,7 @@ def test_a_stray_brace_in_a_template_file_names_the_file_and_the_line(tmp_path):
 
 def test_escaped_braces_and_a_bad_inline_override_say_where():
     assert placeholders("{{literal}} {examples} {{") == {"examples"}
-    with pytest.raises(TemplateError, match=r"inline prompt 'summarizer' line 2: unmatched '\{'"):
+    with pytest.raises(TemplateError, match=r"inline template 'summarizer' line 2: unmatched '\{'"):
         load_templates(None, {"summarizer": "{summary} {weakness}\n{ oops"})
 
 
@@ -81,3 +81,18 @@ def test_a_template_that_is_not_utf8_names_the_file_byte_and_line(tmp_path):
     with pytest.raises(TemplateError) as error:
         load_templates(str(tmp_path))
     assert str(error.value) == f"{path}: not UTF-8 text (byte 0xe4 at line 3); save it as UTF-8"
+
+
+def test_the_shipped_templates_are_package_data():
+    """An installed package finds its templates: pyproject ships graph/templates/*.txt."""
+    import tomllib
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["graph"]
+    for name in SPECS:
+        shipped = f"templates/{name}.txt"
+        assert (root / "graph" / shipped).is_file()
+        assert any(fnmatch(shipped, glob) for glob in globs), (shipped, globs)

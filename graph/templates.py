@@ -1,13 +1,14 @@
-"""Prompt templates: plain text files with named ``{placeholders}``, one per node.
+"""Templates: plain text files with named ``{placeholders}``, one per node, that the nodes fill.
 
 Templates are what the nodes fill; prompts are the data rows they make (the seed prompts, the
 generated ones), which :mod:`evaluation.data` loads.
 
-The shipped templates live in ``graph/prompts/<name>.txt``. A user overrides any of them by
-name, from a folder (``--prompts DIR`` / ``Context.prompts_dir``) or inline
-(``Context.prompts``, which is how Studio swaps a template). Templates are validated before any
-LLM call: a file that is not UTF-8, an unmatched brace, a missing required placeholder or an
-unknown one is a :class:`TemplateError` naming the file (or the inline override) and the line.
+The shipped templates live in ``graph/templates/<name>.txt``. A user overrides any of them by
+name, from a folder (``--prompts DIR`` / ``Context.prompts_dir``; the names predate the word
+"template" and stay, as saved ``run.json`` files hold them) or inline (``Context.prompts``,
+which is how Studio swaps a template). Templates are validated before any LLM call: a file that
+is not UTF-8, an unmatched brace, a missing required placeholder or an unknown one is a
+:class:`TemplateError` naming the file (or the inline override) and the line.
 """
 
 from __future__ import annotations
@@ -95,40 +96,43 @@ def validate(name: str, template: str, source: str | None = None) -> None:
     ``source`` (a file, or where an inline override came from) starts every message.
     """
     if name not in SPECS:
-        raise TemplateError(f"unknown prompt {name!r}; known prompts: {', '.join(sorted(SPECS))}")
-    where = source or f"prompt {name!r}"
+        raise TemplateError(
+            f"unknown template {name!r}; known templates: {', '.join(sorted(SPECS))}"
+        )
+    where = source or f"template {name!r}"
     spec = SPECS[name]
     found = placeholders(template, where)
     if missing := spec.required - found:
         raise TemplateError(
-            f"{where}: prompt {name!r} lacks placeholder(s) "
+            f"{where}: template {name!r} lacks placeholder(s) "
             + ", ".join(f"{{{m}}}" for m in sorted(missing))
         )
     if unknown := found - spec.required - spec.optional:
         allowed = ", ".join(f"{{{m}}}" for m in sorted(spec.required | spec.optional)) or "none"
         raise TemplateError(
-            f"{where}: prompt {name!r} has unknown placeholder(s) "
+            f"{where}: template {name!r} has unknown placeholder(s) "
             + ", ".join(f"{{{u}}}" for u in sorted(unknown))
             + f"; allowed: {allowed}"
         )
 
 
 def _shipped(name: str) -> str:
-    return resources.files("graph").joinpath("prompts", f"{name}.txt").read_text("utf-8")
+    return resources.files("graph").joinpath("templates", f"{name}.txt").read_text("utf-8")
 
 
 @lru_cache(maxsize=32)
-def _load(prompts_dir: str | None, overrides: tuple[tuple[str, str], ...]) -> dict[str, str]:
+def _load(templates_dir: str | None, overrides: tuple[tuple[str, str], ...]) -> dict[str, str]:
     templates = {name: _shipped(name) for name in SPECS}
-    sources = {name: f"graph/prompts/{name}.txt" for name in SPECS}
-    if prompts_dir:
-        folder = Path(prompts_dir)
+    sources = {name: f"graph/templates/{name}.txt" for name in SPECS}
+    if templates_dir:
+        folder = Path(templates_dir)
         if not folder.is_dir():
-            raise TemplateError(f"prompts folder {folder} does not exist")
+            raise TemplateError(f"templates folder {folder} does not exist")
         for path in sorted(folder.glob("*.txt")):
             if path.stem not in SPECS:
                 raise TemplateError(
-                    f"{path}: unknown prompt name {path.stem!r}; known: {', '.join(sorted(SPECS))}"
+                    f"{path}: unknown template name {path.stem!r}; "
+                    f"known: {', '.join(sorted(SPECS))}"
                 )
             try:
                 templates[path.stem] = read_text(path)
@@ -137,18 +141,18 @@ def _load(prompts_dir: str | None, overrides: tuple[tuple[str, str], ...]) -> di
             sources[path.stem] = str(path)
     for name, text in overrides:
         if name not in SPECS:
-            raise TemplateError(f"unknown prompt {name!r}; known: {', '.join(sorted(SPECS))}")
-        templates[name], sources[name] = text, f"inline prompt {name!r}"
+            raise TemplateError(f"unknown template {name!r}; known: {', '.join(sorted(SPECS))}")
+        templates[name], sources[name] = text, f"inline template {name!r}"
     for name, text in templates.items():
         validate(name, text, sources[name])
     return templates
 
 
 def load_templates(
-    prompts_dir: str | None = None, overrides: dict[str, str] | None = None
+    templates_dir: str | None = None, overrides: dict[str, str] | None = None
 ) -> dict[str, str]:
     """All templates, shipped ones overridden by the folder, then by inline overrides."""
-    return dict(_load(prompts_dir, tuple(sorted((overrides or {}).items()))))
+    return dict(_load(templates_dir, tuple(sorted((overrides or {}).items()))))
 
 
 def render(template: str, **values: str) -> str:
