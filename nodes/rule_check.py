@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -80,19 +81,33 @@ class Line:
 
 def split_line(line: str) -> Line:
     """Parse a summary line. ``Parent: a; b`` is a group when it has two or more children (or a
-    ``+N more`` count); anything else, colons included, is one category."""
+    ``+N more`` count); anything else, colons included, is one category. A new :class:`Line`
+    each call (callers change it), from a cached parse."""
+    label, children, more = _parse_line(line)
+    return Line(label, list(children), more)
+
+
+@lru_cache(maxsize=1 << 14)
+def _parse_line(line: str) -> tuple[str, tuple[str, ...], int]:
+    """``(label, children, more)`` of a line (cached: a long run's summary has ~1,000
+    categories on its 40 lines, read several times a round, and most lines stay as they are)."""
     label, sep, rest = line.partition(":")
     parts = [p.strip() for p in rest.split(";") if p.strip()] if sep else []
     more = sum(int(m.group(1)) for p in parts if (m := _MORE.match(p)))
-    children = [p for p in parts if not _MORE.match(p)]
+    children = tuple(p for p in parts if not _MORE.match(p))
     if label.strip() and content_words(label) and (len(children) >= 2 or (children and more)):
-        return Line(label.strip(), children, more)
-    return Line("", [line.strip()])
+        return label.strip(), children, more
+    return "", (line.strip(),), 0
+
+
+@lru_cache(maxsize=1 << 14)
+def _line_names(line: str) -> tuple[str, ...]:
+    return tuple(split_line(line).names())
 
 
 def summary_names(summary: list[str]) -> list[str]:
     """Every category the summary lists by name, groups expanded (``pensioner fraud``)."""
-    return [name for line in summary for name in split_line(line).names()]
+    return [name for line in summary for name in _line_names(line)]
 
 
 def summary_size(summary: list[str]) -> int:
