@@ -108,21 +108,14 @@ def _generation_roles(gen: GenerationConfig) -> _Roles:
 
 
 def _run_status(folder: Path) -> str:
-    """``new``, ``finished`` or ``partial``."""
-    from graph.graph import compile_graph, run_finished
-    from graph.runner import Run, checkpointer
-    from graph.state import State
+    """``new`` (no run folder yet: create it), ``finished`` (skip it) or ``partial`` (resume
+    it, also when not started): ``graph.runner.run_phase``, as ``status`` and ``resume`` see it."""
+    from graph.runner import Run, run_phase
     from tools.store import RUN_FILE
 
     if not (folder / RUN_FILE).is_file():
         return "new"
-    run = Run.load(folder)
-    with checkpointer(run) as saver:
-        snapshot = compile_graph(run.method, saver).get_state(run.config())
-    if snapshot.values and not snapshot.next and run_finished(State(**snapshot.values),
-                                                               run.context):
-        return "finished"
-    return "partial"
+    return "finished" if run_phase(Run.load(folder)).name == "finished" else "partial"
 
 
 class _Experiment:

@@ -305,10 +305,9 @@ def _show_samples(run: Run, rows: int = 3) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print where a run stands."""
-    from graph.graph import run_finished
-    from graph.runner import check_consistent, checkpoint_snapshot, lock_holder
-    from graph.state import State
+    """Print where a run stands (``graph.runner.run_phase``: what ``resume`` would do)."""
+    from graph.runner import lock_holder, run_phase
+    from graph.state import record_unfinished
 
     run = Run.load(args.run)
     with RunStore(run.db_path, run.run_id) as store:
@@ -316,15 +315,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         rounds = store.rounds()
         next_nodes: tuple[str, ...]
         if run.is_studio:  # the LangGraph server has the checkpoints: the store tells the rest
-            values, next_nodes = _studio_values(rounds), ()
+            values, next_nodes, at = _studio_values(rounds), (), None
             state = "Studio thread (checkpoints kept by the LangGraph server)"
         else:
-            values, next_nodes = checkpoint_snapshot(run)
-            check_consistent(run, values, store)
-            # no next step is also a run stopped after a step whose checkpoint was not saved
-            finished = (bool(values) and not next_nodes
-                        and run_finished(State(**values), run.context))
-            state = "finished" if finished else ("not started" if not values else "in progress")
+            phase = run_phase(run, store)
+            values = {"summary": phase.state.summary, "rejected": phase.state.rejected}
+            next_nodes, at, state = phase.next, phase.round, phase.name
     info = {
         "run": str(run.folder),
         "id": run.run_id,
@@ -332,7 +328,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "state": state,
         "executed_by": lock_holder(run.folder),
         "next": list(next_nodes),
-        "rounds_done": sum(1 for r in rounds if r.get("finished_at")),
+        "round": at,
+        "rounds_done": sum(1 for r in rounds if not record_unfinished(r, run.context)),
         "rounds_planned": run.context.rounds,
         "target_size": run.context.target_size,
         **counts,
@@ -364,10 +361,14 @@ def _studio_values(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    """Print one line per round."""
+    """Print one line per round; a round is in progress until every node its record names
+    has finished (``graph.state.record_unfinished``, as for ``status`` and ``resume``)."""
+    from graph.state import record_unfinished
+
     run = Run.load(args.run)
     with RunStore(run.db_path, run.run_id) as store:
-        rounds = store.rounds()
+        rounds = [{**r, "complete": not record_unfinished(r, run.context)}
+                  for r in store.rounds()]
     if args.json:
         console.print_json(json.dumps(rounds))
         return 0
@@ -390,7 +391,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         added = [line for line in after if line not in before]
         lost = [line for line in before if line not in after]
         change = ", ".join([*(f"+{a}" for a in added), *(f"-{x}" for x in lost)]) or "="
-        if r.get("summary_after") is None:
+        if run.method != "data_advisor":
+            change = "-"
+        if not r["complete"]:
             change = "(in progress)"
         if r.get("ended_at") and r.get("started_at"):
             seconds = r["ended_at"] - r["started_at"]  # wall time: nodes may run side by side
@@ -404,7 +407,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             str(r["round"]),
             r.get("weakness") or "-",
             "-" if r.get("weakness_novel") is None else ("yes" if r["weakness_novel"] else "no"),
-            change if run.method == "data_advisor" else "-",
+            change,
             verdict,
             str(r.get("kept") or 0),
             str(sum((r.get("rejected") or {}).values())),

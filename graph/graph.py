@@ -15,9 +15,11 @@ Self-Instruct (no advice)::
     load_seeds -> generator -> responder -> (next round) -> generator ...
 
 The first node of a round (``weakness_critic``, or Self-Instruct's ``generator``) opens it:
-``State.round`` is the round in progress, or the last one finished. The rule check is
-switchable at run time (``Context.rule_check``). A run ends after ``Context.rounds`` rounds, or
-once ``Context.target_size`` prompts are kept.
+``State.round`` is the round in progress, or the last one finished. Opening a round writes its
+record with the nodes it needs (:data:`ROUND_NODES`, declared here once, next to the wiring), so
+the store can tell a finished round from an unfinished one (the resume protocol:
+``graph/runner.py``). The rule check is switchable at run time (``Context.rule_check``). A run
+ends after ``Context.rounds`` rounds, or once ``Context.target_size`` prompts are kept.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from langgraph.runtime import Runtime, get_runtime
 
 from graph.context import Context
 from graph.state import State
+from nodes.common import run_store
 from nodes.generator import generator
 from nodes.load_seeds import load_seeds
 from nodes.responder import responder
@@ -58,23 +61,45 @@ Graph = StateGraph[State, Context, State, State]
 """An uncompiled graph of either method."""
 
 
+ROUND_NODES: dict[Method, tuple[str, ...]] = {
+    "data_advisor": ("weakness_critic", "generator", "summarizer", "rule_check", "responder"),
+    "self_instruct": ("generator", "responder"),
+}
+"""The nodes every round of each method runs, as the builders below wire them (all nodes but
+``load_seeds``; Data Advisor's ``rule_check`` only when ``Context.rule_check`` is on). A round
+record names them when the round opens and is complete once each has recorded its timing; a
+node that fans out into tasks fits by naming one entry per task in the record (e.g.
+``generator[2]``), each recorded as that task finishes."""
+
+
+def round_nodes(method: Method, ctx: Context) -> tuple[str, ...]:
+    """The nodes a round of ``method`` needs under ``ctx``: what a round record names."""
+    return tuple(n for n in ROUND_NODES[method] if n != "rule_check" or ctx.rule_check)
+
+
 def run_finished(state: State, ctx: Context) -> bool:
-    """True once the round bound or the target size is reached (checked between rounds)."""
+    """The stopping rule: true once the round bound or the target size is reached (checked
+    between rounds). Whether a run is finished also depends on its last round being complete:
+    ``graph.runner.phase_of``."""
     return state.round >= ctx.rounds or (
         ctx.target_size is not None and state.kept >= ctx.target_size
     )
 
 
-def opens_round(node: Node) -> Node:
+def opens_round(node: Node, method: Method) -> Node:
     """The node as the first of a round: it works on ``round + 1`` and sets it in the state.
 
-    It also clears the previous round's prompts and responses from the state, so that the state
-    never shows one round's number with another round's prompts.
+    Before the node's work, the round's record is written with the nodes the round needs
+    (:func:`round_nodes`, with the rule check as the context says now). It also clears the
+    previous round's prompts and responses from the state, so that the state never shows one
+    round's number with another round's prompts.
     """
 
     @wraps(node)
     def opener(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         opened = replace(state, round=state.round + 1)
+        nodes = round_nodes(method, runtime.context)
+        run_store(runtime).start_round(opened.round, method, nodes=nodes)
         cleared: dict[str, list[str]] = {"round_prompts": [], "round_responses": []}
         return {"round": opened.round, **cleared, **node(opened, runtime)}
 
@@ -101,7 +126,8 @@ def build_data_advisor(
     """The Data Advisor state machine (uncompiled); ``start`` is its ``load_seeds`` node."""
     builder = StateGraph(State, context_schema=context_schema)
     builder.add_node("load_seeds", start)
-    builder.add_node("weakness_critic", opens_round(weakness_critic), retry_policy=NODE_RETRY)
+    critic = opens_round(weakness_critic, "data_advisor")
+    builder.add_node("weakness_critic", critic, retry_policy=NODE_RETRY)
     builder.add_node("generator", generator, retry_policy=NODE_RETRY)
     builder.add_node("summarizer", summarizer, retry_policy=NODE_RETRY)
     builder.add_node("rule_check", rule_check)
@@ -128,7 +154,7 @@ def build_self_instruct(
     """The Self-Instruct baseline: same generator and responder, no advice (uncompiled)."""
     builder = StateGraph(State, context_schema=context_schema)
     builder.add_node("load_seeds", start)
-    builder.add_node("generator", opens_round(generator), retry_policy=NODE_RETRY)
+    builder.add_node("generator", opens_round(generator, "self_instruct"), retry_policy=NODE_RETRY)
     builder.add_node("responder", responder, retry_policy=NODE_RETRY)
     builder.add_edge(START, "load_seeds")
     builder.add_conditional_edges("load_seeds", _next_round("generator"), ["generator", END])

@@ -9,10 +9,43 @@ moved or renamed is the same run (runs made before ids were recorded use their f
 
 :func:`execute` starts a run, or resumes it from its last checkpoint after a crash, Ctrl-C,
 ``kill`` or a closed terminal, restarting the embedded server if needed. It holds the folder's
-lock (a second process is refused, saying who holds it) and first checks that the store and
-the checkpoint agree (:func:`check_consistent`). Progress is a rich bar on a terminal and one
-plain line per round otherwise (logs, CI, ``nohup``). :func:`storage_error` turns a corrupt,
-unreadable or unwritable file or a full disk into one line naming the file.
+lock (a second process is refused, saying who holds it). Progress is a rich bar on a terminal
+and one plain line per round otherwise (logs, CI, ``nohup``). :func:`storage_error` turns a
+corrupt, unreadable or unwritable file or a full disk into one line naming the file.
+
+Where a run stands
+------------------
+:func:`phase_of` is the one answer, used by ``execute``, ``status`` and the experiment
+(:func:`run_phase` reads it from a run folder): ``not started`` (no checkpoint),
+``finished`` (the checkpoint has no pending step, the stopping rule ``graph.graph.run_finished``
+holds and its last round is complete in the store), else ``in progress``, with the round and
+what a resume runs next. A round is complete when every node its record names has recorded
+its timing: opening a round writes the nodes it needs (``graph.graph.round_nodes``; records
+from before that use ``graph.state.LEGACY_ROUND_NODES``). The store, not the checkpoint, has
+the last word on a round: a checkpoint at its end whose last round lacks a node is in progress.
+
+The resume protocol
+-------------------
+Every node writes its rows to the store before LangGraph saves its step's checkpoint, and
+every write is keyed (round, slot), so running a step again replaces its rows: it neither
+loses nor duplicates them. A resume (``execute(run, resume=True)``):
+
+1. checks that the store and the checkpoint agree (:func:`check_consistent`): the store may
+   be ahead by the checkpoint's round (writes of a step whose checkpoint was not saved, or a
+   round stepped back), never behind it and never by more; otherwise it stops, saying what
+   to restore;
+2. stops at once when the run is ``finished``; a run ``not started`` starts from the top;
+3. runs the pending step(s) of the checkpoint, if any (LangGraph re-runs only the tasks of
+   that step that did not save their writes, and applies the writes of those that did);
+4. if the run is still not finished, nothing is pending (a step ran, its writes are in the
+   store, its checkpoint is not): it starts again from the top. ``load_seeds`` then steps back
+   a round the checkpoint shows open but the store does not show complete (the state's round
+   goes one back and its counters are recomputed from the store's earlier rounds), and the
+   round's first node opens that round again.
+
+A resume killed at any point is resumed the same way: each step above reads only the
+checkpoint and the store. ``nodes/load_seeds.py``, ``graph/state.py`` and ``graph/graph.py``
+refer to this protocol instead of repeating it.
 """
 
 from __future__ import annotations
@@ -30,11 +63,12 @@ from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.types import StateSnapshot
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -334,13 +368,70 @@ def checkpointer(run: Run) -> Iterator[SqliteSaver]:
 
 
 def checkpoint_snapshot(run: Run) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """The checkpoint's state values and next nodes (none when no checkpoint file exists:
-    reading one never creates it)."""
+    """The checkpoint's state values and pending steps (:func:`pending_steps`); nothing when
+    no checkpoint file exists: reading one never creates it."""
     if not run.checkpoint_path.is_file():
         return {}, ()
     with checkpointer(run) as saver:
         snapshot = compile_graph(run.method, saver).get_state(run.config())
-    return dict(snapshot.values or {}), tuple(snapshot.next)
+    return dict(snapshot.values or {}), pending_steps(snapshot)
+
+
+def pending_steps(snapshot: StateSnapshot) -> tuple[str, ...]:
+    """The nodes of the checkpoint's pending step: its tasks, also those that saved their
+    writes before the step's checkpoint was saved (LangGraph's ``next`` leaves those out, and
+    lists nothing when all of them did; a resume applies their writes without running them)."""
+    return tuple(task.name for task in snapshot.tasks)
+
+
+PhaseName = Literal["not started", "in progress", "finished"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Where a run stands (:func:`phase_of`; "Where a run stands" above)."""
+
+    name: PhaseName
+    round: int
+    """In progress: the round being run (the checkpoint's round when the store does not show
+    it complete or the stopping rule holds, else the next one); finished: the last round; not
+    started: 0."""
+    next: tuple[str, ...]
+    """What a resume runs next: the checkpoint's pending step (:func:`pending_steps`; tasks
+    that saved their writes are applied, not run again), else ``load_seeds`` (a start from the
+    top, which steps back an unfinished round); nothing once finished."""
+    pending: bool
+    """True when the checkpoint has pending steps (a resume runs them first)."""
+    state: State = field(compare=False, repr=False)
+    """The checkpoint's state (the default state before the first checkpoint)."""
+
+
+def phase_of(
+    values: Mapping[str, Any], next_nodes: Sequence[str], store: RunStore, ctx: Context
+) -> Phase:
+    """Where a run stands, from its checkpoint (state ``values`` and pending ``next_nodes``)
+    and its store: the one definition the runner, ``status`` and the experiment use."""
+    state = State(**values) if values else State()
+    if not values:
+        return Phase("not started", 0, ("load_seeds",), False, state)
+    unfinished = round_unfinished(store, state, ctx)
+    stop = run_finished(state, ctx)
+    if not next_nodes and not unfinished and stop:
+        return Phase("finished", state.round, (), False, state)
+    at = state.round if unfinished or stop else state.round + 1
+    pending = tuple(next_nodes)
+    return Phase("in progress", at, pending or ("load_seeds",), bool(pending), state)
+
+
+def run_phase(run: Run, store: RunStore | None = None) -> Phase:
+    """Where the run in ``run``'s folder stands (:func:`phase_of`), once its store and
+    checkpoint are found to agree (:func:`check_consistent`); ``store`` is its open store, if
+    the caller has one. A Studio thread's folder is refused: its checkpoints are not here."""
+    check_not_studio(run)
+    values, next_nodes = checkpoint_snapshot(run)
+    with nullcontext(store) if store is not None else RunStore(run.db_path, run.run_id) as opened:
+        check_consistent(run, values, opened)
+        return phase_of(values, next_nodes, opened, run.context)
 
 
 @contextmanager
@@ -364,9 +455,9 @@ def served(run: Run, progress: bool = True) -> Iterator[Context]:
 def execute(run: Run, *, resume: bool, show_progress: bool = True) -> State:
     """Run (or resume) the run's graph to its end; return the final state.
 
-    Ctrl-C, SIGTERM or SIGHUP stop cleanly: the server is stopped, the data written so far is
-    kept, and ``resume`` continues from the last completed step. The run folder is locked
-    meanwhile (:func:`run_lock`), and the store and the checkpoint must agree.
+    Ctrl-C, SIGTERM or SIGHUP stop cleanly: the server is stopped and the data written so far
+    is kept. A resume follows the resume protocol of this module's docstring. The run folder is
+    locked meanwhile (:func:`run_lock`).
     """
     check_not_studio(run)
     console = Console(stderr=True)
@@ -532,20 +623,21 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
     with checkpointer(run) as saver, stop_signals_interrupt():
         graph = compile_graph(run.method, saver)
         config = run.config()
-        snapshot = graph.get_state(config)
         store = shared_store(run.db_path, run.run_id)
-        check_consistent(run, snapshot.values, store)
+
+        def phase() -> Phase:
+            snapshot = graph.get_state(config)
+            return phase_of(snapshot.values, pending_steps(snapshot), store, run.context)
+
+        check_consistent(run, graph.get_state(config).values, store)
         if not run.id_recorded:  # a run made before ids: its folder name is its id from now on
             run.save()
-        if resume and not snapshot.values:
-            resume = False  # stopped before the first checkpoint: start again
-        elif not resume and snapshot.values and snapshot.next:
+        start = phase()
+        if not resume and start.pending:
             raise RunError(f"{run.folder} has already started; use `data-advisor resume`")
-        if resume and not snapshot.next and not snapshot.tasks:
-            state = State(**snapshot.values)
-            if _done(state, store, run.context):
-                console.print(f"run {run.name} is already finished")
-                return state
+        if resume and start.name == "finished":
+            console.print(f"run {run.name} is already finished")
+            return start.state
         with served(run, show_progress) as ctx:
             progress = _progress(console, run, show_progress)
             lines = _RoundLines(console, run, store) if show_progress and not progress else None
@@ -558,13 +650,12 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
                     else None
                 )
                 started, tokens_before = time.perf_counter(), store.output_tokens()
-                state = State(**snapshot.values) if resume else State()
-                # Resuming with no input runs the pending step, or applies the writes of a step
-                # whose tasks all finished before its checkpoint was saved (then no step shows as
-                # pending). If that leaves the run unfinished, nothing was pending: start again
-                # from the top; load_seeds steps back an unfinished round (its writes are keyed).
-                starts: tuple[dict[str, Any] | None, ...] = (None, {}) if resume else ({},)
-                for inputs in starts:
+                state = start.state if resume else State()
+                # The resume protocol (module docstring): the pending step(s) first (input
+                # None); if that leaves the run unfinished, or nothing was pending, a start
+                # from the top (input {}: load_seeds steps back an unfinished round).
+                inputs: dict[str, Any] | None = None if start.pending else {}
+                while True:
                     for values in graph.stream(
                         # LangGraph types the input as the state class; a dict of fields (here
                         # none: start from the top) is what it takes for a dataclass state
@@ -586,19 +677,15 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
                                 responses=state.responses,
                                 tps=tokens / (time.perf_counter() - started),
                             )
-                    if _done(State(**graph.get_state(config).values), store, run.context):
+                    if inputs is not None or phase().name == "finished":
                         break
+                    inputs = {}
                 if progress is not None and task is not None:
                     progress.update(task, completed=state.round)
                 if lines is not None:
                     lines.update(State(**graph.get_state(config).values))
         final = graph.get_state(config).values
     return State(**final)
-
-
-def _done(state: State, store: RunStore, ctx: Context) -> bool:
-    """The run reached its end: the stopping rule holds and its last round is complete."""
-    return run_finished(state, ctx) and not round_unfinished(store, state, ctx)
 
 
 def _progress(console: Console, run: Run, enabled: bool) -> Progress | None:

@@ -5,13 +5,17 @@ in progress, the running summary (bounded by ``max_summary_lines``), the current
 ids and texts of the round's kept prompts and a preview of their responses (at most K each,
 replaced every round, so that a Studio user sees what each round produced) and counters.
 
-:func:`round_unfinished` tells from the store whether the state's round finished: the runner
-asks it whether a run is done, ``load_seeds`` whether to step a round back.
+:func:`round_unfinished` tells from the store whether the state's round finished, from the
+nodes its record says it needs (written when the round opens, ``graph.graph.round_nodes``):
+the runner's :func:`graph.runner.phase_of` asks it where a run stands, ``load_seeds`` whether
+to step a round back (the resume protocol: ``graph/runner.py``'s module docstring).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from graph.context import Context
 from tools.store import RunStore
@@ -50,11 +54,28 @@ class State:
     """Responses written so far."""
 
 
-ROUND_NODES: dict[str, tuple[str, ...]] = {
+LEGACY_ROUND_NODES: dict[str, tuple[str, ...]] = {
     "data_advisor": ("weakness_critic", "generator", "summarizer", "responder"),
     "self_instruct": ("generator", "responder"),
 }
-"""The nodes every round of a method runs (Data Advisor also ``rule_check`` when it is on)."""
+"""Only for round records written before they named their nodes (no ``nodes`` field): the
+nodes a round of each method ran then (Data Advisor also ``rule_check`` when it was on). New
+records carry their own list (``graph.graph.ROUND_NODES`` is the declaration)."""
+
+
+def nodes_needed(record: Mapping[str, Any], ctx: Context) -> tuple[str, ...]:
+    """The nodes a round must finish: the ones its record names, else the legacy table's."""
+    recorded = record.get("nodes")
+    if recorded is not None:
+        return tuple(recorded)
+    method = record.get("method") or ""
+    rule_check = ("rule_check",) if method == "data_advisor" and ctx.rule_check else ()
+    return LEGACY_ROUND_NODES.get(method, ()) + rule_check
+
+
+def record_unfinished(record: Mapping[str, Any], ctx: Context) -> bool:
+    """True if one of the nodes the round needs has not finished (it has no timing yet)."""
+    return not set(nodes_needed(record, ctx)) <= set(record.get("timings") or {})
 
 
 def round_unfinished(store: RunStore, state: State, ctx: Context) -> bool:
@@ -62,7 +83,4 @@ def round_unfinished(store: RunStore, state: State, ctx: Context) -> bool:
     record = store.get_round(state.round) if state.round else None
     if record is None:
         return state.round > 0
-    needed = set(ROUND_NODES.get(record.get("method") or "", ()))
-    if record.get("method") == "data_advisor" and ctx.rule_check:
-        needed.add("rule_check")
-    return not needed <= set(record.get("timings") or {})
+    return record_unfinished(record, ctx)

@@ -3,11 +3,11 @@
 It also records the sha256 of the templates the run (re)starts with, from the round they apply
 to, so that an export names the templates that wrote its data.
 
-It runs first whenever a run starts from the top, also when a stopped run is restarted without
-a pending step. A round the state says is open but whose nodes did not all finish (see
-:func:`graph.state.round_unfinished`) is then stepped back, so that it runs again (its writes
-are keyed); the counters are then those the store records for the rounds before it, so the
-round's prompts are not counted twice.
+It runs first whenever a run starts from the top, also when a resume finds no pending step;
+then it steps back a round the state shows open that the store does not show complete
+(:func:`graph.state.round_unfinished`), with the counters of the rounds before it, so the
+round runs again and its prompts are not counted twice: step 4 of the resume protocol in
+``graph/runner.py``'s module docstring.
 """
 
 from __future__ import annotations

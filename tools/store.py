@@ -7,8 +7,9 @@ duplicates them. Tables (all keyed by ``run_id``, so one file may hold many runs
 - ``samples``: kept prompts and their responses, ``id = "{run_id}:{round}:{slot}"``.
 - ``rejections``: generator outputs that were filtered out, with the reason.
 - ``pool``: in-context examples (the seeds, then one prompt per round).
-- ``rounds``: one row per round: weakness, summary before/after, rule-check verdict, counts,
-  timings and tokens per node. The summary before the round is stored in full; the proposed
+- ``rounds``: one row per round: the nodes the round needs (``nodes``, written when the round
+  opens), weakness, summary before/after, rule-check verdict, counts, timings and tokens per
+  node. The summary before the round is stored in full; the proposed
   and the checked summary as an edit of it (:func:`summary_edit`) when that is shorter, so a
   record does not hold three copies of a long summary. The readers here return full lists;
   files written before this hold full lists, read as they are.
@@ -77,7 +78,11 @@ _JSON_COLUMNS = {
     "timings",
     "tokens",
     "critic_attempts",
+    "nodes",
 }
+
+_ADDED_ROUND_COLUMNS = {"ended_at": float, "nodes": str}
+"""Round columns added after the first files were written: added to an older file on open."""
 
 
 class StoreFileError(sqlite3.DatabaseError):
@@ -124,9 +129,11 @@ class RunStore:
         self._file_id = (stat.st_dev, stat.st_ino)
         if not self.db.table("rounds").exists():
             self._create()
-        elif "ended_at" not in self.db.table("rounds").columns_dict:  # a run file from before it
-            with self.transaction():
-                self.db.table("rounds").add_column("ended_at", float)
+        elif missing := sorted(_ADDED_ROUND_COLUMNS.keys()
+                               - self.db.table("rounds").columns_dict.keys()):
+            with self.transaction():  # a run file from before them: their values read as None
+                for column in missing:
+                    self.db.table("rounds").add_column(column, _ADDED_ROUND_COLUMNS[column])
         if not self.db.table("templates").exists():  # also in run files from before it
             with self.transaction():
                 self.db.table("templates").create(
@@ -178,6 +185,7 @@ class RunStore:
                 "run_id": str,
                 "round": int,
                 "method": str,
+                "nodes": str,
                 "weakness": str,
                 "weakness_novel": int,
                 "critic_attempts": str,
@@ -355,8 +363,20 @@ class RunStore:
         )
 
     # --- rounds ------------------------------------------------------------------------------
-    def start_round(self, round_: int, method: str, started_at: float | None = None) -> None:
-        """Create the round's record if it does not exist yet."""
+    def start_round(
+        self,
+        round_: int,
+        method: str,
+        started_at: float | None = None,
+        *,
+        nodes: Sequence[str] | None = None,
+    ) -> None:
+        """Create the round's record if it does not exist yet.
+
+        ``nodes`` are the nodes the round needs to finish (``graph.graph.round_nodes``): given
+        when the round opens, also to a record that exists (a round opened again), so the
+        record says what finishing it means (``graph.state.round_unfinished``).
+        """
         with self.transaction():
             self.db.table("rounds").insert(
                 {"run_id": self.run_id, "round": round_, "method": method,
@@ -364,6 +384,11 @@ class RunStore:
                 pk=("run_id", "round"),
                 ignore=True,
             )
+            if nodes is not None:
+                self.db.execute(
+                    "update rounds set nodes = ? where run_id = ? and round = ?",
+                    [json.dumps(list(nodes)), self.run_id, round_],
+                )
 
     def update_round(
         self, round_: int, *, timing: tuple[str, float, int] | None = None, **fields: Any
