@@ -14,6 +14,10 @@ log in a temporary folder) and measures, side by side in one process:
    the server is under-used (single sequential calls, batches smaller than 32).
 
     python benchmarks/bench_vllm.py --rounds 5 -k 10
+
+``--sweep 1,4,8,16,32,64`` measures only the server instead: output tokens/s against requests
+in flight (each level sends that many chat completions at once, ``max_tokens`` 128,
+``ignore_eos``), the table for choosing ``max_concurrency`` and K for a server.
 """
 
 from __future__ import annotations
@@ -161,6 +165,26 @@ def measure(rounds: int = 5, k: int = 10, concurrency: int = 32, max_tokens: int
     return result
 
 
+def sweep(levels: Sequence[int], max_tokens: int = 128, model: str | None = None,
+          log: Path | None = None) -> list[list[object]]:
+    """Start the server; output tokens/s at each number of requests in flight."""
+    with tempfile.TemporaryDirectory(prefix="bench-vllm-") as tmp:
+        server = EmbeddedServer(model, log_path=log or Path(tmp) / "vllm.log", max_model_len=4096)
+        print(f"starting vLLM ({server.model_name}), log {server.log_path} ...", flush=True)
+        with server:
+            client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", timeout=600,
+                                   max_retries=0)
+            throughput(client, server.model_name, max(levels), 8)  # warm-up: batch shapes
+            rows: list[list[object]] = []
+            first = 0.0
+            for level in levels:
+                tps = throughput(client, server.model_name, level, max_tokens)
+                first = first or tps
+                rows.append([level, tps, tps / first])
+                print(f"  {level} in flight: {tps:.1f} tok/s", flush=True)
+    return rows
+
+
 def report(r: VllmResult) -> str:
     """Human-readable lines for a result."""
     rows = [[node, r.node_seconds[node], r.node_seconds[node] / r.run_wall_s,
@@ -196,7 +220,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--model", help="HF id or local path (default: the embedded SmolLM2)")
     parser.add_argument("--log", type=Path, help="vLLM log file (default: a temporary one)")
+    parser.add_argument("--sweep", help="comma-separated requests in flight: measure the server "
+                        "only, tokens/s at each (e.g. 1,4,8,16,32,64)")
     args = parser.parse_args(argv)
+    if args.sweep:
+        levels = [int(n) for n in args.sweep.split(",")]
+        rows = sweep(levels, model=args.model, log=args.log)
+        print(f"load average {os.getloadavg()[0]:.1f}")
+        print(table(rows, ["in flight", "tok/s", "x first level"]))
+        return
     result = measure(args.rounds, args.k, args.concurrency, model=args.model, log=args.log)
     print(report(result))
 
