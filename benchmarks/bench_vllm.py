@@ -28,8 +28,9 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,35 +120,42 @@ def throughput(client: openai.OpenAI, model: str, concurrency: int, max_tokens: 
         return tokens / (time.perf_counter() - started)
 
 
-def measure(rounds: int = 5, k: int = 10, concurrency: int = 32, max_tokens: int = 128,
-            model: str | None = None, log: Path | None = None) -> VllmResult:
-    """Start the server, measure raw throughput, run Data Advisor against it."""
-    load_before = os.getloadavg()[0]
+@contextmanager
+def _started(model: str | None, log: Path | None
+             ) -> Iterator[tuple[EmbeddedServer, openai.OpenAI, Path]]:
+    """The embedded server (log in a temporary folder unless ``log``), a client, the folder."""
     with tempfile.TemporaryDirectory(prefix="bench-vllm-") as tmp:
         server = EmbeddedServer(model, log_path=log or Path(tmp) / "vllm.log", max_model_len=4096)
         print(f"starting vLLM ({server.model_name}), log {server.log_path} ...", flush=True)
         with server:
             client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", timeout=600,
                                    max_retries=0)
-            name = server.model_name
-            throughput(client, name, concurrency, 8)  # warm-up: first batch shapes
-            started = time.perf_counter()
-            single = _request(client, name, 0, max_tokens) / (time.perf_counter() - started)
-            result = VllmResult(model=name, startup_s=server.startup_seconds or 0.0,
-                                single_tps=single, concurrency=concurrency, rounds=rounds, k=k)
-            result.raw_tps.append(throughput(client, name, concurrency, max_tokens))
-            print(f"  single {single:.1f} tok/s, {concurrency} concurrent "
-                  f"{result.raw_tps[-1]:.1f} tok/s; Data Advisor run ...", flush=True)
-            ctx = Context(base_url=server.base_url, model=name, rounds=rounds,
-                          prompts_per_round=k)
-            run = create_run(Path(tmp) / "da", "data_advisor", ctx, embedded=False)
-            before = server_counters(server.base_url)
-            started = time.perf_counter()
-            execute(run, resume=False, show_progress=False)
-            result.run_wall_s = time.perf_counter() - started
-            after = server_counters(server.base_url)
-            result.server_tokens = {k: after[k] - before.get(k, 0.0) for k in after}
-            result.raw_tps.append(throughput(client, name, concurrency, max_tokens))
+            yield server, client, Path(tmp)
+
+
+def measure(rounds: int = 5, k: int = 10, concurrency: int = 32, max_tokens: int = 128,
+            model: str | None = None, log: Path | None = None) -> VllmResult:
+    """Start the server, measure raw throughput, run Data Advisor against it."""
+    load_before = os.getloadavg()[0]
+    with _started(model, log) as (server, client, tmp):
+        name = server.model_name
+        throughput(client, name, concurrency, 8)  # warm-up: first batch shapes
+        started = time.perf_counter()
+        single = _request(client, name, 0, max_tokens) / (time.perf_counter() - started)
+        result = VllmResult(model=name, startup_s=server.startup_seconds or 0.0,
+                            single_tps=single, concurrency=concurrency, rounds=rounds, k=k)
+        result.raw_tps.append(throughput(client, name, concurrency, max_tokens))
+        print(f"  single {single:.1f} tok/s, {concurrency} concurrent "
+              f"{result.raw_tps[-1]:.1f} tok/s; Data Advisor run ...", flush=True)
+        ctx = Context(base_url=server.base_url, model=name, rounds=rounds, prompts_per_round=k)
+        run = create_run(tmp / "da", "data_advisor", ctx, embedded=False)
+        before = server_counters(server.base_url)
+        started = time.perf_counter()
+        execute(run, resume=False, show_progress=False)
+        result.run_wall_s = time.perf_counter() - started
+        after = server_counters(server.base_url)
+        result.server_tokens = {k: after[k] - before.get(k, 0.0) for k in after}
+        result.raw_tps.append(throughput(client, name, concurrency, max_tokens))
         with RunStore(run.db_path, run.run_id) as store:
             records = store.rounds()
             counts = store.counts()
@@ -168,20 +176,15 @@ def measure(rounds: int = 5, k: int = 10, concurrency: int = 32, max_tokens: int
 def sweep(levels: Sequence[int], max_tokens: int = 128, model: str | None = None,
           log: Path | None = None) -> list[list[object]]:
     """Start the server; output tokens/s at each number of requests in flight."""
-    with tempfile.TemporaryDirectory(prefix="bench-vllm-") as tmp:
-        server = EmbeddedServer(model, log_path=log or Path(tmp) / "vllm.log", max_model_len=4096)
-        print(f"starting vLLM ({server.model_name}), log {server.log_path} ...", flush=True)
-        with server:
-            client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY", timeout=600,
-                                   max_retries=0)
-            throughput(client, server.model_name, max(levels), 8)  # warm-up: batch shapes
-            rows: list[list[object]] = []
-            first = 0.0
-            for level in levels:
-                tps = throughput(client, server.model_name, level, max_tokens)
-                first = first or tps
-                rows.append([level, tps, tps / first])
-                print(f"  {level} in flight: {tps:.1f} tok/s", flush=True)
+    rows: list[list[object]] = []
+    with _started(model, log) as (server, client, _):
+        throughput(client, server.model_name, max(levels), 8)  # warm-up: batch shapes
+        first = 0.0
+        for level in levels:
+            tps = throughput(client, server.model_name, level, max_tokens)
+            first = first or tps
+            rows.append([level, tps, tps / first])
+            print(f"  {level} in flight: {tps:.1f} tok/s", flush=True)
     return rows
 
 
