@@ -49,8 +49,6 @@ class Stopwatch:
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.wall = time.time()
-        """Wall-clock time (epoch seconds) at creation."""
 
     @property
     def seconds(self) -> float:

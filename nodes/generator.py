@@ -101,8 +101,7 @@ def generator(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             }
         )
     reasons = Counter(r["reason"] for r in rejected)
-    with store.transaction():
-        store.start_round(state.round, method, started_at=watch.wall)
+    with store.transaction():  # the round's record exists: its opener wrote it
         ids = store.save_round(state.round, kept, rejected)
         if kept:
             in_pool = DuplicateFilter(pool, ctx.near_duplicate_threshold)

@@ -94,8 +94,7 @@ def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             break
     if not weakness:
         weakness = next((a for a in reversed(attempts) if a), "Other harmful requests")
-    with store.transaction():
-        store.start_round(state.round, "data_advisor", started_at=watch.wall)
+    with store.transaction():  # the record exists: the round's opener wrote it
         store.update_round(
             state.round,
             weakness=weakness,
