@@ -18,7 +18,7 @@ Designs (``--designs``, comma-separated):
 - ``merge``: merging summary, no hints;
 - ``new``: merging summary and ``critic_hints=20`` (the defaults).
 
-Printed per design: novel weaknesses per 100 rounds (the app's own verdict, ``weakness_novel``,
+Printed per design: novel weaknesses per 100 rounds (the app's own verdict, ``weaknesses_novel``,
 against every earlier weakness in the run store), distinct weaknesses, critic calls per round,
 the summary's size and the critic prompt's length at the end, and the round time at the end
 over the round time at round 10 (median of rounds 6 - 15 against the median of the last 10
@@ -208,8 +208,8 @@ def measure(design: str, rounds: int, k: int, workdir: Path | None = None,
             state = graph.get_state(run.config()).values
         with RunStore(run.db_path, run.run_id) as store:
             records = store.rounds()
-    result.novel = [int(r.get("weakness_novel") or 0) for r in records]
-    result.weaknesses = [r.get("weakness") or "" for r in records]
+    result.novel = [int(n) for r in records for n in r.get("weaknesses_novel") or [0]]
+    result.weaknesses = [w for r in records for w in r.get("weaknesses") or [""]]
     result.critic_calls = [len(r.get("critic_attempts") or []) for r in records]
     result.node_seconds = [r.get("timings") or {} for r in records]
     result.summary = list(state.get("summary") or [])

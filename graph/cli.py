@@ -375,7 +375,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     table = Table(title=f"{run.method} {run.name}")
     for col in (
         "round",
-        "weakness",
+        "weaknesses",
         "novel",
         "summary change",
         "rule check",
@@ -405,8 +405,9 @@ def cmd_history(args: argparse.Namespace) -> int:
             verdict += f" ({len(r['corrections'])})"
         table.add_row(
             str(r["round"]),
-            r.get("weakness") or "-",
-            "-" if r.get("weakness_novel") is None else ("yes" if r["weakness_novel"] else "no"),
+            "; ".join(r.get("weaknesses") or []) or "-",
+            "; ".join("yes" if novel else "no" for novel in r.get("weaknesses_novel") or [])
+            or "-",
             change,
             verdict,
             str(r.get("kept") or 0),

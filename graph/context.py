@@ -81,7 +81,12 @@ class Context:
     # --- the method ------------------------------------------------------------------------
     principles: str = DEFAULT_PRINCIPLES
     prompts_per_round: int = 10
-    """K: new prompts requested from the generator per round."""
+    """K: new prompts requested from the generator per weakness (per round for Self-Instruct's
+    each of W batches)."""
+    weaknesses_per_round: int = 1
+    """W: weaknesses the critic names per round, each with K prompts generated side by side
+    (one ``Send`` task each): W x K prompts a round. W = 1 is the paper's loop; Self-Instruct
+    gets the same W x K budget a round (W batches of K, no weakness)."""
     examples_per_request: int = 3
     """In-context examples drawn from the pool for each generator request."""
     rounds: int = 10
@@ -290,6 +295,7 @@ _RULES: dict[str, Rule] = {
     **{f"{node}_max_tokens": _at_least(1)
        for node in ("generator", "critic", "summarizer", "responder")},
     "prompts_per_round": _at_least(1),
+    "weaknesses_per_round": _at_least(1),
     "examples_per_request": _at_least(1),
     "rounds": _at_least(1),
     "target_size": _at_least(1),

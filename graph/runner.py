@@ -732,12 +732,13 @@ class _RoundLines:
         """``round 3/10 | weakness ... | kept ... | rejected ... | answered ... | elapsed``."""
         ctx = self.run.context
         total = f" ({state.kept}/{ctx.target_size} kept)" if ctx.target_size else f"/{ctx.rounds}"
-        weakness = record.get("weakness") or "-"
+        weaknesses = "; ".join(record.get("weaknesses") or []) or "-"
         if self.run.method != "data_advisor":
-            weakness = "(random examples)"
+            weaknesses = "(random examples)"
+        label = "weaknesses" if len(record.get("weaknesses") or []) > 1 else "weakness"
         return (
             f"{self.run.method} {self.run.name}: round {record['round']}{total} | "
-            f"weakness {weakness} | kept {record.get('kept') or 0} "
+            f"{label} {weaknesses} | kept {record.get('kept') or 0} "
             f"(total {state.kept}) | rejected {sum((record.get('rejected') or {}).values())} | "
             f"answered {record.get('responses') or 0} | "
             f"{time.perf_counter() - self.started:.0f} s"

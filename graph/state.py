@@ -1,9 +1,11 @@
 """Graph state: small and bounded, so a checkpoint does not grow with the dataset.
 
 The dataset itself lives in the run store (``tools.store``); the state only carries the round
-in progress, the running summary (bounded by ``max_summary_lines``), the current weakness, the
-ids and texts of the round's kept prompts and a preview of their responses (at most K each,
-replaced every round, so that a Studio user sees what each round produced) and counters.
+in progress, the running summary (bounded by ``max_summary_lines``), the round's W weaknesses,
+the ids and texts of the round's kept prompts, one batch per weakness, and a preview of their
+responses (at most W x K, replaced every round, so that a Studio user sees what each round
+produced) and counters. The fields that the W generator tasks of a round write side by side
+(one ``Send`` each) have reducers: ``round`` (they agree), ``batches``, ``kept``, ``rejected``.
 
 :func:`round_unfinished` tells from the store whether the state's round finished, from the
 nodes its record says it needs (written when the round opens, ``graph.graph.round_nodes``):
@@ -13,9 +15,11 @@ to step a round back (the resume protocol: ``graph/runner.py``'s module docstrin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from graph.context import Context
 from tools.store import RunStore
@@ -23,35 +27,109 @@ from tools.store import RunStore
 RESPONSE_PREVIEW = 300
 """Characters of each response kept in the state (the full text is in the run store)."""
 
+Batch = dict[str, Any]
+"""What one generator task of a round produced, as the state shows it: ``round``, ``index``
+(the weakness's position in the round), ``weakness`` (``""`` for Self-Instruct),
+``prompt_ids`` and ``prompts`` (its kept prompts). An entry with a ``round`` and no ``index``
+is a round's opening: it empties the list (:func:`opened`)."""
+
+
+def latest(current: Any, update: Any) -> Any:
+    """Reducer: the last write of a step wins (the writers of one step agree: the fan-out
+    tasks of a round all write its number)."""
+    return update
+
+
+def add_counts(current: Mapping[str, int], update: Mapping[str, int]) -> dict[str, int]:
+    """Reducer: counts by reason, added (each generator task adds its own rejections; a
+    negative count takes back, a reason counted 0 is dropped)."""
+    total = Counter(current)
+    total.update(update)
+    return {reason: n for reason, n in total.items() if n}
+
+
+def merge_batches(current: Sequence[Batch], update: Sequence[Batch]) -> list[Batch]:
+    """Reducer of :attr:`State.batches`: the batches of the newest round, by index.
+
+    A batch of a newer round replaces the older round's; one of the same round replaces the
+    batch with its index (a task run again) or joins the others; a round's opening (no
+    ``index``) empties the list. So the state never shows one round's number with another
+    round's prompts, whichever order the tasks of a round finish in.
+    """
+    kept: dict[int, Batch] = {}
+    newest = 0
+    for entry in [*current, *update]:
+        if "index" not in entry:
+            kept, newest = {}, entry["round"]
+        elif entry["round"] > newest:
+            kept, newest = {entry["index"]: entry}, entry["round"]
+        elif entry["round"] == newest:
+            kept[entry["index"]] = entry
+    return [kept[i] for i in sorted(kept)]
+
+
+def opened(round_: int) -> list[Batch]:
+    """The ``batches`` write of a round's opening: no batch yet."""
+    return [{"round": round_}]
+
+
+@dataclass
+class GeneratorTask:
+    """One generator task (a ``Send``): K prompts for one weakness of a round."""
+
+    round: int
+    index: int
+    """The weakness's position in the round (0 ... W - 1): its rows are slots
+    ``index * K ... index * K + K - 1`` of the round."""
+    weakness: str = ""
+    """The weakness to write for; ``""`` for Self-Instruct."""
+
 
 @dataclass
 class State:
     """State of a Data Advisor or Self-Instruct run."""
 
-    round: int = 0
+    round: Annotated[int, latest] = 0
     """The round in progress or, between rounds, the last one finished (1-based; 0 before the
-    first). The first node of a round opens it."""
+    first). The first node of a round opens it (Self-Instruct: its W generator tasks)."""
     summary: list[str] = field(default_factory=list)
     """Running summary of covered harm categories, one category per line."""
-    weakness: str = ""
-    """The weakness (harm category) targeted by the round in progress."""
-    weakness_novel: bool = True
+    weaknesses: list[str] = field(default_factory=list)
+    """The weaknesses (harm categories) targeted by the round in progress (W of them)."""
+    weaknesses_novel: list[bool] = field(default_factory=list)
+    """For each weakness, whether the critic found it new (else a fallback)."""
     proposed_summary: list[str] = field(default_factory=list)
     """The summarizer's update, before the rule check; emptied once the rule check has used
     it (the round record keeps it as ``summary_proposed``)."""
-    prompt_ids: list[str] = field(default_factory=list)
-    """Ids of the round's kept prompts in the run store."""
-    round_prompts: list[str] = field(default_factory=list)
-    """Texts of the round's kept prompts, in the order of ``prompt_ids`` (replaced each round)."""
-    round_responses: list[str] = field(default_factory=list)
-    """Previews of the responses to ``round_prompts``, in the same order (empty until the
+    batches: Annotated[list[Batch], merge_batches] = field(default_factory=list)
+    """The round's kept prompts, one batch per generator task (at most K each, replaced every
+    round, so that a Studio user sees what each round produced): :func:`merge_batches`."""
+    round_responses: Annotated[list[str], latest] = field(default_factory=list)
+    """Previews of the responses to :attr:`round_prompts`, in the same order (empty until the
     responder has run): at most ``RESPONSE_PREVIEW`` characters each, cut ones end with "…"."""
-    kept: int = 0
-    """Prompts kept so far."""
-    rejected: dict[str, int] = field(default_factory=dict)
+    kept: Annotated[int, operator.add] = 0
+    """Prompts kept so far (each generator task adds its own)."""
+    rejected: Annotated[dict[str, int], add_counts] = field(default_factory=dict)
     """Generator outputs rejected so far, by reason."""
     responses: int = 0
     """Responses written so far."""
+
+    @property
+    def prompt_ids(self) -> list[str]:
+        """Ids of the round's kept prompts in the run store, batch by batch."""
+        return [i for batch in self.batches for i in batch.get("prompt_ids", [])]
+
+    @property
+    def round_prompts(self) -> list[str]:
+        """Texts of the round's kept prompts, in the order of :attr:`prompt_ids`."""
+        return [p for batch in self.batches for p in batch.get("prompts", [])]
+
+
+def task_entry(index: int, width: int) -> str:
+    """A generator task's name in its round's record: ``generator`` when the round has one
+    (W = 1, today's record), else ``generator[index]``: each task records its timing as it
+    finishes, and the round is complete once all have (:func:`record_unfinished`)."""
+    return "generator" if width == 1 else f"generator[{index}]"
 
 
 LEGACY_ROUND_NODES: dict[str, tuple[str, ...]] = {

@@ -32,12 +32,19 @@ class TemplateSpec:
 
 SPECS: dict[str, TemplateSpec] = {
     "weakness_critic": TemplateSpec(frozenset({"summary"}), frozenset({"principles", "avoid"})),
+    "weakness_critic_batch": TemplateSpec(
+        frozenset({"summary", "count"}), frozenset({"principles", "avoid"})
+    ),
     "generator": TemplateSpec(frozenset({"examples", "weakness"}), frozenset({"principles"})),
     "self_instruct_generator": TemplateSpec(frozenset({"examples"})),
     "summarizer": TemplateSpec(frozenset({"summary", "weakness"}), frozenset({"prompts"})),
+    "summarizer_batch": TemplateSpec(frozenset({"summary", "categories"}), frozenset({"count"})),
     "responder": TemplateSpec(frozenset()),
 }
-"""Template names and their placeholders. ``responder`` is the responder's system prompt."""
+"""Template names and their placeholders. ``responder`` is the responder's system prompt. The
+``_batch`` templates are the critic's and the summarizer's when a round has several weaknesses
+(``Context.weaknesses_per_round`` > 1, or the critic asked for the ones still missing):
+``{count}`` categories at once; with one, the paper's ``weakness_critic`` and ``summarizer``."""
 
 
 class TemplateError(ValueError):

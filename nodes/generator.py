@@ -1,10 +1,13 @@
-"""generator: K new harmful user prompts per round, each from a few random pool examples.
+"""generator: K new harmful user prompts for one weakness, each from a few random pool examples.
 
-With a weakness (Data Advisor) the ``generator`` template targets it; without one
-(Self-Instruct) the ``self_instruct_generator`` template asks for any new request. Requests are
-sent concurrently and cut at the first line. Empty, too short, refusing, meta-commentary,
-duplicate and near-duplicate outputs are rejected and counted, not stored as data. The round's
-best prompt (the one least similar to the pool) joins the pool.
+It runs as one ``Send`` task per weakness of the round (``graph.state.GeneratorTask``; W tasks
+side by side, W = ``Context.weaknesses_per_round``). With a weakness (Data Advisor) the
+``generator`` template targets it; without one (Self-Instruct) the ``self_instruct_generator``
+template asks for any new request. Requests are sent concurrently and cut at the first line.
+Empty, too short, refusing, meta-commentary, duplicate and near-duplicate outputs (against the
+pool, earlier rounds and the round's other tasks) are rejected and counted, not stored as data.
+Each task's rows are slots ``index * K ... index * K + K - 1`` of its round, replaced when the
+task runs again. Each task's best prompt (the one least similar to the pool) joins the pool.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from weakref import WeakKeyDictionary
 from langgraph.runtime import Runtime
 
 from graph.context import Context
-from graph.state import State
+from graph.state import GeneratorTask, task_entry
 from graph.templates import render
 from nodes.common import Stopwatch, bullets, run_store, templates
 from nodes.filters import clean_line, rejection_reason
@@ -41,22 +44,27 @@ def known_prompts(store: RunStore, round_: int, threshold: float) -> DuplicateFi
         for prompt in store.prompts_before(round_, since=cached[0]):
             seen.add(prompt)
     else:
-        seen = DuplicateFilter([*store.pool(), *store.prompts_before(round_)], threshold)
+        pool = store.pool(before_round=round_)
+        seen = DuplicateFilter([*pool, *store.prompts_before(round_)], threshold)
     _KNOWN[store] = (round_, threshold, seen)
     return seen
 
 
-def generator(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Generate, filter and store the round's prompts."""
+def generator(state: GeneratorTask, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Generate, filter and store one task's K prompts (one weakness of the round): ``state``
+    is the task (the node's input, sent by ``graph.graph.fan_out``)."""
     ctx, watch = runtime.context, Stopwatch()
     method = "data_advisor" if state.weakness else "self_instruct"
     template = templates(runtime)["generator" if state.weakness else "self_instruct_generator"]
     endpoint = ctx.endpoint("generator")
-    rng = random.Random(f"{ctx.seed}:{state.round}")
+    k = ctx.prompts_per_round
+    slots = range(state.index * k, (state.index + 1) * k)
+    # the first task's seed is the one a round had before fan-out: W = 1 is today's run
+    rng = random.Random(f"{ctx.seed}:{state.round}" + (f":{state.index}" if state.index else ""))
     store = run_store(runtime)
-    pool = store.pool()
+    pool = store.pool(before_round=state.round)  # as the round found it, whichever task is first
     requests = []
-    for _ in range(ctx.prompts_per_round):
+    for _ in slots:
         examples = rng.sample(pool, min(ctx.examples_per_request, len(pool)))
         message = render(
             template,
@@ -69,56 +77,64 @@ def generator(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "generator",
         endpoint,
         requests,
-        max_concurrency=ctx.max_concurrency,
+        max_concurrency=ctx.max_concurrency,  # one pool per bound: all tasks' requests share it
         temperature=ctx.generator_temperature,
         top_p=ctx.top_p,
         max_tokens=ctx.generator_max_tokens,
         stop=["\n"],
         run=store.run_id,  # a node retry re-sends only the requests that failed
+        scope=f"{state.round}:{state.index}",
     )
-    known = known_prompts(store, state.round, ctx.near_duplicate_threshold)
-    this_round = DuplicateFilter([], ctx.near_duplicate_threshold)
-    kept: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
-    for slot, answer in enumerate(answers):
-        text = clean_line(str(answer.content))
-        reason = (
-            rejection_reason(text, min_words=ctx.min_prompt_words)
-            or known.reason(text)
-            or this_round.reason(text)
-        )
-        if reason:
-            rejected.append({"slot": slot, "text": text, "reason": reason})
-            continue
-        this_round.add(text)
-        kept.append(
-            {
-                "slot": slot,
-                "prompt": text,
-                "weakness": state.weakness or None,
-                "method": method,
-                "generator_model": endpoint.model,
-            }
-        )
-    reasons = Counter(r["reason"] for r in rejected)
+    # The round's other tasks store their rows under the store's lock, one after another: a
+    # task filters against the rows of those before it, so no two tasks keep one prompt.
     with store.transaction():  # the round's record exists: its opener wrote it
-        ids = store.save_round(state.round, kept, rejected)
+        known = known_prompts(store, state.round, ctx.near_duplicate_threshold)
+        others = store.round_prompts(state.round, excluding=slots)
+        this_round = DuplicateFilter(others, ctx.near_duplicate_threshold)
+        kept: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        for slot, answer in zip(slots, answers, strict=True):
+            text = clean_line(str(answer.content))
+            reason = (
+                rejection_reason(text, min_words=ctx.min_prompt_words)
+                or known.reason(text)
+                or this_round.reason(text)
+            )
+            if reason:
+                rejected.append({"slot": slot, "text": text, "reason": reason})
+                continue
+            this_round.add(text)
+            kept.append(
+                {
+                    "slot": slot,
+                    "prompt": text,
+                    "weakness": state.weakness or None,
+                    "method": method,
+                    "generator_model": endpoint.model,
+                }
+            )
+        reasons = Counter(r["reason"] for r in rejected)
+        ids = store.save_round(state.round, kept, rejected, slots=slots)
         if kept:
             in_pool = DuplicateFilter(pool, ctx.near_duplicate_threshold)
             best = kept[in_pool.least_similar([row["prompt"] for row in kept])]
-            store.add_to_pool(state.round, best["prompt"])
+            store.add_to_pool(state.round, best["prompt"], index=state.index)
+        round_kept, round_rejected = store.round_counts(state.round)
         store.update_round(
             state.round,
-            kept=len(kept),
-            rejected=dict(reasons),
-            timing=("generator", watch.seconds, output_tokens(answers)),
+            kept=round_kept,
+            rejected=round_rejected,
+            timing=(
+                task_entry(state.index, ctx.weaknesses_per_round),
+                watch.seconds,
+                output_tokens(answers),
+            ),
         )
-    totals = Counter(state.rejected)
-    totals.update(reasons)
-    return {
+    batch = {
+        "round": state.round,
+        "index": state.index,
+        "weakness": state.weakness,
         "prompt_ids": ids,
-        "round_prompts": [row["prompt"] for row in kept],  # replaced, not added: bounded by K
-        "round_responses": [],
-        "kept": state.kept + len(kept),
-        "rejected": dict(totals),
+        "prompts": [row["prompt"] for row in kept],  # bounded by K
     }
+    return {"batches": [batch], "kept": len(kept), "rejected": dict(reasons)}

@@ -33,19 +33,23 @@ def load_seeds(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     step_back = bool(state.round) and round_unfinished(store, state, ctx)
     store.record_templates(state.round if step_back else state.round + 1, used)
     if state.round:
-        return {"round": state.round - 1, **_counters(store, state.round)} if step_back else {}
+        return {"round": state.round - 1, **_counters(store, state)} if step_back else {}
     categories = state.summary or read_seeds("categories", ctx.seed_categories_file)
     return {"summary": categories[-ctx.max_summary_lines :]}
 
 
-def _counters(store: RunStore, before_round: int) -> dict[str, Any]:
-    """The state's counters as the store records them for the rounds before ``before_round``."""
-    records = [r for r in store.rounds() if r["round"] < before_round]
+def _counters(store: RunStore, state: State) -> dict[str, Any]:
+    """The writes that set the state's counters to what the store records for the rounds
+    before ``state.round``: ``kept`` and ``rejected`` are added to (each generator task adds
+    its own), so they are written as the difference; ``responses`` as it is."""
+    records = [r for r in store.rounds() if r["round"] < state.round]
     rejected: Counter[str] = Counter()
     for record in records:
         rejected.update(record.get("rejected") or {})
+    kept = sum(r.get("kept") or 0 for r in records)
+    reasons = set(rejected) | set(state.rejected)
     return {
-        "kept": sum(r.get("kept") or 0 for r in records),
+        "kept": kept - state.kept,
         "responses": sum(r.get("responses") or 0 for r in records),
-        "rejected": dict(rejected),
+        "rejected": {r: rejected[r] - state.rejected.get(r, 0) for r in sorted(reasons)},
     }

@@ -4,10 +4,11 @@ The summary has two kinds of lines: a category (``Animal cruelty``) and a *group
 categories under a parent (``Fraud: pensioner; online; phone``: the pensioner, online and phone
 fraud categories, each child written without the parent's words). See :func:`split_line`.
 
-Rules: no line of the previous summary is lost; the new category is present (unless it was
-already covered), on a line of its own that does not restate an old one, or as a new child of
-the old group it belongs to; no category is longer than ``max_line_words`` words; no duplicate
-lines; no line that is neither an old one nor the new category. At most ``max_summary_lines``
+Rules: no line of the previous summary is lost; each of the round's new categories (one, or W
+of them) is present (unless it was already covered), on a line of its own that does not restate
+an old one, or as a new child of the old group it belongs to; no category is longer than
+``max_line_words`` words; no duplicate lines; no line that is neither an old one nor a new
+category. At most ``max_summary_lines``
 lines: when the bound is exceeded the summary is compacted, by default by merging related lines
 under a parent (``summary_overflow = "merge"``, the paper's "merge similar issues"): the oldest
 line that shares a word with another joins it in a group named by the shared words (a line
@@ -15,16 +16,17 @@ sharing no word joins the ``Other`` group). A group lists at most ``max_line_chi
 children; beyond that its oldest children are counted (``+3 more``), never silently dropped.
 ``summary_overflow = "drop_oldest"`` is the former design (the oldest lines are dropped), kept
 for comparison (``benchmarks/bench_novelty.py``). The verdict (``accepted`` or ``corrected``)
-and the corrections are recorded per round.
+and the corrections are recorded per round, and per weakness whether the proposal had it
+(``weakness_checks``: accepted, added, already covered).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from langgraph.runtime import Runtime
 
@@ -115,75 +117,107 @@ def summary_size(summary: list[str]) -> int:
     return sum(split_line(line).size() for line in summary)
 
 
+class Checked(NamedTuple):
+    """What :func:`check_summary` returns."""
+
+    summary: list[str]
+    """The corrected summary."""
+    corrections: list[str]
+    """What it corrected (empty when the proposal is accepted as it is)."""
+    verdicts: dict[str, str]
+    """Per new category: ``accepted`` (the proposal has it), ``added`` (the rule check added
+    it) or ``already covered`` (the summary had it: nothing to add)."""
+
+
 def check_summary(
     previous: list[str],
     proposed: list[str],
-    new_category: str,
+    new_categories: str | Sequence[str],
     *,
     max_words: int,
     max_lines: int,
     max_children: int = 50,
     overflow: str = "merge",
-) -> tuple[list[str], list[str]]:
-    """Return the corrected summary and the list of corrections (empty when accepted)."""
+) -> Checked:
+    """Check the proposed summary against the previous one and the round's new categories
+    (one, or a round's W). Every new category not covered already must be present, each on
+    its own line or as a new kind of an old group, no two on one line."""
     corrections: list[str] = []
+    news = [new_categories] if isinstance(new_categories, str) else list(new_categories)
     old_names = summary_names(previous)
-    already_covered = overlaps(new_category, old_names)
+    pending = list(dict.fromkeys(c for c in news if not overlaps(c, old_names)))
+    verdicts = {c: "already covered" for c in news if c not in pending}
     lines = _clean_lines(proposed, max_words, corrections)
     old = {normalize(line) for line in previous}
     old_groups = {normalize(g.label): i for i, g in enumerate(map(split_line, previous))
                   if g.is_group}
     final = list(previous)
-    placed, seen = False, {normalize(line) for line in lines}
+    placed: set[str] = set()
+    seen = {normalize(line) for line in lines}
     merges: list[Line] = []
 
-    def is_new_category(name: str) -> bool:  # names it, and does not restate an old category
-        return overlaps(name, [new_category]) and not overlaps(name, old_names)
+    def which_new(name: str) -> str | None:
+        """The new category not placed yet that ``name`` names (and does not restate an old
+        one), or None."""
+        if overlaps(name, old_names):
+            return None
+        return next((c for c in pending if c not in placed and overlaps(name, [c])), None)
 
     for line in lines:
         if normalize(line) in old:
             continue
         parsed = split_line(line)
         at = old_groups.get(normalize(parsed.label)) if parsed.is_group else None
-        if at is not None:  # an old group, perhaps with the new category as a new child
+        if at is not None:  # an old group, perhaps with a new category as a new child
             before = split_line(previous[at])
             kept = {normalize(c) for c in before.children}
             extra = [c for c in parsed.children if normalize(c) not in kept]
             names = Line(before.label, extra).names()
-            if not already_covered and not placed and len(extra) == 1 and is_new_category(
-                    names[0]):
-                final[at] = _with_child(before, extra[0], max_children).render()
-                placed = True
+            found = _distinct_new([which_new(name) for name in names])
+            if extra and found:  # each extra kind a new category: added to the group
+                for child, new in zip(extra, found, strict=True):
+                    grown = _with_child(split_line(final[at]), child, max_children)
+                    final[at] = grown.render()
+                    placed.add(new)
             elif extra:
-                corrections.append(f"removed line that is not the new category: {line!r}")
+                corrections.append(f"removed line that is not a new category: {line!r}")
             if {normalize(c) for c in parsed.children} >= kept:
                 seen.add(normalize(previous[at]))
             continue
         if parsed.is_group and not parsed.more and not any(map(_FOLDED.match, parsed.children)):
             merges.append(parsed)  # perhaps the summarizer merging similar old lines
             continue
-        if already_covered or placed or not is_new_category(line):
-            corrections.append(f"removed line that is not the new category: {line!r}")
+        category = which_new(line)
+        if category is None:
+            corrections.append(f"removed line that is not a new category: {line!r}")
             continue
         final.append(line)
-        placed = True
+        placed.add(category)
     absorbed, merged, with_new = _accept_merges(
-        merges, previous, seen, None if already_covered or placed else is_new_category,
+        merges, previous, seen, which_new if set(pending) - placed else None,
         max_children, corrections)
     if absorbed:
         seen |= {normalize(previous[i]) for i in absorbed}
         final = [merged.get(i, line) for i, line in enumerate(final)
                  if i not in absorbed or i in merged]
-        placed = placed or with_new
+        placed |= with_new
     for line in previous:
         if normalize(line) not in seen:
             corrections.append(f"restored lost line: {line!r}")
-    if not already_covered and not placed:
-        corrections.append(f"added missing new category: {new_category!r}")
-        final.append(" ".join(new_category.split()[:max_words]))
+    for category in pending:
+        verdicts[category] = "accepted" if category in placed else "added"
+        if category not in placed:
+            corrections.append(f"added missing new category: {category!r}")
+            final.append(" ".join(category.split()[:max_words]))
     if len(final) > max_lines:
         final = _compact(final, max_lines, max_children, overflow, corrections)
-    return final, corrections
+    return Checked(final, corrections, verdicts)
+
+
+def _distinct_new(found: list[str | None]) -> list[str] | None:
+    """``found`` when every entry names a new category and no two the same one, else None."""
+    named = [f for f in found if f is not None]
+    return named if len(named) == len(found) == len(set(named)) else None
 
 
 def _key(name: str) -> frozenset[str]:
@@ -194,38 +228,39 @@ def _accept_merges(
     merges: list[Line],
     previous: list[str],
     present: set[str],
-    is_new: Callable[[str], bool] | None,
+    which_new: Callable[[str], str | None] | None,
     max_children: int,
     corrections: list[str],
-) -> tuple[set[int], dict[int, str], bool]:
+) -> tuple[set[int], dict[int, str], set[str]]:
     """The summarizer's merges of old lines that keep every category: each child an old
-    category (or the new one, when ``is_new`` accepts it), at most ``max_children``, and every
-    old line it touches taken in whole, by the accepted merges together, and no longer in the
-    proposal as it was. Returns the indices of the absorbed old lines, each merged line by the
-    first old line it takes, and whether one holds the new category."""
+    category (or one new category, the one ``which_new`` names, each in one merge at most), at
+    most ``max_children``, and every old line it touches taken in whole, by the accepted merges
+    together, and no longer in the proposal as it was. Returns the indices of the absorbed old
+    lines, each merged line by the first old line it takes, and the new categories they hold."""
     old = [split_line(line) for line in previous]
     old_keys = [{_key(n) for n in line.names()} for line in old]
     whole = [not line.more and not any(map(_FOLDED.match, line.children)) for line in old]
     every = set().union(*old_keys) if old_keys else set()
-    accepted: list[tuple[Line, set[frozenset[str]], bool]] = []
+    accepted: list[tuple[Line, set[frozenset[str]], str | None]] = []
     taken: set[frozenset[str]] = set()
     for merge in merges:
-        keys, new = set(), False
+        keys: set[frozenset[str]] = set()
+        new: str | None = None
         for name in merge.names():
             if _key(name) in every and _key(name) not in keys:
                 keys.add(_key(name))
-            elif is_new is not None and not new and is_new(name):
-                new = True
+            elif which_new is not None and new is None and (new := which_new(name)):
+                pass
             else:
                 keys = set()
                 break
-        one_new = not (new and any(a[2] for a in accepted))
-        if len(keys) + new >= 2 and len(merge.children) <= max_children and not keys & taken \
-                and one_new:
+        one_new = new is None or all(a[2] != new for a in accepted)
+        if len(keys) + (new is not None) >= 2 and len(merge.children) <= max_children \
+                and not keys & taken and one_new:
             accepted.append((merge, keys, new))
             taken |= keys
         else:
-            corrections.append(f"removed line that is not the new category: {merge.render()!r}")
+            corrections.append(f"removed line that is not a new category: {merge.render()!r}")
     while True:  # drop merges that would split an old line or leave it twice
         union = set().union(*(keys for _, keys, _ in accepted)) if accepted else set()
         broken = [i for i, keys in enumerate(old_keys) if keys & union and not (
@@ -240,7 +275,7 @@ def _accept_merges(
     absorbed = {i for i, keys in enumerate(old_keys) if keys and keys <= union}
     at = {min(i for i in absorbed if old_keys[i] & keys): merge.render()
           for merge, keys, _ in accepted}  # each merge where its first old line was
-    return absorbed, at, any(a[2] for a in accepted)
+    return absorbed, at, {a[2] for a in accepted if a[2] is not None}
 
 
 def _clean_lines(proposed: list[str], max_words: int, corrections: list[str]) -> list[str]:
@@ -355,12 +390,12 @@ def _merge(a: Line, b: Line, label: str, max_children: int) -> Line:
 
 
 def rule_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Check and correct the proposed summary."""
+    """Check and correct the proposed summary, with the round's W new categories."""
     ctx, watch = runtime.context, Stopwatch()
-    summary, corrections = check_summary(
+    summary, corrections, verdicts = check_summary(
         state.summary,
         state.proposed_summary,
-        state.weakness,
+        state.weaknesses,
         max_words=ctx.max_line_words,
         max_lines=ctx.max_summary_lines,
         max_children=ctx.max_line_children,
@@ -371,6 +406,7 @@ def rule_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         summary_after=summary,
         corrections=corrections,
         rule_check="corrected" if corrections else "accepted",
+        weakness_checks=[{"weakness": w, "verdict": verdicts[w]} for w in state.weaknesses],
         timing=("rule_check", watch.seconds, 0),
     )
     # the proposal is consumed (the round record keeps it): every later checkpoint of the run

@@ -1,6 +1,8 @@
-"""summarizer: update the running summary from the previous summary and the new instance.
+"""summarizer: update the running summary from the previous summary and the new instances.
 
-The new instance is the round's weakness (its category) with a few of its kept prompts. The
+A new instance is one of the round's weaknesses (its category) with a few of its kept prompts;
+a round has W of them, all given in one call (W = 1: the paper's ``summarizer`` template,
+several: ``summarizer_batch``). The
 summary is structured: one category per line (at most ``max_line_words`` words) or a group of
 related categories under a parent, ``Parent: kind; kind`` (see ``nodes.rule_check``). The
 update is proposed to the rule check; with the rule check off, it is taken as it is, its last
@@ -29,16 +31,29 @@ def parse_summary(text: str) -> list[str]:
 
 
 def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Propose the updated summary."""
+    """Propose the updated summary, with all the round's new categories in one call."""
     ctx, watch = runtime.context, Stopwatch()
     store = run_store(runtime)
-    samples = store.get_samples(state.prompt_ids[:EXAMPLES_IN_SUMMARY_PROMPT])
-    message = render(
-        templates(runtime)["summarizer"],
-        summary=bullets(state.summary),
-        weakness=state.weakness,
-        prompts=bullets([s["prompt"] for s in samples]),
-    )
+    instances = [
+        (weakness, store.get_samples(batch.get("prompt_ids", [])[:EXAMPLES_IN_SUMMARY_PROMPT]))
+        for weakness, batch in zip(state.weaknesses, _by_index(state), strict=True)
+    ]
+    if len(instances) == 1:  # the paper's instance: one category and its prompts
+        [(weakness, samples)] = instances
+        message = render(
+            templates(runtime)["summarizer"],
+            summary=bullets(state.summary),
+            weakness=weakness,
+            prompts=bullets([s["prompt"] for s in samples]),
+        )
+    else:
+        message = render(
+            templates(runtime)["summarizer_batch"],
+            summary=bullets(state.summary),
+            count=str(len(instances)),
+            categories="\n".join(new_category(w, [s["prompt"] for s in samples])
+                                 for w, samples in instances),
+        )
     answer = ask_advisor(runtime, message, ctx.summarizer_max_tokens)
     proposed = parse_summary(str(answer.content))[: 2 * ctx.max_summary_lines]
     update: dict[str, Any] = {"proposed_summary": proposed}
@@ -50,3 +65,17 @@ def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         state.round, **fields, timing=("summarizer", watch.seconds, output_tokens([answer]))
     )
     return update
+
+
+def _by_index(state: State) -> list[dict[str, Any]]:
+    """The round's batches, one per weakness in the critic's order (empty for a task that
+    kept no prompt)."""
+    found = {batch["index"]: batch for batch in state.batches if "index" in batch}
+    return [found.get(i, {}) for i in range(len(state.weaknesses))]
+
+
+def new_category(weakness: str, prompts: list[str]) -> str:
+    """One new category of ``summarizer_batch``'s ``{categories}``: its name, then a few of
+    its prompts, indented."""
+    shown = "\n".join(f"  - {p}" for p in prompts) if prompts else "  - (none kept)"
+    return f'- category "{weakness}":\n{shown}'

@@ -1,13 +1,17 @@
-"""weakness_critic: from the summary and the principles, name one harm category not covered yet.
+"""weakness_critic: from the summary and the principles, name W harm categories not covered yet.
 
-Answers that echo the instructions are discarded. If the answer repeats a covered category
-(normalised word overlap with a category the summary lists, a seed category, or the weakness of
-any earlier round, read from the run store), the critic is asked again, up to
-``critic_attempts`` times, with the rejected answers named and, since the bounded summary cannot
+W is ``Context.weaknesses_per_round``: one (the paper's loop, the ``weakness_critic`` template)
+or several in one call (``weakness_critic_batch``: a list answer, one category per line,
+checked one by one). Answers that echo the instructions are discarded. A category that repeats
+a covered one (normalised word overlap with a category the summary lists, a seed category, the
+weakness of any earlier round, read from the run store, or one named before it this round) is
+rejected; the missing ones are asked for again, up to ``critic_attempts`` calls in all, with
+this round's categories and the rejected answers named and, since the bounded summary cannot
 list every earlier weakness of a long run, up to ``critic_hints`` earlier weaknesses that share
 words with them (and the critic's repeats of the last rounds) that the summary does not list.
-The prompt stays bounded: the summary is, and so are the hints. Whether the final weakness is
-novel is recorded.
+The prompt stays bounded: the summary is, and so are the hints. Whether each weakness is novel
+is recorded; a round the critic could not fill takes its last rejected answers (or "Other
+harmful requests"), recorded as not novel, so that it still gets its W x K prompts.
 """
 
 from __future__ import annotations
@@ -54,53 +58,75 @@ def similar_earlier(rejected: list[str], earlier: list[str], listed: list[str],
 def recent_repeats(store: RunStore, round_: int) -> list[str]:
     """The critic's rejected answers of the last ``RECENT_ROUNDS`` rounds (newest first)."""
     found: list[str] = []
-    for weakness, attempts in store.critic_attempts(max(1, round_ - RECENT_ROUNDS), round_):
-        found += [a for a in attempts if a and a != weakness]
+    for weaknesses, attempts in store.critic_attempts(max(1, round_ - RECENT_ROUNDS), round_):
+        found += [a for a in attempts if a and a not in weaknesses]
     return list(dict.fromkeys(found))
 
 
+def parse_categories(text: str, count: int, max_words: int) -> list[str]:
+    """Category names from a critic answer: one (:func:`clean_category` of the whole answer)
+    when ``count`` is 1, else one per line, at most ``2 * count`` (``""`` for a line that
+    names none: it counts as an attempt)."""
+    if count == 1:
+        return [clean_category(text, max_words)]
+    lines = [line for line in text.splitlines() if line.strip()]
+    return [clean_category(line, max_words) for line in lines[: 2 * count]]
+
+
 def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Name the round's weakness."""
+    """Name the round's W weaknesses."""
     ctx, watch = runtime.context, Stopwatch()
-    template = templates(runtime)["weakness_critic"]
+    want = ctx.weaknesses_per_round
     store = run_store(runtime)
     earlier = store.weaknesses(before_round=state.round)
     listed = summary_names(state.summary)
     covered = [*listed, *read_seeds("categories", ctx.seed_categories_file), *earlier]
     repeats = recent_repeats(store, state.round) if ctx.critic_hints else []
     attempts: list[str] = []
+    found: list[str] = []  # novel, in the order named
     tokens = 0
-    weakness, novel = "", False
     for _ in range(max(1, ctx.critic_attempts)):
-        named = [a for a in attempts if a]
-        similar = similar_earlier(named, earlier, listed, ctx.critic_hints)
+        missing = want - len(found)
+        if missing <= 0:
+            break
+        rejected = [a for a in attempts if a and a not in found]
+        similar = similar_earlier(rejected, earlier, listed, ctx.critic_hints)
         # what the critic repeated lately it tends to repeat again; what is like its rejected
         # answer is what it turns to next: both, in turns, within the bound
         pairs = itertools.zip_longest(repeats, similar)
-        hints = [h for pair in pairs for h in pair if h and h not in named]
+        hints = [h for pair in pairs for h in pair if h and h not in rejected]
         hints = list(dict.fromkeys(hints))[: ctx.critic_hints]
-        avoid = f", and other than: {', '.join([*named, *hints])}" if named or hints else ""
+        avoid_names = [*found, *rejected, *hints]  # this round's own first: asked for others
+        avoid = f", and other than: {', '.join(avoid_names)}" if avoid_names else ""
+        template = templates(runtime)["weakness_critic" if missing == 1 else
+                                      "weakness_critic_batch"]
         message = render(
-            template, principles=ctx.principles, summary=bullets(state.summary), avoid=avoid
+            template, principles=ctx.principles, summary=bullets(state.summary), avoid=avoid,
+            count=str(missing),
         )
-        answer = ask_advisor(runtime, message, ctx.critic_max_tokens)
+        answer = ask_advisor(runtime, message, ctx.critic_max_tokens * missing)
         tokens += output_tokens([answer])
-        candidate = clean_category(str(answer.content), ctx.max_line_words)
-        if candidate and normalize(candidate) in normalize(template):
-            candidate = ""  # an echo of the instructions ("two to five words"), not a category
-        attempts.append(candidate)
-        if candidate and not overlaps(candidate, covered):
-            weakness, novel = candidate, True
+        for candidate in parse_categories(str(answer.content), missing, ctx.max_line_words):
+            if candidate and normalize(candidate) in normalize(template):
+                candidate = ""  # an echo of the instructions ("two to five words"), not a category
+            attempts.append(candidate)
+            if (candidate and len(found) < want
+                    and not overlaps(candidate, [*covered, *found])):
+                found.append(candidate)
+    novel = [True] * len(found)
+    for fallback in [*reversed(attempts), *["Other harmful requests"] * want]:
+        if len(found) >= want:
             break
-    if not weakness:
-        weakness = next((a for a in reversed(attempts) if a), "Other harmful requests")
+        if fallback and fallback not in found or fallback == "Other harmful requests":
+            found.append(fallback)
+            novel.append(False)
     with store.transaction():  # the record exists: the round's opener wrote it
         store.update_round(
             state.round,
-            weakness=weakness,
-            weakness_novel=int(novel),
+            weaknesses=found,
+            weaknesses_novel=[int(n) for n in novel],
             critic_attempts=attempts,
             summary_before=state.summary,
             timing=("weakness_critic", watch.seconds, tokens),
         )
-    return {"weakness": weakness, "weakness_novel": novel}
+    return {"weaknesses": found, "weaknesses_novel": novel}

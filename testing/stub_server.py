@@ -42,8 +42,11 @@ it (:func:`recognise_node`) by these endings, the last line of each node's templ
 * ``"Request:"`` (``generator``, ``self_instruct_generator``): one harmful-looking request on one
   line, about the weakness after ``"about:"`` (``"general harm"`` without one); a process-wide
   counter makes every answer unique and not a near-duplicate of any other;
-* ``"Updated summary:"`` (``summarizer``): the lines under ``"Current summary:"`` (list markers
-  removed) followed by the new category from ``category "X"``, one per line;
+* ``"Categories:"`` (``weakness_critic_batch``): as many new categories as ``Name N harm
+  categories`` asks for, one per line, each new as above and to the ones before it;
+* ``"Updated summary:"`` (``summarizer``, ``summarizer_batch``): the lines under
+  ``"Current summary:"`` (list markers removed) followed by each new category from
+  ``category "X"``, one per line;
 * anything else (``responder``): a short refusal that offers safe information.
 """
 
@@ -77,15 +80,25 @@ CATEGORY_MARKER = "Category:"
 REQUEST_MARKER = "Request:"
 SUMMARY_MARKER = "Updated summary:"
 
+CATEGORIES_MARKER = "Categories:"
+
 NODE_MARKERS: dict[str, str] = {
     "weakness_critic": CATEGORY_MARKER,
+    "weakness_critic_batch": CATEGORIES_MARKER,
     "generator": REQUEST_MARKER,
     "self_instruct_generator": REQUEST_MARKER,
     "summarizer": SUMMARY_MARKER,
+    "summarizer_batch": SUMMARY_MARKER,
 }
 """The ending by which the stub recognises each template's node; the two generators are told
-apart by the generator's ``about: {weakness}`` line. Any other request is the responder's (its
-template is the system prompt: the user message is a generated prompt)."""
+apart by the generator's ``about: {weakness}`` line, the two summarizers by the batch one's
+``New data, N new categories`` line. Any other request is the responder's (its template is the
+system prompt: the user message is a generated prompt)."""
+
+_BATCH_DATA = re.compile(r"^New data, \d+ new categories", re.MULTILINE)
+"""The ``summarizer_batch`` template's line before its new categories."""
+_COUNT = re.compile(r"\bName (\d+) harm categories\b")
+"""The ``weakness_critic_batch`` template's line saying how many categories it asks for."""
 
 _ABOUT = re.compile(r"about:[ \t]*(.*)$", re.MULTILINE)
 """The generator template's line naming the weakness."""
@@ -380,14 +393,25 @@ def _summary_items(line: str) -> list[str]:
     return [*children, *(f"{c} {label.strip()}" for c in children)] if children else [line]
 
 
-def novel_category(prompt: str) -> str:
-    """The first of :data:`HARM_CATEGORIES` that the critic prompt does not name already."""
+def novel_categories(prompt: str) -> str:
+    """As many new categories as the batch critic prompt asks for (``Name N harm
+    categories``), one per line, each new to the prompt and to the ones before it."""
+    found = _COUNT.search(prompt)
+    named: list[str] = []
+    for _ in range(int(found.group(1)) if found else 1):
+        named.append(novel_category(prompt, also=named))
+    return "\n".join(named)
+
+
+def novel_category(prompt: str, also: Sequence[str] = ()) -> str:
+    """The first of :data:`HARM_CATEGORIES` that the critic prompt does not name already (nor
+    ``also``)."""
     covered = [
         item
         for line in _block_after(prompt, "The dataset already covers these harm categories:")
         for item in _summary_items(line)
     ]
-    avoid = _avoid_text(prompt)
+    avoid = "\n".join([_avoid_text(prompt), *also])
     avoided = [a.strip() for a in re.split(r"[,;\n]", avoid) if a.strip()]
     taken = [*covered, *avoided]
     taken_lower = {t.lower() for t in taken}
@@ -421,12 +445,13 @@ def harmful_request(prompt: str) -> str:
 
 
 def updated_summary(prompt: str) -> str:
-    """The current summary's lines followed by the new category, one per line."""
+    """The current summary's lines followed by the new categories (each ``category "X"``),
+    one per line."""
     lines = _block_after(prompt, "Current summary:")
-    match = re.search(r'category\s+"([^"]*)"', prompt)
-    new = match.group(1).strip() if match else ""
-    if new and new.lower() not in {line.lower() for line in lines}:
-        lines.append(new)
+    for match in re.finditer(r'category\s+"([^"]*)"', prompt):
+        new = match.group(1).strip()
+        if new and new.lower() not in {line.lower() for line in lines}:
+            lines.append(new)
     return "\n".join(lines)
 
 
@@ -444,14 +469,18 @@ def recognise_node(text: str) -> str:
     node = next((node for node, end in NODE_MARKERS.items() if text.endswith(end)), "responder")
     if node == "generator" and not _ABOUT.search(text):
         return "self_instruct_generator"
+    if node == "summarizer" and _BATCH_DATA.search(text):
+        return "summarizer_batch"
     return node
 
 
 _ANSWERS: dict[str, Callable[[str], str]] = {
     "weakness_critic": novel_category,
+    "weakness_critic_batch": novel_categories,
     "generator": harmful_request,
     "self_instruct_generator": harmful_request,
     "summarizer": updated_summary,
+    "summarizer_batch": updated_summary,
     "responder": safe_response,
 }
 

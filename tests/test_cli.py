@@ -175,7 +175,7 @@ def test_progress_in_a_log_is_one_line_per_round_and_the_end_shows_rows(tmp_path
     lines = [ln for ln in done.stderr.splitlines() if " round " in ln]
     assert [ln.split(" round ")[1].split(" ")[0] for ln in lines] == ["1/3", "2/3", "3/3"], lines
     with RunStore(run / "run.sqlite", Run.load(run).run_id) as store:
-        weaknesses = [r["weakness"] for r in store.rounds()]
+        weaknesses = [r["weaknesses"][0] for r in store.rounds()]
         first = next(store.samples(with_response=True))
     for line, weakness in zip(lines, weaknesses, strict=True):
         assert f"weakness {weakness} |" in line and "kept 2 " in line and "rejected " in line

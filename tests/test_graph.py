@@ -22,10 +22,11 @@ def test_data_advisor_two_rounds(stub, context):
     assert state.round == 2 and state.kept == 8 and state.responses == 8
     for r in rounds:
         # weakness_critic: a novel category, not one of the summary's
-        assert r["weakness_novel"] == 1 and not overlaps(r["weakness"], r["summary_before"])
+        assert r["weaknesses_novel"] == [1]
+        assert not overlaps(r["weaknesses"][0], r["summary_before"])
         # summarizer + rule_check: the stub's update is correct, so it is accepted
         assert r["rule_check"] == "accepted" and r["corrections"] == []
-        assert r["summary_after"] == [*r["summary_before"], r["weakness"]]
+        assert r["summary_after"] == [*r["summary_before"], r["weaknesses"][0]]
         assert set(r["timings"]) == {
             "weakness_critic",
             "generator",
@@ -33,10 +34,10 @@ def test_data_advisor_two_rounds(stub, context):
             "rule_check",
             "responder",
         }
-    assert state.summary == [*seeds, rounds[0]["weakness"], rounds[1]["weakness"]]
+    assert state.summary == [*seeds, rounds[0]["weaknesses"][0], rounds[1]["weaknesses"][0]]
     samples = list(store.samples())
     assert len(samples) == 8 and all(s["response"] for s in samples)
-    assert {s["weakness"] for s in samples} == {r["weakness"] for r in rounds}
+    assert {s["weakness"] for s in samples} == {r["weaknesses"][0] for r in rounds}
     assert all(s["method"] == "data_advisor" for s in samples)
     # the pool grows by the round's best prompt
     pool = store.pool()
@@ -45,7 +46,7 @@ def test_data_advisor_two_rounds(stub, context):
     # generator requests carry the weakness and in-context examples from the pool
     gen = [r for r in stub.requests if r["messages"][-1]["content"].rstrip().endswith("Request:")]
     assert len(gen) == 8
-    assert rounds[0]["weakness"] in gen[0]["messages"][-1]["content"]
+    assert rounds[0]["weaknesses"][0] in gen[0]["messages"][-1]["content"]
     assert all(r.get("stop") in (["\n"], "\n") for r in gen)
 
 
@@ -99,7 +100,7 @@ def test_critic_asks_again_when_category_is_covered(stub, context):
     state, store = run_graph("data_advisor", context(rounds=1, critic_attempts=3))
     r = store.rounds()[0]
     assert r["critic_attempts"][:2] == ["Violent crime", "Fraud and scams"]
-    assert len(r["critic_attempts"]) == 3 and r["weakness_novel"] == 1
+    assert len(r["critic_attempts"]) == 3 and r["weaknesses_novel"][0] == 1
     critic_requests = [
         q for q in stub.requests if q["messages"][-1]["content"].rstrip().endswith("Category:")
     ]
@@ -112,7 +113,7 @@ def test_critic_gives_up_after_bound_and_records_not_novel(stub, context):
     )
     state, store = run_graph("data_advisor", context(rounds=1, critic_attempts=2))
     r = store.rounds()[0]
-    assert r["weakness_novel"] == 0 and len(r["critic_attempts"]) == 2
+    assert r["weaknesses_novel"][0] == 0 and len(r["critic_attempts"]) == 2
     # already covered: the rule check adds no line
     assert state.summary == read_seeds("categories")
 
@@ -128,7 +129,7 @@ def test_rule_check_corrects_a_bad_summary(stub, context):
     state, store = run_graph("data_advisor", context(rounds=1))
     r = store.rounds()[0]
     assert r["rule_check"] == "corrected"
-    assert state.summary == [*read_seeds("categories"), r["weakness"]]
+    assert state.summary == [*read_seeds("categories"), r["weaknesses"][0]]
     assert any("restored lost line" in c for c in r["corrections"])
 
 
@@ -159,7 +160,7 @@ def test_summarizer_and_responder_run_side_by_side(stub, context, tmp_path):
 
 def test_self_instruct_baseline(stub, context):
     state, store = run_graph("self_instruct", context(rounds=3, prompts_per_round=3))
-    assert state.kept == 9 and state.responses == 9 and state.weakness == ""
+    assert state.kept == 9 and state.responses == 9 and state.weaknesses == []
     assert all(s["method"] == "self_instruct" and s["weakness"] is None for s in store.samples())
     # no advice: no critic or summarizer calls
     texts = [r["messages"][-1]["content"] for r in stub.requests]
@@ -193,7 +194,7 @@ def test_critic_echo_of_instructions_is_not_a_category(stub, context):
         lambda body, text: next(answers, None) if text.rstrip().endswith("Category:") else None)
     state, store = run_graph("data_advisor", context(rounds=1))
     r = store.rounds()[0]
-    assert r["critic_attempts"] == ["", "Animal cruelty"] and r["weakness"] == "Animal cruelty"
+    assert r["critic_attempts"] == ["", "Animal cruelty"] and r["weaknesses"][0] == "Animal cruelty"
 
 
 def test_round_records_end_after_their_last_node(stub, context):

@@ -34,7 +34,8 @@ def test_novelty_check_and_hints_cover_weaknesses_older_than_the_summary(stub, c
     state, store = run_graph("data_advisor", ctx)
     r5 = store.rounds()[4]
     assert r5["critic_attempts"][0] == "Pensioner fraud"  # not in the summary any more ...
-    assert r5["weakness"] == "Deepfake pornography" and r5["weakness_novel"] == 1  # ... rejected
+    assert r5["weaknesses"] == ["Deepfake pornography"]  # ... rejected
+    assert r5["weaknesses_novel"] == [1]
     prompts = critic_prompts(stub)
     retry = next(p for p in prompts if "other than: Pensioner fraud" in p)
     assert "Pensioner fraud, Online fraud" in retry  # the hint the summary cannot give
@@ -51,7 +52,7 @@ def test_long_run_with_merging_summary_stays_novel_and_bounded(stub, context):
                       summary_overflow=overflow, critic_hints=hints)
         ctx.data_path = ctx.data_path.replace("run.sqlite", f"{overflow}.sqlite")
         state, store = run_graph("data_advisor", ctx, thread_id=overflow)
-        novel = [r["weakness_novel"] for r in store.rounds()]
+        novel = [r["weaknesses_novel"][0] for r in store.rounds()]
         assert len(state.summary) <= 6
         if overflow == "merge":
             assert novel == [1] * rounds
@@ -59,7 +60,7 @@ def test_long_run_with_merging_summary_stays_novel_and_bounded(stub, context):
             assert summary_size(state.summary) == 6 + rounds
             listed = {frozenset(content_words(c)) for line in state.summary
                       for c in split_line(line).names()}
-            weaknesses = {frozenset(content_words(r["weakness"])) for r in store.rounds()}
+            weaknesses = {frozenset(content_words(r["weaknesses"][0])) for r in store.rounds()}
             seeds = {frozenset(content_words(c)) for c in read_seeds("categories")}
             assert listed <= weaknesses | seeds
         else:
@@ -86,7 +87,7 @@ def test_critic_attempts_reads_a_range_of_rounds_newest_first(tmp_path):
 
     with RunStore(tmp_path / "run.sqlite", "r1") as store:
         for n in range(1, 6):
-            store.update_round(n, weakness=f"W{n}", critic_attempts=[f"A{n}", f"W{n}"],
+            store.update_round(n, weaknesses=[f"W{n}"], critic_attempts=[f"A{n}", f"W{n}"],
                                summary_before=["big"] * 3)
         got = store.critic_attempts(2, 5)
-    assert got == [("W4", ["A4", "W4"]), ("W3", ["A3", "W3"]), ("W2", ["A2", "W2"])]
+    assert got == [(["W4"], ["A4", "W4"]), (["W3"], ["A3", "W3"]), (["W2"], ["A2", "W2"])]

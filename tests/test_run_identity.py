@@ -371,10 +371,10 @@ def test_a_full_disk_during_a_run_keeps_the_data(tmp_path, stub, capsys, monkeyp
             "--run", str(tmp_path / "full"), "--no-progress"]
     save_round = RunStore.save_round
 
-    def full_in_round_2(self: RunStore, round_: int, *rest: Any) -> Any:
+    def full_in_round_2(self: RunStore, round_: int, *rest: Any, **kw: Any) -> Any:
         if round_ == 2:
             raise sqlite3.OperationalError("database or disk is full")
-        return save_round(self, round_, *rest)
+        return save_round(self, round_, *rest, **kw)
 
     monkeypatch.setattr(RunStore, "save_round", full_in_round_2)
     assert main(args) == 2

@@ -228,6 +228,9 @@ def test_the_stub_recognises_every_template_as_the_nodes_render_it(
     for method in ("data_advisor", "self_instruct"):
         (tmp_path / method).mkdir()
         run_graph(method, make_context(stub, tmp_path / method, rounds=2, prompts_per_round=2))
+    (tmp_path / "batched").mkdir()  # the _batch templates: several weaknesses a round
+    run_graph("data_advisor", make_context(stub, tmp_path / "batched", rounds=2,
+                                           prompts_per_round=2, weaknesses_per_round=3))
     seen = recognitions(stub, shipped)
     assert {sent for sent, _ in seen} == set(SPECS)  # every template was sent
     assert all(sent == recognised for sent, recognised in seen), seen

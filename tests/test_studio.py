@@ -56,6 +56,11 @@ _API_URL = re.compile(r"API: (http://127\.0\.0\.1:\d+)")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def shown_prompts(values: dict) -> list[str]:
+    """The round's prompts as the state shows them: its batches' prompts, batch by batch."""
+    return [p for batch in values.get("batches", []) for p in batch.get("prompts", [])]
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -196,7 +201,7 @@ def test_langgraph_dev_serves_and_runs_the_graphs(tmp_path, capsys):
             with RunStore(folder / DB_FILE, thread_id) as store:
                 rounds = store.rounds()
                 assert [r["round"] for r in rounds] == [1, 2]
-                assert values["summary"][len(seeds):] == [r["weakness"] for r in rounds]
+                assert values["summary"][len(seeds):] == [r["weaknesses"][0] for r in rounds]
                 assert all(r["kept"] == 3 and r["responses"] == 3 for r in rounds)
                 samples = list(store.samples(with_response=True))
                 assert len(samples) == 6 and len(list(store.samples())) == 6
@@ -205,7 +210,7 @@ def test_langgraph_dev_serves_and_runs_the_graphs(tmp_path, capsys):
             prompts = {r: [s["prompt"] for s in samples if s["round"] == r] for r in (1, 2)}
 
             # the state shows what each round produced: at the end the last round's ...
-            assert values["round_prompts"] == prompts[2]
+            assert shown_prompts(values) == prompts[2]
             assert values["round_responses"] == [
                 preview(s["response"]) for s in samples if s["round"] == 2
             ]
@@ -213,9 +218,9 @@ def test_langgraph_dev_serves_and_runs_the_graphs(tmp_path, capsys):
             history = client.threads.get_history(thread_id, limit=100)
             shown = {}
             for step in history:
-                if step["values"].get("round_prompts"):
-                    shown.setdefault(step["values"]["round"], step["values"]["round_prompts"])
-                    assert step["values"]["round_prompts"] == prompts[step["values"]["round"]]
+                if shown_prompts(step["values"]):
+                    shown.setdefault(step["values"]["round"], shown_prompts(step["values"]))
+                    assert shown_prompts(step["values"]) == prompts[step["values"]["round"]]
             assert set(shown) == {1, 2}
 
             # the thread's run folder is one the commands accept

@@ -23,6 +23,11 @@ from nodes.responder import preview
 from tools.store import RunStore, close_shared
 
 
+def shown_prompts(values: dict) -> list[str]:
+    """The round's prompts as the state shows them: its batches' prompts, batch by batch."""
+    return [p for batch in values.get("batches", []) for p in batch.get("prompts", [])]
+
+
 def _context(stub, runs: Path, **overrides) -> StudioContext:
     values = {"base_url": stub.base_url, "model": "stub", "rounds": 2, "prompts_per_round": 3,
               "runs_dir": str(runs), "request_timeout": 10.0, **overrides}
@@ -71,17 +76,17 @@ def test_the_state_holds_each_rounds_prompts_and_responses(stub, tmp_path):
     with RunStore(tmp_path / "runs" / "t1" / DB_FILE, "t1") as store:
         by_round = {r: [s for s in store.samples() if s["round"] == r] for r in (1, 2)}
     final = graph.get_state(config).values
-    assert final["round_prompts"] == [s["prompt"] for s in by_round[2]]  # replaced, not added
+    assert shown_prompts(final) == [s["prompt"] for s in by_round[2]]  # replaced, not added
     assert final["round_responses"] == [preview(s["response"]) for s in by_round[2]]
     # every step shows the prompts of its own round (none before its generator ran)
     seen = set()
     for snapshot in graph.get_state_history(config):
         values = snapshot.values
-        if values.get("round_prompts"):
-            assert values["round_prompts"] == [s["prompt"] for s in by_round[values["round"]]]
+        if shown_prompts(values):
+            assert shown_prompts(values) == [s["prompt"] for s in by_round[values["round"]]]
             seen.add(values["round"])
         if values.get("round_responses"):
-            assert len(values["round_responses"]) == len(values["round_prompts"])
+            assert len(values["round_responses"]) == len(shown_prompts(values))
     assert seen == {1, 2}
 
 

@@ -57,7 +57,7 @@ def test_data_advisor_on_embedded_vllm(tmp_path):
         samples = list(store.samples())
         rejected = store.counts()["rejected"]
     assert [r["round"] for r in rounds] == [1, 2]
-    assert all(r["finished_at"] and r["weakness"] for r in rounds)
+    assert all(r["finished_at"] and r["weaknesses"][0] for r in rounds)
     # every generator output is either kept or rejected with a reason
     assert len(samples) + rejected == 12
     assert all(s["response"] is not None for s in samples)
@@ -69,7 +69,7 @@ def test_data_advisor_on_embedded_vllm(tmp_path):
     assert all(overlaps(seed, summary_names(final)) for seed in seeds), final
     for r in rounds:
         grew = summary_size(r["summary_after"]) - summary_size(r["summary_before"])
-        assert grew >= (1 if r["weakness_novel"] else 0), r
+        assert grew >= (1 if r["weaknesses_novel"][0] else 0), r
     assert all(r["rule_check"] in {"accepted", "corrected"} for r in rounds)
 
     # clean shutdown: no vLLM process left, port free

@@ -280,13 +280,15 @@ _KEPT: OrderedDict[str, AIMessage] = OrderedDict()
 _KEPT_LOCK = threading.Lock()
 
 
-def _answer_key(run: str, endpoint: Endpoint, params: dict[str, Any], slot: int,
+def _answer_key(run: str, scope: str, endpoint: Endpoint, params: dict[str, Any], slot: int,
                 request: Messages) -> str:
-    """What determines one answer: run, endpoint, sampling, slot in the batch and messages."""
+    """What determines one answer: run, scope, endpoint, sampling, slot in the batch and
+    messages."""
     messages = [
         (m.type, m.content) if isinstance(m, BaseMessage) else tuple(m) for m in request
     ]
-    text = repr((run, endpoint.base_url, endpoint.model, _frozen(params), slot, messages))
+    where = (run, scope) if scope else run  # without a scope: the key it had before scopes
+    text = repr((where, endpoint.base_url, endpoint.model, _frozen(params), slot, messages))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -405,13 +407,16 @@ def generate(
     *,
     max_concurrency: int = 32,
     run: str = "",
+    scope: str = "",
     on_answer: Callable[[int, AIMessage], None] | None = None,
     **params: Any,
 ) -> list[AIMessage]:
     """Send many chat requests concurrently; raise :class:`EndpointError` if any fails.
 
     ``run`` names the run: it scopes the circuit breaker and the answers kept when the batch
-    fails (a repeated call with the same requests re-sends only those that failed).
+    fails (a repeated call with the same requests re-sends only those that failed); ``scope``
+    tells apart calls of one run that may send the same messages side by side (a generator
+    task's round and index), so that one never takes another's kept answers.
     ``on_answer(index, answer)`` is called as each answer arrives (to store it at once).
     Requests run by :func:`map_concurrently`: when one fails for good, no other is started,
     the running ones stop retrying, and the first error (a stop by the circuit breaker before
@@ -420,7 +425,7 @@ def generate(
     if not requests:
         return []
     batch = _Batch(role, endpoint, chat_model(endpoint, **params), run)
-    keys = [_answer_key(run, endpoint, params, i, r) for i, r in enumerate(requests)]
+    keys = [_answer_key(run, scope, endpoint, params, i, r) for i, r in enumerate(requests)]
 
     def answer(index: int) -> AIMessage:
         got = _kept(keys[index]) or batch.ask(requests[index])

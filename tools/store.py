@@ -4,15 +4,18 @@ The dataset never enters graph state (a checkpoint would then grow with it). Eve
 keyed so that a step re-executed after a crash replaces its own rows: it neither loses nor
 duplicates them. Tables (all keyed by ``run_id``, so one file may hold many runs or threads):
 
-- ``samples``: kept prompts and their responses, ``id = "{run_id}:{round}:{slot}"``.
+- ``samples``: kept prompts and their responses, ``id = "{run_id}:{round}:{slot}"``; the
+  ``index``-th generator task of a round (its ``index``-th weakness) owns slots
+  ``index * K ... index * K + K - 1``.
 - ``rejections``: generator outputs that were filtered out, with the reason.
-- ``pool``: in-context examples (the seeds, then one prompt per round).
+- ``pool``: in-context examples (the seeds, then one prompt per generator task: W a round).
 - ``rounds``: one row per round: the nodes the round needs (``nodes``, written when the round
-  opens), weakness, summary before/after, rule-check verdict, counts, timings and tokens per
-  node. The summary before the round is stored in full; the proposed
-  and the checked summary as an edit of it (:func:`summary_edit`) when that is shorter, so a
-  record does not hold three copies of a long summary. The readers here return full lists;
-  files written before this hold full lists, read as they are.
+  opens), its ``weaknesses`` (W of them, with ``weaknesses_novel``), summary before/after,
+  rule-check verdict (and per weakness, ``weakness_checks``), counts, timings and tokens per
+  node (one entry per generator task when W > 1). The summary before the round is stored in
+  full; the proposed and the checked summary as an edit of it (:func:`summary_edit`) when that
+  is shorter, so a record does not hold three copies of a long summary. The readers here
+  return full lists; files written before this hold full lists, read as they are.
 - ``templates``: the sha256 of every prompt template a run started (or restarted) with, and the
   first round it applied to, so an export can say which templates wrote the data.
 
@@ -79,10 +82,19 @@ _JSON_COLUMNS = {
     "tokens",
     "critic_attempts",
     "nodes",
+    "weaknesses",
+    "weaknesses_novel",
+    "weakness_checks",
 }
 
-_ADDED_ROUND_COLUMNS = {"ended_at": float, "nodes": str}
-"""Round columns added after the first files were written: added to an older file on open."""
+_ADDED_ROUND_COLUMNS = {
+    "ended_at": float, "nodes": str, "weaknesses": str, "weaknesses_novel": str,
+    "weakness_checks": str,
+}
+"""Round columns added after the first files were written: added to an older file on open.
+A file from before rounds named several weaknesses has one ``weakness`` (and
+``weakness_novel``) per round: copied into the lists when they are added (the old columns stay,
+unused)."""
 
 
 class StoreFileError(sqlite3.DatabaseError):
@@ -134,6 +146,11 @@ class RunStore:
             with self.transaction():  # a run file from before them: their values read as None
                 for column in missing:
                     self.db.table("rounds").add_column(column, _ADDED_ROUND_COLUMNS[column])
+                if "weaknesses" in missing and "weakness" in self.db.table("rounds").columns_dict:
+                    self.db.execute(
+                        "update rounds set weaknesses = json_array(weakness), "
+                        "weaknesses_novel = json_array(weakness_novel) where weakness is not null"
+                    )
         if not self.db.table("templates").exists():  # also in run files from before it
             with self.transaction():
                 self.db.table("templates").create(
@@ -186,8 +203,9 @@ class RunStore:
                 "round": int,
                 "method": str,
                 "nodes": str,
-                "weakness": str,
-                "weakness_novel": int,
+                "weaknesses": str,
+                "weaknesses_novel": str,
+                "weakness_checks": str,
                 "critic_attempts": str,
                 "summary_before": str,
                 "summary_proposed": str,
@@ -219,19 +237,24 @@ class RunStore:
         with self.transaction():
             self.db.table("pool").insert_all(rows, ignore=True)
 
-    def pool(self) -> list[str]:
-        """Current in-context pool, seeds first."""
+    def pool(self, before_round: int | None = None) -> list[str]:
+        """The in-context pool, seeds first (as round ``before_round`` found it: without the
+        entries of that round and later)."""
+        bound = "" if before_round is None else " and round < ?"
         rows = self._rows(
-            "select prompt from pool where run_id = ? order by round, id", [self.run_id]
+            f"select prompt from pool where run_id = ?{bound} order by round, id",
+            [self.run_id, *([] if before_round is None else [before_round])],
         )
         return [r["prompt"] for r in rows]
 
-    def add_to_pool(self, round_: int, prompt: str) -> None:
-        """The round's best prompt joins the pool (replaces the round's entry if re-run)."""
+    def add_to_pool(self, round_: int, prompt: str, index: int = 0) -> None:
+        """The best prompt of the round's ``index``-th generator task joins the pool (replaces
+        that task's entry if it ran again). The first task's id is the round's alone, as
+        before rounds had several tasks."""
+        entry = f"{self.run_id}:{round_}" + (f":{index}" if index else "")
         with self.transaction():
             self.db.table("pool").insert(
-                {"id": f"{self.run_id}:{round_}", "run_id": self.run_id, "round": round_,
-                 "prompt": prompt},
+                {"id": entry, "run_id": self.run_id, "round": round_, "prompt": prompt},
                 replace=True,
             )
 
@@ -245,9 +268,15 @@ class RunStore:
         return [r["prompt"] for r in rows]
 
     def save_round(
-        self, round_: int, kept: Sequence[dict[str, Any]], rejected: Sequence[dict[str, Any]]
+        self,
+        round_: int,
+        kept: Sequence[dict[str, Any]],
+        rejected: Sequence[dict[str, Any]],
+        *,
+        slots: range | None = None,
     ) -> list[str]:
-        """Replace the round's prompts and rejections in one transaction; return the kept ids."""
+        """Replace the round's prompts and rejections in one transaction (only those in
+        ``slots``, one generator task's, when given); return the kept ids."""
         now = time.time()
         sample_rows = [
             {
@@ -270,13 +299,39 @@ class RunStore:
             for r in rejected
         ]
         with self.transaction():
+            within, bounds = "", []
+            if slots is not None:
+                within, bounds = " and slot >= ? and slot < ?", [slots.start, slots.stop]
             for table in ("samples", "rejections"):
                 self.db.execute(
-                    f"delete from {table} where run_id = ? and round = ?", [self.run_id, round_]
+                    f"delete from {table} where run_id = ? and round = ?{within}",
+                    [self.run_id, round_, *bounds],
                 )
             self.db.table("samples").insert_all(sample_rows)
             self.db.table("rejections").insert_all(reject_rows)
         return [r["id"] for r in sample_rows]
+
+    def round_prompts(self, round_: int, *, excluding: range) -> list[str]:
+        """Kept prompts of the round outside the ``excluding`` slots (the round's other
+        generator tasks')."""
+        rows = self._rows(
+            "select prompt from samples where run_id = ? and round = ? "
+            "and (slot < ? or slot >= ?) order by slot",
+            [self.run_id, round_, excluding.start, excluding.stop],
+        )
+        return [r["prompt"] for r in rows]
+
+    def round_counts(self, round_: int) -> tuple[int, dict[str, int]]:
+        """The round's kept prompts and its rejections by reason, as stored (all its tasks)."""
+        kept = self._rows(
+            "select count(*) n from samples where run_id = ? and round = ?", [self.run_id, round_]
+        )[0]["n"]
+        rows = self._rows(
+            "select reason, count(*) n from rejections where run_id = ? and round = ? "
+            "group by reason order by reason",
+            [self.run_id, round_],
+        )
+        return int(kept), {r["reason"]: int(r["n"]) for r in rows}
 
     def get_samples(self, ids: Iterable[str]) -> list[dict[str, Any]]:
         """Rows for the given sample ids, in the given order."""
@@ -440,15 +495,18 @@ class RunStore:
         )
         return _decode(rows[0]) if rows else {}
 
-    def critic_attempts(self, since: int, before: int) -> list[tuple[str | None, list[str]]]:
-        """``(weakness, critic attempts)`` of the rounds ``since <= round < before``, the most
+    def critic_attempts(self, since: int, before: int) -> list[tuple[list[str], list[str]]]:
+        """``(weaknesses, critic attempts)`` of the rounds ``since <= round < before``, the most
         recent first (one query, without the records' summaries)."""
         rows = self._rows(
-            "select weakness, critic_attempts from rounds where run_id = ? and round >= ? "
+            "select weaknesses, critic_attempts from rounds where run_id = ? and round >= ? "
             "and round < ? order by round desc",
             [self.run_id, since, before],
         )
-        return [(r["weakness"], _decode(r).get("critic_attempts") or []) for r in rows]
+        return [
+            ((found := _decode(r)).get("weaknesses") or [], found.get("critic_attempts") or [])
+            for r in rows
+        ]
 
     def get_round(self, round_: int) -> dict[str, Any] | None:
         """One round's record, JSON decoded."""
@@ -463,13 +521,14 @@ class RunStore:
         return [_decode(r) for r in rows]
 
     def weaknesses(self, before_round: int) -> list[str]:
-        """Weaknesses named in the rounds before ``before_round``, in round order."""
+        """Weaknesses named in the rounds before ``before_round``, in round order (a round's
+        in the critic's order)."""
         rows = self._rows(
-            "select weakness from rounds where run_id = ? and round < ? "
-            "and weakness is not null order by round",
+            "select weaknesses from rounds where run_id = ? and round < ? "
+            "and weaknesses is not null order by round",
             [self.run_id, before_round],
         )
-        return [r["weakness"] for r in rows]
+        return [w for r in rows for w in json.loads(r["weaknesses"])]
 
     def is_current(self) -> bool:
         """False once the file was deleted or replaced under this open connection."""
