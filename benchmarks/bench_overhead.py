@@ -170,13 +170,14 @@ def floor_seconds(entries: list[Call], latency: float, floor: Floor) -> float:
 
 
 def measure(method: Method, *, rounds: int, k: int, latency: float, workdir: Path,
-            floor: Floor | None = None, profiler: cProfile.Profile | None = None,
+            floor: Floor | None = None, profiler: cProfile.Profile | None = None, w: int = 1,
             ) -> OverheadResult:
-    """Create and execute one run against a fresh stub; return its timings."""
+    """Create and execute one run against a fresh stub (W weaknesses a round, K prompts
+    each); return its timings."""
     with ProcessStub(latency=latency) as stub:
         ctx = Context(base_url=stub.base_url, model="stub", rounds=rounds, prompts_per_round=k,
-                      request_timeout=60.0)
-        run = create_run(workdir / f"{method}-{rounds}x{k}", method, ctx, embedded=False)
+                      weaknesses_per_round=w, request_timeout=60.0, max_concurrency=max(32, w * k))
+        run = create_run(workdir / f"{method}-{rounds}x{w}x{k}", method, ctx, embedded=False)
         if profiler is not None:
             threading.setprofile(_thread_profiler(profiler))  # threads started from now on
             profiler.enable()
@@ -232,7 +233,9 @@ def _node_rows(method: str, records: list[dict[str, Any]], per_round: list[list[
     """Per node: mean s, its calls' server s, overhead ms, bare-call s, ms beyond bare calls."""
     rows = []
     for node in NODES[method]:
-        times = [(r.get("timings") or {}).get(node) for r in records]
+        # a round's generator tasks (generator[i]) run side by side: the step takes the longest
+        times = [max((t for name, t in (r.get("timings") or {}).items()
+                      if name.split("[")[0] == node), default=None) for r in records]
         times = [t for t in times if t is not None]
         if not times:
             continue
@@ -283,7 +286,7 @@ def report(result: OverheadResult) -> str:
 
 def run(rounds: int = 10, k: int = 10, latency: float = 0.2,
         methods: tuple[Method, ...] = METHODS, warmup: bool = True,
-        profile: str | None = None, quiet: bool = False, repeat: int = 3,
+        profile: str | None = None, quiet: bool = False, repeat: int = 3, w: int = 1,
         ) -> list[OverheadResult]:
     """Measure every method ``repeat`` times, interleaved, in this process; print all and
     return, per method, the run with the median whole-run ratio (load on a shared machine moves
@@ -295,7 +298,7 @@ def run(rounds: int = 10, k: int = 10, latency: float = 0.2,
             for method in methods:
                 measure(method, rounds=1, k=2, latency=0.0, workdir=workdir / "warmup")
         for rep in range(repeat):
-            floor = client_floor(latency, k)  # again each time: the machine's speed drifts
+            floor = client_floor(latency, w * k)  # again each time: the machine's speed drifts
             if not quiet:
                 print("bare tools.llm.generate against the stub (median): "
                       + ", ".join(f"{n} request(s) {1000 * t:.1f} ms" for n, t in floor.items())
@@ -305,7 +308,8 @@ def run(rounds: int = 10, k: int = 10, latency: float = 0.2,
                 profiler = (cProfile.Profile() if profile and rep == 0 and method == methods[0]
                             else None)
                 result = measure(method, rounds=rounds, k=k, latency=latency,
-                                 workdir=workdir / f"rep{rep}", floor=floor, profiler=profiler)
+                                 workdir=workdir / f"rep{rep}", floor=floor, profiler=profiler,
+                                 w=w)
                 runs[method].append(result)
                 if not quiet:
                     print(f"  run {rep + 1}/{repeat} {method}: ratio {result.ratio:.3f}, "
@@ -341,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("-k", type=int, default=10, help="prompts per round")
+    parser.add_argument("-k", type=int, default=10, help="prompts per weakness (K)")
+    parser.add_argument("-w", type=int, default=1, help="weaknesses per round (W)")
     parser.add_argument("--latency", type=float, default=0.2, help="stub latency L, seconds")
     parser.add_argument("--method", choices=[*METHODS, "both"], default="both")
     parser.add_argument("--repeat", type=int, default=3, help="runs per method (median shown)")
@@ -351,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     methods = METHODS if args.method == "both" else (args.method,)
     results = run(args.rounds, args.k, args.latency, methods, not args.no_warmup, args.profile,
-                  repeat=args.repeat)
+                  repeat=args.repeat, w=args.w)
     print()
     print(table([[r.method, r.ratio, r.overhead_ms, r.steady_ratio, r.steady_overhead_ms,
                   r.nominal_ratio, r.bare_ratio, r.app_ms] for r in results],

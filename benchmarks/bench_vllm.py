@@ -7,13 +7,16 @@ log in a temporary folder) and measures, side by side in one process:
 2. raw throughput: 32 chat completions sent at once (``max_tokens`` 128, ``ignore_eos`` through
    vLLM's extra body), output tokens from ``usage`` over the wall time; measured before and
    after the run, and averaged (other load on the machine moves it);
-3. a Data Advisor run (``graph.runner.create_run`` + ``execute``, default 5 rounds, K=10)
-   against that server: kept prompts per minute and run tokens/s (the sum of the round records'
-   output ``tokens`` over the run's wall time), and the latter over the raw 32-concurrent
-   tokens/s (aim: >= 0.7). Per node, the share of the run's time and its tokens/s show where
-   the server is under-used (single sequential calls, batches smaller than 32).
+3. Data Advisor runs (``graph.runner.create_run`` + ``execute``) against that server, one per
+   ``--shapes`` entry ``WxK`` (W weaknesses a round, K prompts each; default
+   ``1x10,3x10,1x32``, each ``--rounds`` rounds), one after the other on the same server: kept
+   prompts per minute, run tokens/s (the sum of the round records' output ``tokens`` over the
+   run's wall time) and the latter over the raw 32-concurrent tokens/s (aim: >= 0.7 at
+   W x K >= 30), with the server's own prompt and generation token counters over each run.
+   Per node, the share of the run's time and its tokens/s show where the server is under-used
+   (single sequential calls, batches smaller than 32).
 
-    python benchmarks/bench_vllm.py --rounds 5 -k 10
+    python benchmarks/bench_vllm.py --rounds 4 --shapes 1x10,3x10,1x32
 
 ``--sweep 1,4,8,16,32,64`` measures only the server instead: output tokens/s against requests
 in flight (each level sends that many chat completions at once, ``max_tokens`` 128,
@@ -48,24 +51,42 @@ TOPICS = ("a lighthouse", "a city garden", "the history of bridges", "a mountain
 
 
 @dataclass
-class VllmResult:
-    """Measurements of one benchmark."""
+class RunResult:
+    """One Data Advisor run of the benchmark: W weaknesses a round, K prompts each."""
 
-    model: str
-    startup_s: float
-    single_tps: float
-    raw_tps: list[float] = field(default_factory=list)
-    concurrency: int = 32
-    run_wall_s: float = 0.0
-    run_tokens: int = 0
-    rounds: int = 0
-    k: int = 0
+    w: int
+    k: int
+    rounds: int
+    wall_s: float = 0.0
+    tokens: int = 0
     kept: int = 0
     rejected: int = 0
     node_seconds: dict[str, float] = field(default_factory=dict)
     node_tokens: dict[str, int] = field(default_factory=dict)
     server_tokens: dict[str, float] = field(default_factory=dict)
     """Prompt and generated tokens the server counted during the run (its /metrics)."""
+
+    @property
+    def tps(self) -> float:
+        """Output tokens/s of the run."""
+        return self.tokens / self.wall_s
+
+    @property
+    def kept_per_minute(self) -> float:
+        """Kept prompts per minute of the run."""
+        return 60 * self.kept / self.wall_s
+
+
+@dataclass
+class VllmResult:
+    """Measurements of one benchmark: the server's, then one run per shape."""
+
+    model: str
+    startup_s: float
+    single_tps: float
+    raw_tps: list[float] = field(default_factory=list)
+    concurrency: int = 32
+    runs: list[RunResult] = field(default_factory=list)
     loadavg: tuple[float, float] = (0.0, 0.0)
 
     @property
@@ -73,20 +94,9 @@ class VllmResult:
         """Mean raw 32-concurrent tokens/s."""
         return statistics.fmean(self.raw_tps)
 
-    @property
-    def run_tps(self) -> float:
-        """Output tokens/s of the Data Advisor run."""
-        return self.run_tokens / self.run_wall_s
-
-    @property
-    def kept_per_minute(self) -> float:
-        """Kept prompts per minute of the run."""
-        return 60 * self.kept / self.run_wall_s
-
-    @property
-    def ratio(self) -> float:
-        """Run tokens/s over raw 32-concurrent tokens/s."""
-        return self.run_tps / self.raw_mean
+    def ratio(self, run: RunResult) -> float:
+        """A run's tokens/s over the raw 32-concurrent tokens/s."""
+        return run.tps / self.raw_mean
 
 
 def _request(client: openai.OpenAI, model: str, i: int, max_tokens: int) -> int:
@@ -133,9 +143,11 @@ def _started(model: str | None, log: Path | None
             yield server, client, Path(tmp)
 
 
-def measure(rounds: int = 5, k: int = 10, concurrency: int = 32, max_tokens: int = 128,
-            model: str | None = None, log: Path | None = None) -> VllmResult:
-    """Start the server, measure raw throughput, run Data Advisor against it."""
+def measure(shapes: Sequence[tuple[int, int]] = ((1, 10), (3, 10), (1, 32)), rounds: int = 4,
+            concurrency: int = 32, max_tokens: int = 128, model: str | None = None,
+            log: Path | None = None) -> VllmResult:
+    """Start the server, measure raw throughput, run Data Advisor at each (W, K) against it,
+    raw throughput again."""
     load_before = os.getloadavg()[0]
     with _started(model, log) as (server, client, tmp):
         name = server.model_name
@@ -143,33 +155,43 @@ def measure(rounds: int = 5, k: int = 10, concurrency: int = 32, max_tokens: int
         started = time.perf_counter()
         single = _request(client, name, 0, max_tokens) / (time.perf_counter() - started)
         result = VllmResult(model=name, startup_s=server.startup_seconds or 0.0,
-                            single_tps=single, concurrency=concurrency, rounds=rounds, k=k)
+                            single_tps=single, concurrency=concurrency)
         result.raw_tps.append(throughput(client, name, concurrency, max_tokens))
         print(f"  single {single:.1f} tok/s, {concurrency} concurrent "
-              f"{result.raw_tps[-1]:.1f} tok/s; Data Advisor run ...", flush=True)
-        ctx = Context(base_url=server.base_url, model=name, rounds=rounds, prompts_per_round=k)
-        run = create_run(tmp / "da", "data_advisor", ctx, embedded=False)
-        before = server_counters(server.base_url)
-        started = time.perf_counter()
-        execute(run, resume=False, show_progress=False)
-        result.run_wall_s = time.perf_counter() - started
-        after = server_counters(server.base_url)
-        result.server_tokens = {k: after[k] - before.get(k, 0.0) for k in after}
+              f"{result.raw_tps[-1]:.1f} tok/s", flush=True)
+        for w, k in shapes:
+            print(f"  Data Advisor, W={w}, K={k}, {rounds} rounds ...", flush=True)
+            result.runs.append(_run(server, tmp, w, k, rounds, concurrency))
         result.raw_tps.append(throughput(client, name, concurrency, max_tokens))
-        with RunStore(run.db_path, run.run_id) as store:
-            records = store.rounds()
-            counts = store.counts()
+    result.loadavg = (load_before, os.getloadavg()[0])
+    return result
+
+
+def _run(server: EmbeddedServer, tmp: Path, w: int, k: int, rounds: int,
+         concurrency: int) -> RunResult:
+    """One Data Advisor run at W x K against the server."""
+    ctx = Context(base_url=server.base_url, model=server.model_name, rounds=rounds,
+                  prompts_per_round=k, weaknesses_per_round=w, max_concurrency=concurrency)
+    run = create_run(tmp / f"da-{w}x{k}", "data_advisor", ctx, embedded=False)
+    before = server_counters(server.base_url)
+    started = time.perf_counter()
+    execute(run, resume=False, show_progress=False)
+    result = RunResult(w=w, k=k, rounds=rounds, wall_s=time.perf_counter() - started)
+    after = server_counters(server.base_url)
+    result.server_tokens = {name: after[name] - before.get(name, 0.0) for name in after}
+    with RunStore(run.db_path, run.run_id) as store:
+        records = store.rounds()
+        counts = store.counts()
     seconds: dict[str, float] = defaultdict(float)
     tokens: dict[str, int] = defaultdict(int)
     for record in records:
         for node, value in (record.get("timings") or {}).items():
-            seconds[node] += value
+            seconds[node.split("[")[0]] += value  # a round's generator tasks side by side
         for node, value in (record.get("tokens") or {}).items():
-            tokens[node] += value
+            tokens[node.split("[")[0]] += value
     result.node_seconds, result.node_tokens = dict(seconds), dict(tokens)
-    result.run_tokens = sum(tokens.values())
+    result.tokens = sum(tokens.values())
     result.kept, result.rejected = counts["prompts"], counts["rejected"]
-    result.loadavg = (load_before, os.getloadavg()[0])
     return result
 
 
@@ -190,36 +212,51 @@ def sweep(levels: Sequence[int], max_tokens: int = 128, model: str | None = None
 
 def report(r: VllmResult) -> str:
     """Human-readable lines for a result."""
-    rows = [[node, r.node_seconds[node], r.node_seconds[node] / r.run_wall_s,
-             r.node_tokens.get(node, 0),
-             r.node_tokens.get(node, 0) / r.node_seconds[node] if r.node_seconds[node] else 0.0]
-            for node in r.node_seconds]
-    return "\n".join([
+    rows = [[f"{run.w}x{run.k}", run.w * run.k, run.wall_s, run.kept, run.kept_per_minute,
+             run.tps, r.ratio(run), run.server_tokens.get("prompt_tokens", 0.0),
+             run.server_tokens.get("generation_tokens", 0.0)] for run in r.runs]
+    lines = [
         f"vLLM {r.model}: started in {r.startup_s:.0f} s; load average {r.loadavg[0]:.1f} -> "
         f"{r.loadavg[1]:.1f}",
         f"  single request: {r.single_tps:.1f} tok/s",
         f"  raw {r.concurrency} concurrent (max_tokens 128, ignore_eos): "
         + ", ".join(f"{t:.1f}" for t in r.raw_tps) + f" tok/s (before, after; mean "
         f"{r.raw_mean:.1f})",
-        f"  Data Advisor {r.rounds} rounds, K={r.k}: {r.run_wall_s:.1f} s, kept {r.kept}, "
-        f"rejected {r.rejected}, {r.run_tokens} output tokens",
-        f"  kept prompts/minute: {r.kept_per_minute:.2f}",
-        f"  run tokens/s: {r.run_tps:.1f} = {r.ratio:.3f} x raw {r.concurrency}-concurrent "
-        f"({r.run_tps / r.single_tps:.2f} x single request)",
-        "  the server's counters over the run: "
-        + ", ".join(f"{name} {n:.0f} ({n / r.run_wall_s:.1f}/s)"
-                    for name, n in r.server_tokens.items()),
-        "  per node (round records; summarizer and responder run side by side):",
-        *("    " + line for line in table(rows, ["node", "seconds", "share", "tokens",
-                                                  "tok/s"]).splitlines()),
-    ])
+        "  Data Advisor runs, one after the other on this server (ratio: run tok/s over the "
+        f"raw {r.concurrency}-concurrent mean; aim >= 0.7 at W x K >= 30):",
+        *("    " + line for line in table(rows, [
+            "W x K", "a round", "seconds", "kept", "kept/min", "run tok/s", "ratio",
+            "server prompt tok", "server gen tok"]).splitlines()),
+    ]
+    for run in r.runs:
+        nodes = [[node, run.node_seconds[node], run.node_seconds[node] / run.wall_s,
+                  run.node_tokens.get(node, 0),
+                  run.node_tokens.get(node, 0) / run.node_seconds[node]
+                  if run.node_seconds[node] else 0.0] for node in run.node_seconds]
+        lines += [f"  per node at {run.w}x{run.k} (round records; generator tasks and the "
+                  "summarizer/responder pair run side by side, so shares may pass 1):",
+                  *("    " + line for line in table(nodes, ["node", "seconds", "share",
+                                                            "tokens", "tok/s"]).splitlines())]
+    return "\n".join(lines)
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """``"1x10,3x10"`` -> ``[(1, 10), (3, 10)]`` (W x K)."""
+    shapes = []
+    for item in text.split(","):
+        w, _, k = item.strip().lower().partition("x")
+        if not (w.isdigit() and k.isdigit() and int(w) > 0 and int(k) > 0):
+            raise argparse.ArgumentTypeError(f"{item!r}: write WxK, e.g. 3x10")
+        shapes.append((int(w), int(k)))
+    return shapes
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("-k", type=int, default=10, help="prompts per round")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of each run")
+    parser.add_argument("--shapes", type=parse_shapes, default=[(1, 10), (3, 10), (1, 32)],
+                        help="runs to compare, W x K each (default 1x10,3x10,1x32)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--model", help="HF id or local path (default: the embedded SmolLM2)")
     parser.add_argument("--log", type=Path, help="vLLM log file (default: a temporary one)")
@@ -232,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"load average {os.getloadavg()[0]:.1f}")
         print(table(rows, ["in flight", "tok/s", "x first level"]))
         return
-    result = measure(args.rounds, args.k, args.concurrency, model=args.model, log=args.log)
+    result = measure(args.shapes, args.rounds, args.concurrency, model=args.model, log=args.log)
     print(report(result))
 
 

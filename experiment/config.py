@@ -9,7 +9,8 @@ The config (every key optional unless said otherwise; see ``configs/cpu-small.to
 
     out_dir = "experiments/x"     # default for run_experiment(out_dir=None)
     seed = 0
-    [generation]   methods, target_size, rounds, prompts_per_round (K), examples_per_request,
+    [generation]   methods, target_size, rounds, prompts_per_round (K), weaknesses_per_round
+                   (W), examples_per_request,
                    base_url, model, advisor_url/_model, generator_url/_model,
                    responder_url/_model, api_key_env, max_concurrency, seed_prompts_file,
                    seed_categories_file, max_model_len, server_args, [generation.context]
@@ -61,6 +62,9 @@ class GenerationConfig:
     rounds: int | None = None
     """Round bound (default: effectively none with a target size, else 10)."""
     prompts_per_round: int = 10
+    """K: prompts asked for per weakness (per batch for Self-Instruct)."""
+    weaknesses_per_round: int = 1
+    """W: weaknesses per round, generated side by side (both methods get W x K a round)."""
     examples_per_request: int = 3
     base_url: str | None = None
     """OpenAI-compatible server for every role; without it, one embedded vLLM server."""
@@ -91,8 +95,8 @@ class GenerationConfig:
             raise ConfigError("[generation] methods is empty")
         if self.target_size is None and self.rounds is None:
             raise ConfigError("[generation] needs target_size or rounds")
-        for name in ("rounds", "target_size", "prompts_per_round", "examples_per_request",
-                     "max_concurrency"):
+        for name in ("rounds", "target_size", "prompts_per_round", "weaknesses_per_round",
+                     "examples_per_request", "max_concurrency"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"[generation] {name}: got {value!r}; must be an integer >= 1")

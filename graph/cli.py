@@ -65,6 +65,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="prompts asked for per round (K)" + _or_env("prompts_per_round"),
     )
     p.add_argument(
+        "-w", "--weaknesses-per-round", type=positive_int,
+        help="weaknesses the critic names per round (W), each with K prompts generated side "
+        "by side: W x K prompts a round; 1 is the paper's loop, 3 or more keeps a server busy "
+        "(Self-Instruct gets the same W x K)" + _or_env("weaknesses_per_round"),
+    )
+    p.add_argument(
         "--examples", type=positive_int,
         help="in-context examples per request" + _or_env("examples_per_request"),
     )
@@ -196,6 +202,7 @@ def _context(args: argparse.Namespace) -> Context:
         "rounds": args.rounds,
         "target_size": args.target_size,
         "prompts_per_round": args.prompts_per_round,
+        "weaknesses_per_round": args.weaknesses_per_round,
         "examples_per_request": args.examples,
         "seed": args.seed,
         "rule_check": False if args.no_rule_check else None,

@@ -36,6 +36,7 @@ from functools import wraps
 from typing import Any, Literal, Protocol
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime, get_runtime
@@ -221,6 +222,15 @@ def build_self_instruct(
     builder.add_edge("generator", "responder")
     builder.add_conditional_edges("responder", _next_round("generator"), ["generator", END])
     return builder
+
+
+def checkpoint_serializer() -> JsonPlusSerializer:
+    """The serializer for a run's checkpoints: LangGraph's, with the app's own type a
+    checkpoint holds (a pending ``Send``'s :class:`GeneratorTask`) allowed by name, and no
+    other class outside LangGraph's safe types (as ``LANGGRAPH_STRICT_MSGPACK`` would have it)."""
+    return JsonPlusSerializer(
+        allowed_msgpack_modules=[(GeneratorTask.__module__, GeneratorTask.__name__)]
+    )
 
 
 def compile_graph(

@@ -73,7 +73,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from graph.context import ROLES, STUDIO_FILE, Context, ContextError
-from graph.graph import Method, compile_graph, run_finished
+from graph.graph import Method, checkpoint_serializer, compile_graph, run_finished
 from graph.seeds import read_seeds
 from graph.state import State, round_unfinished
 from graph.templates import load_templates
@@ -362,7 +362,7 @@ def checkpointer(run: Run) -> Iterator[SqliteSaver]:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL: consistent after a crash, no fsync a step
     try:
-        yield SqliteSaver(conn)
+        yield SqliteSaver(conn, serde=checkpoint_serializer())
     finally:
         conn.close()
 

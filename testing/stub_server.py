@@ -536,8 +536,9 @@ class StubServer:
     ``models`` are the ids ``GET /v1/models`` lists, ``roots`` the ``root`` (what the model
     was loaded from, as vLLM lists it) of some of them. ``requests`` records every completion
     request body received, ``status_counts`` counts the statuses of the error and completion
-    responses, ``fault_counts`` the faults served by name; all of them, ``failures`` and
-    ``faults`` may be read or changed while the server runs.
+    responses, ``fault_counts`` the faults served by name, ``max_in_flight`` the most completion
+    requests it answered at once; all of them, ``failures`` and ``faults`` may be read or
+    changed while the server runs.
     """
 
     def __init__(
@@ -564,6 +565,10 @@ class StubServer:
         self.headers: list[dict[str, str]] = []
         """Headers of each recorded request (lower-case names), parallel to ``requests``."""
         self.status_counts: Counter[int] = Counter()
+        self.in_flight = 0
+        """Completion requests being answered now."""
+        self.max_in_flight = 0
+        """The most completion requests answered at once so far."""
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -710,6 +715,16 @@ class StubServer:
         )
 
     async def _complete(self, request: Request, *, chat: bool) -> Response:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request, chat=chat)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _answer(self, request: Request, *, chat: bool) -> Response:
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError:

@@ -12,7 +12,7 @@ import pytest
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from graph.context import Context
-from graph.graph import compile_graph
+from graph.graph import checkpoint_serializer, compile_graph
 from graph.state import State
 from testing.stub_server import StubServer
 from tools.store import RunStore
@@ -62,7 +62,7 @@ def run_graph(method: str, ctx: Context, thread_id: str = "t1") -> tuple[State, 
     conn = sqlite3.connect(
         Path(ctx.data_path).with_name("checkpoints.sqlite"), check_same_thread=False
     )
-    graph = compile_graph(method, SqliteSaver(conn))  # type: ignore[arg-type]
+    graph = compile_graph(method, SqliteSaver(conn, serde=checkpoint_serializer()))  # type: ignore[arg-type]
     config = {"configurable": {"thread_id": thread_id}, "recursion_limit": 200}
     final = graph.invoke({}, config, context=ctx)
     conn.close()

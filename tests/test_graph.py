@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import handler_with, run_graph
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from graph.graph import compile_graph
+from graph.graph import checkpoint_serializer, compile_graph
 from graph.seeds import read_seeds
 from nodes.filters import overlaps
 
@@ -141,7 +141,7 @@ def test_summarizer_and_responder_run_side_by_side(stub, context, tmp_path):
         ctx.data_path = str(tmp_path / f"rc-{rule_check}" / "run.sqlite")
         state, store = run_graph("data_advisor", ctx)
         conn = sqlite3.connect(Path(ctx.data_path).with_name("checkpoints.sqlite"))
-        graph = compile_graph("data_advisor", SqliteSaver(conn))  # type: ignore[arg-type]
+        graph = compile_graph("data_advisor", SqliteSaver(conn, serde=checkpoint_serializer()))  # type: ignore[arg-type]
         history = list(graph.get_state_history({"configurable": {"thread_id": "t1"}}))
         steps = [tuple(sorted(h.next)) for h in reversed(history) if h.next]
         conn.close()
