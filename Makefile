@@ -1,5 +1,5 @@
 # Set-up and the two commands that matter: `make run` (a Data Advisor run on the embedded
-# SmolLM2 server) and `make test`. Each sets up what it needs first.
+# SmolLM2 server, 3 rounds of 3 weaknesses x 10 prompts) and `make test`. Each sets up what it needs first.
 # On a GPU machine: `make setup EXTRAS=gpu,test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,6 +7,9 @@ comma := ,
 EXTRAS ?= cpu,test
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 ROUNDS ?= 3
+# weaknesses per round: 3 is the fast setting (measured: 28 kept prompts/min on the embedded
+# vLLM against 16 at 1, docs/generation-scale.md); `make run W=1` is the paper's loop
+W ?= 3
 
 .PHONY: setup run test lint bench clean
 
@@ -24,7 +27,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(VENV)/bin/data-advisor run --rounds $(ROUNDS)
+	$(VENV)/bin/data-advisor run --rounds $(ROUNDS) -w $(W)
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -41,9 +41,11 @@ Call = tuple[float, float, Kind]
 
 _KINDS: dict[str, Kind] = {
     "weakness_critic": "critic",
+    "weakness_critic_batch": "critic",
     "generator": "generator",
     "self_instruct_generator": "generator",
     "summarizer": "summarizer",
+    "summarizer_batch": "summarizer",
     "responder": "responder",
 }
 

@@ -43,6 +43,7 @@ from _common import table
 
 from graph.context import Context
 from graph.runner import create_run, execute
+from graph.templates import load_templates
 from tools.server import EmbeddedServer
 from tools.store import RunStore
 
@@ -87,6 +88,8 @@ class VllmResult:
     raw_tps: list[float] = field(default_factory=list)
     concurrency: int = 32
     runs: list[RunResult] = field(default_factory=list)
+    responder_tps: float = 0.0
+    """The responder's own requests at ``concurrency`` in flight (:func:`responder_throughput`)."""
     loadavg: tuple[float, float] = (0.0, 0.0)
 
     @property
@@ -118,6 +121,26 @@ def server_counters(base_url: str) -> dict[str, float]:
             if line.startswith(f"vllm:{name}_total"):
                 totals[name] += float(line.rsplit(" ", 1)[1])
     return dict(totals)
+
+
+def responder_throughput(client: openai.OpenAI, model: str, prompts: Sequence[str],
+                         concurrency: int, max_tokens: int) -> float:
+    """Output tokens/s of the responder's own requests (its system prompt, kept prompts of a
+    run, its ``max_tokens``, stopping where the model stops) sent ``concurrency`` at a time:
+    what the server does with the app's biggest batch, prefill and uneven lengths included."""
+    system = load_templates()["responder"]
+
+    def one(prompt: str) -> int:
+        answer = client.chat.completions.create(
+            model=model, max_tokens=max_tokens, temperature=0.7,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": prompt}],
+        )
+        return answer.usage.completion_tokens if answer.usage else 0
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        started = time.perf_counter()
+        tokens = sum(pool.map(one, prompts))
+        return tokens / (time.perf_counter() - started)
 
 
 def throughput(client: openai.OpenAI, model: str, concurrency: int, max_tokens: int = 128,
@@ -159,17 +182,21 @@ def measure(shapes: Sequence[tuple[int, int]] = ((1, 10), (3, 10), (1, 32)), rou
         result.raw_tps.append(throughput(client, name, concurrency, max_tokens))
         print(f"  single {single:.1f} tok/s, {concurrency} concurrent "
               f"{result.raw_tps[-1]:.1f} tok/s", flush=True)
+        prompts: list[str] = []
         for w, k in shapes:
             print(f"  Data Advisor, W={w}, K={k}, {rounds} rounds ...", flush=True)
-            result.runs.append(_run(server, tmp, w, k, rounds, concurrency))
+            result.runs.append(_run(server, tmp, w, k, rounds, concurrency, prompts))
         result.raw_tps.append(throughput(client, name, concurrency, max_tokens))
+        result.responder_tps = responder_throughput(
+            client, name, prompts[: 2 * concurrency], concurrency, Context().responder_max_tokens)
     result.loadavg = (load_before, os.getloadavg()[0])
     return result
 
 
 def _run(server: EmbeddedServer, tmp: Path, w: int, k: int, rounds: int,
-         concurrency: int) -> RunResult:
-    """One Data Advisor run at W x K against the server."""
+         concurrency: int, prompts: list[str]) -> RunResult:
+    """One Data Advisor run at W x K against the server (its kept prompts added to
+    ``prompts``)."""
     ctx = Context(base_url=server.base_url, model=server.model_name, rounds=rounds,
                   prompts_per_round=k, weaknesses_per_round=w, max_concurrency=concurrency)
     run = create_run(tmp / f"da-{w}x{k}", "data_advisor", ctx, embedded=False)
@@ -182,11 +209,16 @@ def _run(server: EmbeddedServer, tmp: Path, w: int, k: int, rounds: int,
     with RunStore(run.db_path, run.run_id) as store:
         records = store.rounds()
         counts = store.counts()
+        prompts += [sample["prompt"] for sample in store.samples()]
     seconds: dict[str, float] = defaultdict(float)
     tokens: dict[str, int] = defaultdict(int)
     for record in records:
+        longest: dict[str, float] = defaultdict(float)
         for node, value in (record.get("timings") or {}).items():
-            seconds[node.split("[")[0]] += value  # a round's generator tasks side by side
+            base = node.split("[")[0]  # a round's generator tasks run side by side: the longest
+            longest[base] = max(longest[base], value)
+        for node, value in longest.items():
+            seconds[node] += value
         for node, value in (record.get("tokens") or {}).items():
             tokens[node.split("[")[0]] += value
     result.node_seconds, result.node_tokens = dict(seconds), dict(tokens)
@@ -213,7 +245,8 @@ def sweep(levels: Sequence[int], max_tokens: int = 128, model: str | None = None
 def report(r: VllmResult) -> str:
     """Human-readable lines for a result."""
     rows = [[f"{run.w}x{run.k}", run.w * run.k, run.wall_s, run.kept, run.kept_per_minute,
-             run.tps, r.ratio(run), run.server_tokens.get("prompt_tokens", 0.0),
+             run.tps, r.ratio(run), run.tps / r.responder_tps if r.responder_tps else 0.0,
+             run.server_tokens.get("prompt_tokens", 0.0),
              run.server_tokens.get("generation_tokens", 0.0)] for run in r.runs]
     lines = [
         f"vLLM {r.model}: started in {r.startup_s:.0f} s; load average {r.loadavg[0]:.1f} -> "
@@ -222,19 +255,23 @@ def report(r: VllmResult) -> str:
         f"  raw {r.concurrency} concurrent (max_tokens 128, ignore_eos): "
         + ", ".join(f"{t:.1f}" for t in r.raw_tps) + f" tok/s (before, after; mean "
         f"{r.raw_mean:.1f})",
+        f"  the responder's own requests, {r.concurrency} in flight (kept prompts of the runs, "
+        f"its system prompt and max_tokens, stopping where the model stops): "
+        f"{r.responder_tps:.1f} tok/s = {r.responder_tps / r.raw_mean:.3f} x raw",
         "  Data Advisor runs, one after the other on this server (ratio: run tok/s over the "
-        f"raw {r.concurrency}-concurrent mean; aim >= 0.7 at W x K >= 30):",
+        f"raw {r.concurrency}-concurrent mean; aim >= 0.7 at W x K >= 30; over responder: the "
+        "same over the responder's own requests):",
         *("    " + line for line in table(rows, [
             "W x K", "a round", "seconds", "kept", "kept/min", "run tok/s", "ratio",
-            "server prompt tok", "server gen tok"]).splitlines()),
+            "over responder", "server prompt tok", "server gen tok"]).splitlines()),
     ]
     for run in r.runs:
         nodes = [[node, run.node_seconds[node], run.node_seconds[node] / run.wall_s,
                   run.node_tokens.get(node, 0),
                   run.node_tokens.get(node, 0) / run.node_seconds[node]
                   if run.node_seconds[node] else 0.0] for node in run.node_seconds]
-        lines += [f"  per node at {run.w}x{run.k} (round records; generator tasks and the "
-                  "summarizer/responder pair run side by side, so shares may pass 1):",
+        lines += [f"  per node at {run.w}x{run.k} (round records; a round's generator tasks "
+                  "counted by the longest; summarizer and responder side by side):",
                   *("    " + line for line in table(nodes, ["node", "seconds", "share",
                                                             "tokens", "tok/s"]).splitlines())]
     return "\n".join(lines)

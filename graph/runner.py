@@ -43,8 +43,12 @@ loses nor duplicates them. A resume (``execute(run, resume=True)``):
    goes one back and its counters are recomputed from the store's earlier rounds), and the
    round's first node opens that round again.
 
-A resume killed at any point is resumed the same way: each step above reads only the
-checkpoint and the store. ``nodes/load_seeds.py``, ``graph/state.py`` and ``graph/graph.py``
+A round's generator fans out into W tasks (one ``Send`` each, ``graph.graph``); each task writes
+its own slots of the round (``index * K ...``) and records its own timing (``generator[i]``), so
+a kill in the middle of a fan-out leaves the tasks that finished applied (step 3: LangGraph
+saved their writes) and the others to run; when the fan-out's checkpoint was not saved at all,
+step 4 runs the round again, and each task replaces its own rows. A resume killed at any point
+is resumed the same way: each step above reads only the checkpoint and the store. ``nodes/load_seeds.py``, ``graph/state.py`` and ``graph/graph.py``
 refer to this protocol instead of repeating it.
 """
 
