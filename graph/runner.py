@@ -48,8 +48,9 @@ its own slots of the round (``index * K ...``) and records its own timing (``gen
 a kill in the middle of a fan-out leaves the tasks that finished applied (step 3: LangGraph
 saved their writes) and the others to run; when the fan-out's checkpoint was not saved at all,
 step 4 runs the round again, and each task replaces its own rows. A resume killed at any point
-is resumed the same way: each step above reads only the checkpoint and the store. ``nodes/load_seeds.py``, ``graph/state.py`` and ``graph/graph.py``
-refer to this protocol instead of repeating it.
+is resumed the same way: each step above reads only the checkpoint and the store.
+``nodes/load_seeds.py``, ``graph/state.py`` and ``graph/graph.py`` refer to this protocol
+instead of repeating it.
 """
 
 from __future__ import annotations
