@@ -80,7 +80,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from graph.context import ROLES, STUDIO_FILE, Context, ContextError
 from graph.graph import Method, checkpoint_serializer, compile_graph, run_finished
 from graph.seeds import read_seeds
-from graph.state import State, round_unfinished
+from graph.state import State, is_legacy, round_unfinished, state_of
 from graph.templates import load_templates
 from tools.files import write_atomic
 from tools.server import EmbeddedServer, served_name, stop_signals_interrupt
@@ -416,11 +416,13 @@ def phase_of(
 ) -> Phase:
     """Where a run stands, from its checkpoint (state ``values`` and pending ``next_nodes``)
     and its store: the one definition the runner, ``status`` and the experiment use."""
-    state = State(**values) if values else State()
+    state = state_of(values)
     if not values:
         return Phase("not started", 0, ("load_seeds",), False, state)
     unfinished = round_unfinished(store, state, ctx)
     stop = run_finished(state, ctx)
+    if is_legacy(values):  # its pending step is the old graph's: start from the top instead
+        next_nodes = ()
     if not next_nodes and not unfinished and stop:
         return Phase("finished", state.round, (), False, state)
     at = state.round if unfinished or stop else state.round + 1
@@ -669,7 +671,7 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
                         context=ctx,
                         stream_mode="values",
                     ):
-                        state = State(**values)
+                        state = state_of(values)
                         if lines is not None:
                             lines.update(state)
                         if progress is not None and task is not None:
@@ -688,9 +690,9 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
                 if progress is not None and task is not None:
                     progress.update(task, completed=state.round)
                 if lines is not None:
-                    lines.update(State(**graph.get_state(config).values))
+                    lines.update(state_of(graph.get_state(config).values))
         final = graph.get_state(config).values
-    return State(**final)
+    return state_of(final)
 
 
 def _progress(console: Console, run: Run, enabled: bool) -> Progress | None:

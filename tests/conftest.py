@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -108,3 +111,22 @@ def save_tiny_llama(path: Path, **overrides: Any) -> Path:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama saved like a hub model."""
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def cli(*args: str) -> list[str]:
+    """The ``data-advisor`` command line, as a subprocess runs it."""
+    return [sys.executable, "-m", "experiment.cli", *args]
+
+
+def kill_when(args: list[str], found: Callable[[], int | None], what: str) -> int:
+    """Run ``data-advisor ARGS`` and SIGKILL it once ``found()`` returns a round; that round
+    (``what`` says what was waited for, when the run ended first)."""
+    proc = subprocess.Popen(cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, killed_in = time.time() + 90, None
+    while time.time() < deadline and proc.poll() is None and not killed_in:
+        killed_in = found()
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait(30)
+    assert killed_in, f"the run ended before {what}"
+    return killed_in

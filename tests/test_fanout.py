@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
-import time
 from collections import Counter
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_context, run_graph
+from conftest import cli, kill_when, make_context, run_graph
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -252,10 +250,6 @@ def test_one_failing_task_is_retried_alone(tmp_path):
     store.close()
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "experiment.cli", *args]
-
-
 def _mid_fan_out(db: Path, after: int) -> int | None:
     """A round past ``after`` in which some generator tasks finished and others did not."""
     try:
@@ -274,15 +268,8 @@ def _mid_fan_out(db: Path, after: int) -> int | None:
 
 def _kill_mid_fan_out(args: list[str], db: Path, after: int) -> int:
     """Run the command and SIGKILL it while a round past ``after`` is mid-fan-out."""
-    proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, killed_in = time.time() + 90, None
-    while time.time() < deadline and proc.poll() is None and not killed_in:
-        killed_in = _mid_fan_out(db, after)
-        time.sleep(0.01)
-    proc.kill()
-    proc.wait(30)
-    assert killed_in, f"the run ended before a round past {after} was mid-fan-out"
-    return killed_in
+    return kill_when(args, lambda: _mid_fan_out(db, after),
+                     f"a round past {after} was mid-fan-out")
 
 
 def _end_state(folder: Path) -> dict[str, Any]:
@@ -311,7 +298,7 @@ def test_a_kill_mid_fan_out_and_of_its_resume_loses_and_duplicates_nothing(tmp_p
     with StubServer(latency=0.1) as stub:
         args[1] = stub.base_url
         whole = tmp_path / "whole"
-        done = subprocess.run(_cli("run", *args, "--run", str(whole)), capture_output=True,
+        done = subprocess.run(cli("run", *args, "--run", str(whole)), capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         folder = tmp_path / "killed"
@@ -321,7 +308,7 @@ def test_a_kill_mid_fan_out_and_of_its_resume_loses_and_duplicates_nothing(tmp_p
             tasks_done = Counter(s["slot"] // 3 for s in store.samples() if s["round"] == first)
         assert 0 < len(tasks_done) < 3  # some tasks' rows written, not all
         second = _kill_mid_fan_out(["resume", str(folder), "--no-progress"], db, after=first)
-        done = subprocess.run(_cli("resume", str(folder), "--no-progress"),
+        done = subprocess.run(cli("resume", str(folder), "--no-progress"),
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
     assert first < second
@@ -424,3 +411,26 @@ def test_roles_at_their_own_servers_with_a_fan_out(tmp_path):
         "responder": {"responder": 18},
     }
     assert state.responses == 18
+
+
+def test_a_checkpoint_from_before_the_fan_out_is_read_and_resumed_from_the_top(tmp_path):
+    """Its values hold one ``weakness`` and the round's prompts as two lists: they are read
+    into ``weaknesses`` and ``batches``; its pending step is the old graph's, so a resume
+    starts from the top (load_seeds steps the unfinished round back). Checked by hand on a
+    run the pre-fan-out code made and was killed in mid-round: resumed to its end."""
+    from graph.runner import phase_of
+    from graph.state import is_legacy, state_of
+
+    values = {"round": 2, "summary": ["Fraud"], "weakness": "Arson", "weakness_novel": True,
+              "prompt_ids": ["r:2:0", "r:2:1"], "round_prompts": ["a", "b"], "kept": 5,
+              "rejected": {"meta": 1}, "responses": 3}
+    state = state_of(values)
+    assert is_legacy(values) and not is_legacy({"round": 2, "weaknesses": ["Arson"]})
+    assert state.weaknesses == ["Arson"] and state.weaknesses_novel == [True]
+    assert state.prompt_ids == ["r:2:0", "r:2:1"] and state.round_prompts == ["a", "b"]
+    assert state.kept == 5 and state.rejected == {"meta": 1}
+    with RunStore(tmp_path / "run.sqlite", "r") as store:
+        store.start_round(2, "data_advisor", nodes=["weakness_critic", "generator"])
+        phase = phase_of(values, ("responder", "summarizer"), store, Context(rounds=3))
+    assert phase.name == "in progress" and phase.round == 2
+    assert not phase.pending and phase.next == ("load_seeds",)

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
-import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import cli, kill_when
 
 from experiment.cli import main
 from experiment.stages import _run_status
@@ -249,10 +248,6 @@ def test_a_step_whose_checkpoint_was_not_saved_is_pending(tmp_path, stub, capsys
     assert _status(folder, capsys)["state"] == "finished"
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "experiment.cli", *args]
-
-
 def _open_round(db: Path, after: int) -> int | None:
     """A round past ``after`` whose prompts are written and whose responder has not finished."""
     try:
@@ -266,15 +261,7 @@ def _open_round(db: Path, after: int) -> int | None:
 
 def _kill_in_a_round(args: list[str], db: Path, after: int) -> int:
     """Run the command and SIGKILL it in the middle of a round past ``after``; that round."""
-    proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, killed_in = time.time() + 60, None
-    while time.time() < deadline and proc.poll() is None and not killed_in:
-        killed_in = _open_round(db, after)
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait(30)
-    assert killed_in, f"the run ended before a round past {after} was open"
-    return killed_in
+    return kill_when(args, lambda: _open_round(db, after), f"a round past {after} was open")
 
 
 def test_a_resume_killed_too_is_resumed_the_same_way(tmp_path):
@@ -289,7 +276,7 @@ def test_a_resume_killed_too_is_resumed_the_same_way(tmp_path):
         assert _run_status(folder) == "partial"
         second = _kill_in_a_round(["resume", str(folder), "--no-progress"], db, after=first)
         assert _run_status(folder) == "partial"
-        done = subprocess.run(_cli("resume", str(folder), "--no-progress"),
+        done = subprocess.run(cli("resume", str(folder), "--no-progress"),
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
     assert first < second
