@@ -156,9 +156,12 @@ class Run:
         return self.folder / CHECKPOINT_FILE
 
     def config(self, recursion_limit: int | None = None) -> RunnableConfig:
-        """LangGraph config of the run's thread."""
+        """LangGraph config of the run's thread. Its ``max_concurrency`` (the context's) bounds
+        the tasks a superstep runs at once: W generator tasks of one request each (K = 1) send
+        it from their own threads, beside the shared pool that bounds larger batches."""
         limit = recursion_limit or 8 * self.context.rounds + 16
-        return {"configurable": {"thread_id": self.run_id}, "recursion_limit": limit}
+        return {"configurable": {"thread_id": self.run_id}, "recursion_limit": limit,
+                "max_concurrency": self.context.max_concurrency}
 
     def save(self, *, replace: bool = True) -> None:
         """Write ``run.json`` atomically (a crash mid-write leaves the old file, never half);

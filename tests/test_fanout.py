@@ -434,3 +434,16 @@ def test_a_checkpoint_from_before_the_fan_out_is_read_and_resumed_from_the_top(t
         phase = phase_of(values, ("responder", "summarizer"), store, Context(rounds=3))
     assert phase.name == "in progress" and phase.round == 2
     assert not phase.pending and phase.next == ("load_seeds",)
+
+
+def test_single_request_tasks_keep_the_bound_too(tmp_path):
+    """K = 1: each task's one request is sent from the task's own thread, not the shared
+    pool; the run's LangGraph config bounds the tasks a step runs at once."""
+    from graph.runner import create_run, execute
+
+    with StubServer(latency=0.05) as stub:
+        ctx = Context(base_url=stub.base_url, model="stub", rounds=1, prompts_per_round=1,
+                      weaknesses_per_round=6, max_concurrency=2)
+        run = create_run(tmp_path / "si", "self_instruct", ctx, embedded=False)
+        state = execute(run, resume=False, show_progress=False)
+    assert state.kept == 6 and stub.max_in_flight == 2
