@@ -229,8 +229,8 @@ def _model_options(p: argparse.ArgumentParser, generation: bool = True) -> None:
     if generation:
         p.add_argument("--prompt-format", choices=["chat", "plain"], default="chat",
                        help="chat: the model's own chat template (/v1/chat/completions); plain: "
-                       "an Alpaca-style '### Instruction: ... ### Response:' prompt on "
-                       "/v1/completions, for base models without a chat template")
+                       "the '### User: ... ### Assistant:' prompt that `data-advisor train` "
+                       "uses for a model without a chat template, on /v1/completions")
         p.add_argument("--max-tokens", type=_positive_int, default=128, metavar="N",
                        help="tokens per response (temperature 0)")
     p.add_argument("--max-concurrency", type=_positive_int, default=32, metavar="N",

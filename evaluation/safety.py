@@ -53,11 +53,7 @@ from evaluation.judges import MEASURE_LABELS, Judge, Judgment, RefusalJudge, mak
 from evaluation.results import OverrefusalResult, PromptFormat, SafetyResult
 from tools.files import append_jsonl, read_jsonl
 from tools.llm import Endpoint, EndpointError, batch_progress, map_concurrently, openai_client
-
-PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
-"""Prompt for base models without a chat template (``prompt_format="plain"``)."""
-PLAIN_STOP = ["### Instruction:"]
-"""Stop strings for the plain format, so a base model does not write the next turn."""
+from tools.prompt_format import PLAIN_STOP, PLAIN_TEMPLATE, plain_prompt
 
 UNCATEGORIZED = "uncategorized"
 
@@ -151,7 +147,7 @@ def generate_responses(
                 return (chat.choices[0].message.content or "") if chat.choices else ""
             out = client.completions.create(
                 model=endpoint.model,
-                prompt=PLAIN_TEMPLATE.format(prompt=q.prompt),
+                prompt=plain_prompt(q.prompt),
                 max_tokens=max_tokens,
                 temperature=temperature,
                 stop=PLAIN_STOP,

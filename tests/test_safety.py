@@ -156,7 +156,7 @@ def test_generation_refuses_to_mix_settings_or_datasets(tmp_path: Path) -> None:
 
 
 def test_plain_prompt_format(tmp_path: Path) -> None:
-    with StubServer(handler=lambda body: "Sure thing.\n### Instruction:\nmore") as stub:
+    with StubServer(handler=lambda body: "Sure thing.\n### User:\nmore") as stub:
         responses = generate_responses(
             QUESTIONS[:2],
             endpoint_of(stub, "base-model"),
@@ -170,11 +170,11 @@ def test_plain_prompt_format(tmp_path: Path) -> None:
     for body in stub.requests:
         assert "messages" not in body and body["model"] == "base-model"
         assert body["prompt"] in {PLAIN_TEMPLATE.format(prompt=q.prompt) for q in QUESTIONS[:2]}
-        assert body["prompt"].startswith("### Instruction:\n") and body["prompt"].endswith(
-            "\n\n### Response:\n"
+        assert body["prompt"].startswith("### User:\n") and body["prompt"].endswith(
+            "\n\n### Assistant:\n"
         )
         assert body["max_tokens"] == 32 and body["temperature"] == 0.7
-        assert body["stop"] == ["### Instruction:"]
+        assert body["stop"] == ["### User:"]
 
 
 def test_evaluate_safety_with_llama_guard(tmp_path: Path) -> None:

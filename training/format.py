@@ -2,7 +2,8 @@
 
 The prompt is rendered with the tokenizer's chat template when it has one (one user message,
 ``add_generation_prompt=True``), otherwise with the plain template
-``"### User:\\n{prompt}\\n\\n### Assistant:\\n"``. The response follows, then the EOS token.
+``"### User:\\n{prompt}\\n\\n### Assistant:\\n"`` (``tools.prompt_format``, the one evaluation
+sends too). The response follows, then the EOS token.
 Prompt and response are tokenized separately and concatenated, so the boundary is exact: the
 labels are the input ids on the response tokens (and EOS) and ``-100`` on every prompt token and
 on padding. :func:`plain_chat_template` is the plain template as a chat template, to serve a
@@ -20,8 +21,9 @@ from typing import Any
 
 import torch
 
+from tools.prompt_format import PLAIN_TEMPLATE, plain_prompt
+
 IGNORE_INDEX = -100
-PLAIN_TEMPLATE = "### User:\n{prompt}\n\n### Assistant:\n"
 
 Features = dict[str, list[int]]
 
@@ -38,7 +40,7 @@ def prompt_text(tokenizer: Any, prompt: str) -> str:
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
         return text
-    return PLAIN_TEMPLATE.format(prompt=prompt)
+    return plain_prompt(prompt)
 
 
 def plain_chat_template(tokenizer: Any) -> str:
