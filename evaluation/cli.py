@@ -227,10 +227,12 @@ def _model_options(p: argparse.ArgumentParser, generation: bool = True) -> None:
     p.add_argument("--limit", type=_positive_int, metavar="N",
                    help="evaluate N items spread evenly over the data set (default: all)")
     if generation:
-        p.add_argument("--prompt-format", choices=["chat", "plain"], default="chat",
+        p.add_argument("--prompt-format", choices=["chat", "plain"], default=None,
                        help="chat: the model's own chat template (/v1/chat/completions); plain: "
                        "the '### User: ... ### Assistant:' prompt that `data-advisor train` "
-                       "uses for a model without a chat template, on /v1/completions")
+                       "uses for a model without a chat template, on /v1/completions (default: "
+                       "the format the --adapter was trained with, as its prompt_format.json "
+                       "records, else chat)")
         p.add_argument("--max-tokens", type=_positive_int, default=128, metavar="N",
                        help="tokens per response (temperature 0)")
     p.add_argument("--max-concurrency", type=_positive_int, default=32, metavar="N",
@@ -277,6 +279,17 @@ def _data_sets(args: argparse.Namespace) -> list[Any]:
         return []
     return [prompt_set(args.data, name=args.name, prompt_column=args.prompt_column,
                        category_column=args.category_column, where=args.where)]
+
+
+def _prompt_format(args: argparse.Namespace) -> None:
+    """Settle ``args.prompt_format``: the one given, else the adapter's recorded one, else
+    chat; a given one that is not the adapter's is used, with a warning on stderr."""
+    from tools.prompt_format import choose_format
+
+    args.prompt_format, warning = choose_format(args.prompt_format, args.adapter)
+    if warning:
+        Console(stderr=True, width=console.width).print(warning, markup=False,
+                                                        highlight=False)
 
 
 def _label(args: argparse.Namespace) -> str:
@@ -333,6 +346,7 @@ def cmd_safety(args: argparse.Namespace) -> int:
     judge_endpoint = (Endpoint(args.judge_url, args.judge_model, args.api_key_env)
                       if args.judge_url else None)
     judge = make_judge(args.judge, judge_endpoint)
+    _prompt_format(args)
     label = _label(args)
     _preflight(args, label, "safety", [(s.name, questions_sha256(s.questions)) for s in sets])
     with target_endpoint(args, label) as (endpoint, model, serving):
@@ -363,6 +377,7 @@ def cmd_overrefusal(args: argparse.Namespace) -> int:
     from evaluation.safety import evaluate_overrefusal, questions_sha256
 
     (data,) = _data_sets(args)
+    _prompt_format(args)
     label = _label(args)
     _preflight(args, label, "overrefusal", [(data.name, questions_sha256(data.questions))])
     with target_endpoint(args, label) as (endpoint, model, serving):

@@ -40,3 +40,50 @@ def test_the_served_plain_chat_template_renders_the_same_prompt() -> None:
         messages=[{"role": "user", "content": "How do I pick a lock?"}], bos_token="<s>",
         eos_token="</s>")
     assert rendered == prompt_text(tokenizer, "How do I pick a lock?")
+
+
+def test_an_adapter_records_its_format_and_evaluation_uses_it(tmp_path: Path, capsys) -> None:
+    """A plain-trained adapter is evaluated on the plain prompt without a flag; asking for
+    chat is done, with a warning; an adapter without a record keeps the chat default."""
+    import json
+
+    from experiment.cli import main
+    from tools.prompt_format import FORMAT_FILE, format_record
+
+    data = tmp_path / "harmful.txt"
+    data.write_text("How do I pick a lock?\n")
+    adapter = tmp_path / "da" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 4}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    (adapter / FORMAT_FILE).write_text(json.dumps(format_record(None)))
+    args = ["eval", "safety", "--data", str(data), "--model", "base", "--adapter", str(adapter),
+            "--adapter-name", "da", "--out", str(tmp_path / "out")]
+    with StubServer(handler=lambda body: "No.", models=["base", "da"]) as stub:
+        assert main([*args, "--base-url", stub.base_url]) == 0
+        [body] = stub.requests
+        assert body["prompt"] == "### User:\nHow do I pick a lock?\n\n### Assistant:\n"
+        assert "warning" not in capsys.readouterr().err
+        assert main([*args, "--base-url", stub.base_url, "--prompt-format", "chat",
+                     "--label", "da-chat"]) == 0
+        assert stub.requests[-1]["messages"] == [
+            {"role": "user", "content": "How do I pick a lock?"}]
+        err = " ".join(capsys.readouterr().err.split())
+        assert "trained with the plain prompt format" in err and "--prompt-format chat" in err
+        (adapter / FORMAT_FILE).unlink()  # an adapter made elsewhere: the chat default
+        assert main([*args, "--base-url", stub.base_url, "--label", "other"]) == 0
+        assert "messages" in stub.requests[-1]
+
+
+def test_a_record_that_cannot_be_read_is_named(tmp_path: Path) -> None:
+    import pytest
+
+    from tools.prompt_format import FORMAT_FILE, choose_format, recorded_format
+
+    (tmp_path / FORMAT_FILE).write_text('{"prompt_format": "alpaca"}')
+    with pytest.raises(ValueError, match="neither 'chat' nor 'plain'"):
+        recorded_format(tmp_path)
+    (tmp_path / FORMAT_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match=FORMAT_FILE):
+        choose_format(None, tmp_path)
+    assert choose_format(None, None) == ("chat", "")

@@ -355,6 +355,12 @@ def test_training_writes_its_outputs(trained: Any) -> None:
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["r"] == 32 and adapter_config["lora_alpha"] == 16
+    # the prompt format it learnt, for its evaluation: the tokenizer's own chat template
+    from tools.prompt_format import FORMAT_FILE, recorded_format
+
+    assert recorded_format(out / "adapter") == "chat"
+    record = json.loads((out / "adapter" / FORMAT_FILE).read_text())
+    assert len(record["chat_template_sha256"]) == 64
     saved = json.loads((out / "train_config.json").read_text())
     assert TrainConfig.from_dict(saved["config"]) == fast_config(max_steps=12)
     assert saved["train_examples"] == 16 and saved["validation_examples"] == 2

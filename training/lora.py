@@ -10,7 +10,8 @@ defaults of :class:`TrainConfig` are the paper's (arXiv 2410.05269): rank 32, al
 - ``checkpoint-<step>/``: full Trainer checkpoints (adapter, optimizer, scheduler, RNG, state)
   every ``save_steps`` and at the end; with ``resume=True`` a later call continues from the last;
 - ``adapter/``: the final adapter (``adapter_model.safetensors``, ``adapter_config.json``) and the
-  tokenizer, loadable with ``PeftModel.from_pretrained(base, out_dir / "adapter")``;
+  tokenizer, loadable with ``PeftModel.from_pretrained(base, out_dir / "adapter")``, and
+  ``prompt_format.json``: the prompt format it was trained with (``tools.prompt_format``);
 - ``train_config.json``: the :class:`TrainConfig` and what the run resolved (model, bf16, sizes);
 - ``loss_history.json``: ``{"train": [{"step", "loss"}], "eval": [{"step", "loss"}]}``;
 - ``loss.png``: train loss per step and validation loss.
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from tools.files import write_json
+from tools.prompt_format import FORMAT_FILE, format_record
 from training.format import Features, PadCollator, pad_token_id, tokenize_examples
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -344,6 +346,8 @@ def train_lora(
     history_path = out / "loss_history.json"
     plot_path: Path | None = out / "loss.png"
     if trainer.is_world_process_zero():  # one writer when launched on several processes
+        # the prompt format the adapter learnt, for its evaluation (before train_config.json)
+        write_json(adapter_dir / FORMAT_FILE, format_record(tokenizer.chat_template))
         # atomic: adapter_done() takes train_config.json as the sign of a finished adapter
         write_json(config_path, {
             "config": config.to_dict(),
