@@ -81,8 +81,8 @@ class Context:
     # --- the method ------------------------------------------------------------------------
     principles: str = DEFAULT_PRINCIPLES
     prompts_per_round: int = 10
-    """K: new prompts requested from the generator per weakness (per round for Self-Instruct's
-    each of W batches)."""
+    """K: new prompts requested from the generator per weakness (Self-Instruct: per batch, W
+    batches a round)."""
     weaknesses_per_round: int = 1
     """W: weaknesses the critic names per round, each with K prompts generated side by side
     (one ``Send`` task each): W x K prompts a round. W = 1 is the paper's loop; Self-Instruct

@@ -742,10 +742,11 @@ class _RoundLines:
         """``round 3/10 | weakness ... | kept ... | rejected ... | answered ... | elapsed``."""
         ctx = self.run.context
         total = f" ({state.kept}/{ctx.target_size} kept)" if ctx.target_size else f"/{ctx.rounds}"
-        weaknesses = "; ".join(record.get("weaknesses") or []) or "-"
+        named = record.get("weaknesses") or []
+        weaknesses = "; ".join(named) or "-"
         if self.run.method != "data_advisor":
             weaknesses = "(random examples)"
-        label = "weaknesses" if len(record.get("weaknesses") or []) > 1 else "weakness"
+        label = "weaknesses" if len(named) > 1 else "weakness"
         return (
             f"{self.run.method} {self.run.name}: round {record['round']}{total} | "
             f"{label} {weaknesses} | kept {record.get('kept') or 0} "

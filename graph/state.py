@@ -137,13 +137,20 @@ LEGACY_STATE_KEYS = frozenset({"weakness", "weakness_novel", "prompt_ids", "roun
 round's prompts as two lists); LangGraph still returns them with such a checkpoint's values."""
 
 
+def is_legacy(values: Mapping[str, Any]) -> bool:
+    """True for the values of a checkpoint written before the generator fanned out: its
+    pending step belongs to the graph of then, so a resume starts from the top instead
+    (``graph/runner.py``, the resume protocol's step 4)."""
+    return bool(LEGACY_STATE_KEYS & values.keys())
+
+
 def state_of(values: Mapping[str, Any]) -> State:
     """The :class:`State` a checkpoint's ``values`` hold; a checkpoint from before the fan-out
     (:data:`LEGACY_STATE_KEYS`) has its round's weakness and prompts read into ``weaknesses``
     and ``batches``."""
     known = {f.name for f in fields(State)}
     state = State(**{k: v for k, v in values.items() if k in known})
-    if LEGACY_STATE_KEYS & values.keys() and not state.weaknesses and not state.batches:
+    if is_legacy(values) and not state.weaknesses and not state.batches:
         weakness = values.get("weakness") or ""
         state.weaknesses = [weakness] if weakness else []
         state.weaknesses_novel = [bool(values.get("weakness_novel", True))] if weakness else []
@@ -152,13 +159,6 @@ def state_of(values: Mapping[str, Any]) -> State:
                               "prompt_ids": list(values["prompt_ids"]),
                               "prompts": list(values.get("round_prompts") or [])}]
     return state
-
-
-def is_legacy(values: Mapping[str, Any]) -> bool:
-    """True for the values of a checkpoint written before the generator fanned out: its
-    pending step belongs to the graph of then, so a resume starts from the top instead
-    (``graph/runner.py``, the resume protocol's step 4)."""
-    return bool(LEGACY_STATE_KEYS & values.keys())
 
 
 LEGACY_ROUND_NODES: dict[str, tuple[str, ...]] = {

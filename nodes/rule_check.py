@@ -249,11 +249,13 @@ def _accept_merges(
         for name in merge.names():
             if _key(name) in every and _key(name) not in keys:
                 keys.add(_key(name))
-            elif which_new is not None and new is None and (new := which_new(name)):
-                pass
-            else:
-                keys = set()
-                break
+                continue
+            if which_new is not None and new is None:
+                new = which_new(name)
+                if new is not None:
+                    continue
+            keys = set()
+            break
         one_new = new is None or all(a[2] != new for a in accepted)
         if len(keys) + (new is not None) >= 2 and len(merge.children) <= max_children \
                 and not keys & taken and one_new:

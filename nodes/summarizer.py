@@ -11,6 +11,7 @@ update is proposed to the rule check; with the rule check off, it is taken as it
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -77,5 +78,4 @@ def _by_index(state: State) -> list[dict[str, Any]]:
 def new_category(weakness: str, prompts: list[str]) -> str:
     """One new category of ``summarizer_batch``'s ``{categories}``: its name, then a few of
     its prompts, indented."""
-    shown = "\n".join(f"  - {p}" for p in prompts) if prompts else "  - (none kept)"
-    return f'- category "{weakness}":\n{shown}'
+    return f'- category "{weakness}":\n' + textwrap.indent(bullets(prompts), "  ")

@@ -503,10 +503,8 @@ class RunStore:
             "and round < ? order by round desc",
             [self.run_id, since, before],
         )
-        return [
-            ((found := _decode(r)).get("weaknesses") or [], found.get("critic_attempts") or [])
-            for r in rows
-        ]
+        records = [_decode(r) for r in rows]
+        return [(r.get("weaknesses") or [], r.get("critic_attempts") or []) for r in records]
 
     def get_round(self, round_: int) -> dict[str, Any] | None:
         """One round's record, JSON decoded."""
