@@ -11,7 +11,7 @@ ROUNDS ?= 3
 # vLLM against 16 at 1, docs/generation-scale.md); `make run W=1` is the paper's loop
 W ?= 3
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench dryrun clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,10 @@ test: setup
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q -rs
+
+# the paper's experiment at tiny sizes on CPU (configs/paper-dryrun.toml; also part of `test`)
+dryrun: setup
+	$(VENV)/bin/pytest -q -s -p no:cacheprovider tests/test_paper_dryrun.py
 
 bench: setup
 	$(PY) benchmarks/run_all.py

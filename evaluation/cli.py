@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evaluation.results import ResultKind
+from tools.adapter_serving import SERVING_CHOICES
 from tools.helpformat import Subcommands, add_command
 from tools.helpformat import positive_int as _positive_int
 from tools.llm import Endpoint
@@ -209,8 +210,15 @@ def _model_options(p: argparse.ArgumentParser, generation: bool = True) -> None:
                    "under (default there: 'default')")
     p.add_argument("--adapter", type=Path, metavar="DIR",
                    help="LoRA adapter folder (adapter_config.json + weights; `train` writes "
-                   "OUT/adapter), served by vLLM on top of --model, never merged; its content "
-                   "identifies it in the caches (default: none, the base model is evaluated)")
+                   "OUT/adapter), served by vLLM on top of --model (see --adapter-serving); its "
+                   "content identifies it in the caches (default: none, the base model is "
+                   "evaluated)")
+    p.add_argument("--adapter-serving", choices=SERVING_CHOICES, default="auto",
+                   help="how the embedded server serves --adapter: lora (a LoRA module, "
+                   "--enable-lora), merged (merged once into a copy of --model's weights, kept "
+                   "beside the adapter as ADAPTER-merged-KEY and served as its own model), auto: "
+                   "lora where vLLM supports LoRA for the model's architecture (it asks vLLM's "
+                   "registry: Llama, Mistral yes, Falcon no), else merged (default: auto)")
     p.add_argument("--adapter-name", metavar="NAME",
                    help="with --base-url, required with --adapter: the name the server serves "
                    "the adapter under (vLLM --lora-modules NAME=PATH), checked against its "
@@ -474,14 +482,29 @@ def target_endpoint(
         yield endpoint, base, {"server": args.base_url, "served_name": endpoint.model,
                                "base_served_name": model}
         return
-    from tools.server import EmbeddedServer
+    from tools.adapter_serving import plan_serving
+    from tools.server import EmbeddedServer, served_name
 
     name = args.adapter_name or label
-    lora: dict[str, Any] | None = {name: str(args.adapter)} if args.adapter else None
+    plan = (plan_serving(args.model, {name: args.adapter}, how=args.adapter_serving,
+                         log=console.print) if args.adapter else {})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    serving: dict[str, Any] = {"server": "embedded vLLM", "served_name": name}
+    if name in plan and plan[name].served_as == "merged":
+        merged = plan[name]
+        serving.update(merged.record())
+        server = EmbeddedServer(str(merged.model), served_model_name=name,
+                                log_path=out / f"vllm-{label}.log")
+        with server:
+            yield (Endpoint(server.base_url, name, args.api_key_env), served_name(args.model),
+                   serving)
+        return
+    lora: dict[str, Any] | None = {name: str(args.adapter)} if args.adapter else None
+    if name in plan:
+        serving.update(plan[name].record())
     with EmbeddedServer(args.model, log_path=out / f"vllm-{label}.log",
                         lora_modules=lora) as server:
         served = name if args.adapter else server.model_name
-        yield (Endpoint(server.base_url, served, args.api_key_env), server.model_name,
-               {"server": "embedded vLLM", "served_name": served})
+        serving["served_name"] = served
+        yield (Endpoint(server.base_url, served, args.api_key_env), server.model_name, serving)

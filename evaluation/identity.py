@@ -17,10 +17,8 @@ A label is only a display name. One label names one model in a results folder
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,33 +26,8 @@ import openai
 
 from evaluation.results import DiversityResult, ResultKind, read_results, slug
 from tools.files import write_json
+from tools.hashing import adapter_sha256, canonical_hash, file_sha256
 from tools.llm import Endpoint, EndpointError, openai_client
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-def canonical_hash(value: Any) -> str:
-    """SHA-256 (hex) of ``value`` as canonical JSON (sorted keys, no spaces)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-@lru_cache(maxsize=256)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    # keyed by size and mtime too, so a file rewritten in place is hashed again
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's content (computed once per path, size and modification time)."""
-    stat = path.stat()
-    return _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
 
 # --------------------------------------------------------------------------------------------
 # Models
@@ -82,23 +55,9 @@ def base_identity(model: str) -> dict[str, Any]:
 
 
 def adapter_identity(adapter: str | Path) -> dict[str, Any]:
-    """A LoRA adapter folder's content: ``{"sha256"}`` over its config and weights files.
-
-    Raises ValueError for a folder that is not an adapter (no ``adapter_config.json`` or no
-    weights), naming the ``adapter/`` subfolder that `train` writes when that is the mistake.
-    """
-    folder = Path(adapter)
-    if not folder.is_dir():
-        raise ValueError(f"adapter folder {folder} does not exist")
-    if not (folder / ADAPTER_CONFIG).is_file():
-        hint = (f"; did you mean {folder / 'adapter'}?"
-                if (folder / "adapter" / ADAPTER_CONFIG).is_file() else "")
-        raise ValueError(f"{folder} is not a LoRA adapter folder (no {ADAPTER_CONFIG}){hint}")
-    weights = [folder / name for name in ADAPTER_WEIGHTS if (folder / name).is_file()]
-    if not weights:
-        raise ValueError(f"{folder} has no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})")
-    files = {p.name: file_sha256(p) for p in [folder / ADAPTER_CONFIG, *weights]}
-    return {"sha256": canonical_hash(files)}
+    """A LoRA adapter folder's content: ``{"sha256"}`` over its config and weights files
+    (:func:`tools.hashing.adapter_sha256`; ValueError for a folder that is not an adapter)."""
+    return {"sha256": adapter_sha256(adapter)}
 
 
 def served_adapter_identity(adapter: str | Path | None, served_name: str) -> dict[str, Any] | None:
@@ -116,6 +75,18 @@ def model_identity(model: str, adapter: str | Path | None, served_name: str) -> 
     """``{"base", "adapter"}`` of the model under evaluation (:func:`base_identity`,
     :func:`served_adapter_identity`)."""
     return {"base": base_identity(model), "adapter": served_adapter_identity(adapter, served_name)}
+
+
+def cache_identity(identity: Mapping[str, Any],
+                   serving: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``identity`` as the output caches key it: an adapter served as a merged copy
+    (``serving["adapter_served_as"] == "merged"``, :mod:`tools.adapter_serving`) answers like
+    the LoRA-served one up to rounding, not bit for bit, so its caches are its own. The result
+    slot (one label, one model) is the same for both ways."""
+    adapter = identity.get("adapter")
+    if (serving or {}).get("adapter_served_as") != "merged" or not isinstance(adapter, dict):
+        return dict(identity)
+    return {**identity, "adapter": {**adapter, "served_as": "merged"}}
 
 
 def default_label(adapter: str | Path | None) -> str:

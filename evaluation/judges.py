@@ -32,7 +32,7 @@ from typing import Literal, Protocol
 
 import openai
 
-from evaluation.identity import canonical_hash
+from tools.hashing import canonical_hash
 from tools.llm import Endpoint, EndpointError, map_in_order, openai_client
 
 Pair = tuple[str, str]

@@ -58,6 +58,8 @@ Judged = SafetyResult | OverrefusalResult
 """A result whose responses a judge labelled (per category rates)."""
 Latest = dict[tuple[str, str, str], Result]
 """One result per (kind, data set, label), or per ("diversity", name, source)."""
+Groups = list[tuple[str | None, Latest]]
+"""The results of each target (None: results without a target), in report order."""
 R = TypeVar("R")
 Source = Result | Mapping[str, Any] | str | Path
 
@@ -203,6 +205,18 @@ def _latest(results: Sequence[Result]) -> tuple[Latest, list[str]]:
             notes.append(f"more than one {key[0]} result for {what}; the last one is shown")
         table[key] = r
     return table, list(dict.fromkeys(notes))
+
+
+def _by_target(results: Sequence[Result]) -> tuple[Groups, list[str]]:
+    """The latest results of each target (results without one first), and the notes."""
+    targets = list(dict.fromkeys(getattr(r, "target", None) for r in results))
+    groups: Groups = []
+    notes: list[str] = []
+    for target in sorted(targets, key=lambda t: t is not None):  # stable: first seen first
+        latest, found = _latest([r for r in results if getattr(r, "target", None) == target])
+        groups.append((target, latest))
+        notes += [n if target is None else f"{target}: {n}" for n in found]
+    return groups, notes
 
 
 def _of_kind(latest: Latest, cls: type[R]) -> list[R]:
@@ -368,46 +382,68 @@ def _model_text(rows: Iterable[ModelResult]) -> str:
     return "; ".join(dict.fromkeys(texts))
 
 
-def _summary_figure(path: Path, columns: list[_Column], labels: list[str],
-                    values: dict[str, list[float | None]], colors: dict[str, Any],
-                    footnote: str | None) -> Path:
-    """Table 1 as bars: higher-is-better and lower-is-better metrics in separate panels."""
-    panels = [(better, [i for i, c in enumerate(columns) if c.better == better])
-              for better in (HIGHER, LOWER)]
-    panels = [(better, idx) for better, idx in panels if idx]
-    fig = _figure(max(6.5, 0.55 * len(columns) * max(2, len(labels)) + 2.5), 5.0)
-    axes = fig.subplots(1, len(panels), squeeze=False,
-                        width_ratios=[len(idx) for _, idx in panels])[0]
-    for ax, (better, idx) in zip(axes, panels, strict=True):
-        metrics = " / ".join(dict.fromkeys(
-            {"safety_score": "safety score", "refusal_rate": "over-refusal rate",
-             "accuracy": "accuracy"}[columns[i].metric] for i in idx))
-        _grouped(ax, [columns[i].group for i in idx], labels,
-                 {lb: [values[lb][i] for i in idx] for lb in labels}, colors)
-        ax.set_ylabel(f"{metrics} (%), {better}")
-        ax.set_title(better, fontsize=10)
-    fig.suptitle("Safety, over-refusal and utility per training data")
-    _legend(fig, axes[0], labels)
+Panel = tuple[str | None, list[str], dict[str, list[float | None]]]
+"""One target's bars: (target name or None, labels, values per label)."""
+
+
+def _summary_figure(path: Path, columns: list[_Column], panels: Sequence[Panel],
+                    colors: dict[str, Any], footnote: str | None) -> Path:
+    """Table 1 as bars: higher-is-better and lower-is-better metrics in separate panels, one
+    row of panels per target (paper Fig. 2: one panel per base model)."""
+    sides = [(better, [i for i, c in enumerate(columns) if c.better == better])
+             for better in (HIGHER, LOWER)]
+    sides = [(better, idx) for better, idx in sides if idx]
+    widest = max(len(labels) for _, labels, _ in panels)
+    fig = _figure(max(6.5, 0.55 * len(columns) * max(2, widest) + 2.5), 5.0 * len(panels))
+    grid = fig.subplots(len(panels), len(sides), squeeze=False,
+                        width_ratios=[len(idx) for _, idx in sides])
+    for row, (target, labels, values) in zip(grid, panels, strict=True):
+        for ax, (better, idx) in zip(row, sides, strict=True):
+            metrics = " / ".join(dict.fromkeys(
+                {"safety_score": "safety score", "refusal_rate": "over-refusal rate",
+                 "accuracy": "accuracy"}[columns[i].metric] for i in idx))
+            _grouped(ax, [columns[i].group for i in idx], labels,
+                     {lb: [values[lb][i] for i in idx] for lb in labels}, colors)
+            ax.set_ylabel(f"{metrics} (%), {better}")
+            ax.set_title(better if target is None else f"{target}: {better}", fontsize=10)
+    fig.suptitle("Safety, over-refusal and utility per training data"
+                 + ("" if len(panels) == 1 else " and target model"))
+    _legend(fig, grid[0][0], max((labels for _, labels, _ in panels), key=len))
     _footnote(fig, footnote)
     return _save(fig, path)
 
 
-def _summary_section(latest: Latest, out: Path, colors: dict[str, Any],
+def _union(groups: Groups) -> Latest:
+    """All targets' results in one table, labels prefixed by their target."""
+    return {(kind, ds, label if t is None else f"{t}: {label}"): r
+            for t, latest in groups for (kind, ds, label), r in latest.items()}
+
+
+def _summary_section(groups: Groups, out: Path, colors: dict[str, Any],
                      figures: list[Path]) -> list[str]:
-    utility = _of_kind(latest, UtilityResult)
-    scored: list[ModelResult] = [*_of_kind(latest, SafetyResult),
-                                 *_of_kind(latest, OverrefusalResult), *utility]
-    if not scored:
+    every = _union(groups)
+    utility = _of_kind(every, UtilityResult)
+    if not [*_of_kind(every, SafetyResult), *_of_kind(every, OverrefusalResult), *utility]:
         return []
-    labels = _order((_label(r) for r in scored), LABEL_ORDER)
-    columns, judged = _columns(latest)
+    columns, judged = _columns(every)
+    several = len(groups) > 1
+    table_rows: list[list[Any]] = []
+    panels: list[Panel] = []
+    for target, latest in groups:
+        scored: list[ModelResult] = [*_of_kind(latest, SafetyResult),
+                                     *_of_kind(latest, OverrefusalResult),
+                                     *_of_kind(latest, UtilityResult)]
+        labels = _order((_label(r) for r in scored), LABEL_ORDER)
 
-    def value(label: str, column: _Column) -> float | None:
-        r = latest.get((column.kind, column.dataset, label))
-        return None if r is None or isinstance(r, DiversityResult) else r.score
+        def value(label: str, column: _Column, latest: Latest = latest) -> float | None:
+            r = latest.get((column.kind, column.dataset, label))
+            return None if r is None or isinstance(r, DiversityResult) else r.score
 
-    table_rows = [[label, _model_text(r for r in scored if _label(r) == label),
-                   *(_pct(value(label, c)) for c in columns)] for label in labels]
+        table_rows += [[*([target] if several else []), label,
+                        _model_text(r for r in scored if _label(r) == label),
+                        *(_pct(value(label, c)) for c in columns)] for label in labels]
+        panels.append((target, labels,
+                       {label: [_num(value(label, c)) for c in columns] for label in labels}))
     notes = [f"judge of {', '.join(where)}: {judge}" for judge, where in judged.items()]
     for ds in _order((_dataset_key(r) for r in utility), DATASET_ORDER):
         methods = sorted({f"{r.method or '?'}, backend {r.backend or '?'}"
@@ -418,17 +454,17 @@ def _summary_section(latest: Latest, out: Path, colors: dict[str, Any],
     if refusal:
         notes.append(f"**{_REFUSAL_NOTE}**: a response that does not refuse counts as unsafe, "
                      "whether or not it is harmful; use a Llama Guard judge for harm")
+    header = [*(["target"] if several else []), "label", "model", *(c.header for c in columns)]
     lines = ["## Table 1: safety and utility (paper Fig. 2)", "",
              "Percentages. Safety score = 100 - harmful rate (higher is safer); over-refusal = "
              "share of benign prompts refused (lower is better); accuracy on MMLU (higher is "
-             "better).", "",
-             _table(["label", "model", *(c.header for c in columns)], table_rows, 2), "",
+             "better)." + (" One row group and one figure panel per target model."
+                           if several else ""), "",
+             _table(header, table_rows, 3 if several else 2), "",
              *(f"- {n}" for n in notes), ""]
-    values = {label: [_num(value(label, c)) for c in columns] for label in labels}
     footnote = ("refusal-strings judge: safety score = share of responses refused, not harm"
                 if refusal else None)
-    figure = _summary_figure(out / "safety_utility.png", columns, labels, values, colors,
-                             footnote)
+    figure = _summary_figure(out / "safety_utility.png", columns, panels, colors, footnote)
     figures.append(figure)
     return lines + [f"![safety, over-refusal and utility]({figure.name})", ""]
 
@@ -453,30 +489,40 @@ def _category_n(rows: Iterable[Judged], category: str) -> str:
     return "/".join(str(n) for n in sorted(ns)) or "–"
 
 
-def _category_figure(path: Path, categories: list[str], labels: list[str],
-                     values: dict[str, list[float | None]], colors: dict[str, Any],
-                     axis: str, title: str, footnote: str | None) -> Path:
-    fig = _figure(8.0, max(3.2, 0.24 * len(categories) * max(1, len(labels)) + 2.0))
-    ax = fig.add_subplot()
-    _grouped(ax, categories, labels, values, colors, horizontal=True)
-    ax.set_xlabel(f"{axis} (%), {LOWER}")
+def _category_figure(path: Path, categories: list[str], panels: Sequence[Panel],
+                     colors: dict[str, Any], axis: str, title: str,
+                     footnote: str | None) -> Path:
+    """Horizontal bars per category, one panel per target (paper Figs. 3-4)."""
+    widest = max(len(labels) for _, labels, _ in panels)
+    fig = _figure(8.0 * len(panels) if len(panels) > 1 else 8.0,
+                  max(3.2, 0.24 * len(categories) * max(1, widest) + 2.0))
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, (target, labels, values) in zip(axes, panels, strict=True):
+        _grouped(ax, categories, labels, values, colors, horizontal=True)
+        ax.set_xlabel(f"{axis} (%), {LOWER}")
+        if target is not None:
+            ax.set_title(target, fontsize=10)
     fig.suptitle(title)  # above the legend too
-    _legend(fig, ax, labels)
+    _legend(fig, axes[0], max((labels for _, labels, _ in panels), key=len))
     _footnote(fig, footnote)
     return _save(fig, path)
 
 
-def _category_sections(latest: Latest, out: Path, colors: dict[str, Any],
+def _category_sections(groups: Groups, out: Path, colors: dict[str, Any],
                        figures: list[Path]) -> list[str]:
     """Per category rate of every safety (and over-refusal) result that has ``per_category``,
-    one table and figure per data set (paper Figs. 3-4)."""
+    one table and figure per data set (paper Figs. 3-4), one panel per target."""
     lines: list[str] = []
     judged: tuple[type[Judged], ...] = (SafetyResult, OverrefusalResult)
     for cls in judged:
-        results = [r for r in _of_kind(latest, cls) if r.per_category]
-        for ds in _order((_dataset_key(r) for r in results), DATASET_ORDER):
+        results = {t: [r for r in _of_kind(latest, cls) if r.per_category]
+                   for t, latest in groups}
+        every = [r for rows in results.values() for r in rows]
+        for ds in _order((_dataset_key(r) for r in every), DATASET_ORDER):
+            per_target = [(t, [r for r in rows if _dataset_key(r) == ds])
+                          for t, rows in results.items()]
             lines += _category_section(cls is OverrefusalResult, ds,
-                                       [r for r in results if _dataset_key(r) == ds],
+                                       [(t, rows) for t, rows in per_target if rows],
                                        out, colors, figures)
     return lines
 
@@ -486,22 +532,31 @@ def _overall(result: Judged) -> float | None:
     return result.refusal_rate if isinstance(result, OverrefusalResult) else result.harmful_rate
 
 
-def _category_section(benign: bool, ds: str, rows: list[Judged], out: Path,
-                      colors: dict[str, Any], figures: list[Path]) -> list[str]:
-    """One data set's per-category table and figure; ``benign``: over-refusal results."""
-    labels = _order((_label(r) for r in rows), LABEL_ORDER)
-    by_label = {_label(r): r for r in rows}
+def _category_section(benign: bool, ds: str, per_target: list[tuple[str | None, list[Judged]]],
+                      out: Path, colors: dict[str, Any], figures: list[Path]) -> list[str]:
+    """One data set's per-category table and figure (a panel per target); ``benign``:
+    over-refusal results."""
+    rows = [r for _, rs in per_target for r in rs]
     categories = sorted({c for r in rows for c in (r.per_category or {})})
     if len(categories) < 2:
         return []  # one category (or "uncategorized") is the overall rate, already in Table 1
+    several = len(per_target) > 1
     measures = list(dict.fromkeys(_measure(r) for r in rows))
     axis = (_measure_name(measures[0], rows[0].measure_label) if len(measures) == 1
             else "rate (measures differ)")
-    table_rows = [[c, _category_n(rows, c), *(_pct(_rate(by_label[lb], c)) for lb in labels)]
+    columns: list[tuple[str, Judged]] = []  # (header, result)
+    panels: list[Panel] = []
+    for target, results in per_target:
+        labels = _order((_label(r) for r in results), LABEL_ORDER)
+        by_label = {_label(r): r for r in results}
+        columns += [(lb if not several else f"{target}: {lb}", by_label[lb]) for lb in labels]
+        panels.append((target, labels,
+                       {lb: [_rate(by_label[lb], c) for c in categories] for lb in labels}))
+    table_rows = [[c, _category_n(rows, c), *(_pct(_rate(r, c)) for _, r in columns)]
                   for c in categories]
-    ns = {"–" if by_label[lb].n is None else str(by_label[lb].n) for lb in labels}
+    ns = {"–" if r.n is None else str(r.n) for _, r in columns}
     table_rows.append(["**overall**", "/".join(sorted(ns)),
-                       *(_pct(_overall(by_label[lb])) for lb in labels)])
+                       *(_pct(_overall(r)) for _, r in columns)])
     judges = list(dict.fromkeys(_judge_text(r.judge) for r in rows))
     refusal = "not_refused" in measures
     # the refusal judge's own description may already say it measures refusals
@@ -515,12 +570,11 @@ def _category_section(benign: bool, ds: str, rows: list[Judged], out: Path,
     if len(measures) > 1:
         lines += [f"**The results measure different things ({', '.join(measures)}); not "
                   "comparable.**", ""]
-    lines += [_table(["category", "n", *labels], table_rows), ""]
-    values = {lb: [_rate(by_label[lb], c) for c in categories] for lb in labels}
+    lines += [_table(["category", "n", *(h for h, _ in columns)], table_rows), ""]
     ticks = [f"{c} (n={_category_n(rows, c)})" for c in categories]
     short = _judge_short(judges[0]) if len(judges) == 1 else "mixed judges"
     name = f"{'refusal' if benign else 'harmful'}_rate_{slug(ds)}.png"
-    figure = _category_figure(out / name, ticks, labels, values, colors, axis,
+    figure = _category_figure(out / name, ticks, panels, colors, axis,
                               f"{what} per category: {ds} ({short})",
                               "refusal-strings judge: counts responses that do not refuse, "
                               "not harm" if refusal else None)
@@ -670,7 +724,7 @@ def _adapter_text(r: ModelResult) -> str | None:
     return r.adapter
 
 
-def _details_section(latest: Latest) -> list[str]:
+def _details_section(latest: Latest, several: bool) -> list[str]:
     rows = []
     for (kind, ds, label), r in latest.items():
         if isinstance(r, SafetyResult):
@@ -686,12 +740,18 @@ def _details_section(latest: Latest) -> list[str]:
             flags = _flags((("unparsed", r.unparsed),))
         else:
             continue  # diversity: its own section
-        rows.append([kind, ds, label, r.model, _adapter_text(r), how, r.n, metric, flags])
+        served = (r.serving or {}).get("adapter_served_as") if r.adapter else None
+        adapter = _adapter_text(r)
+        if served == "merged":
+            adapter = f"{adapter} (served merged)"
+        who = [r.target, _label(r)] if several else [label]
+        rows.append([kind, ds, *who, r.model, adapter, how, r.n, metric, flags])
     if not rows:
         return []
     return ["## Result details", "",
-            _table(["kind", "data set", "label", "model", "adapter", "judge / method", "n",
-                    "metric (%)", "flags"], rows, 9), ""]
+            _table(["kind", "data set", *(["target"] if several else []), "label", "model",
+                    "adapter", "judge / method", "n", "metric (%)", "flags"], rows,
+                   10 if several else 9), ""]
 
 
 # -- entry point --------------------------------------------------------------------------------
@@ -707,14 +767,17 @@ def build_report(results: Source | Iterable[Source], out_dir: str | Path) -> Pat
     loaded, skipped = load_results(results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    latest, notes = _latest(loaded)
+    latest, notes = _latest([r for r in loaded if isinstance(r, DiversityResult)])
+    groups, target_notes = _by_target([r for r in loaded if not isinstance(r, DiversityResult)])
+    notes += target_notes
     # one colour per label or data set name in every figure (data_advisor is data_advisor)
-    colors = _palette(_order([r.name if isinstance(r, DiversityResult) else _label(r)
-                              for r in latest.values()], LABEL_ORDER))
+    colors = _palette(_order([*(r.name for r in _of_kind(latest, DiversityResult)),
+                              *(label for _, lt in groups for _, _, label in lt)], LABEL_ORDER))
     figures: list[Path] = []
-    sections = (_summary_section(latest, out, colors, figures)
-                + _category_sections(latest, out, colors, figures)
-                + _diversity_section(latest, out, colors, figures) + _details_section(latest))
+    sections = (_summary_section(groups, out, colors, figures)
+                + _category_sections(groups, out, colors, figures)
+                + _diversity_section(latest, out, colors, figures)
+                + _details_section(_union(groups), len(groups) > 1))
     lines = ["# Data Advisor evaluation report", "", *(sections or ["No results to report.", ""])]
     if notes or skipped:
         lines += ["## Notes", "", *(f"- {n}" for n in notes + [f"skipped {s}" for s in skipped]),

@@ -120,6 +120,11 @@ class EvalResult(Result):
     """The base model's id or path."""
     adapter: str | None = None
     """The LoRA adapter's folder (None for the base model)."""
+    target: str | None = None
+    """The target's name when an experiment compares several target models (the report draws
+    one panel per target); None for one."""
+
+    _ABSENT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("target",)
 
     @property
     def filename(self) -> str:

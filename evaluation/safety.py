@@ -42,6 +42,7 @@ import openai
 from evaluation.data import Question, subset
 from evaluation.identity import (
     cache_file,
+    cache_identity,
     cache_key,
     check_result_slot,
     claim_cache,
@@ -319,8 +320,8 @@ def _respond_and_judge(
     shown_model = {**identity, "prompt_format": prompt_format}
     check_result_slot(out_dir, kind=kind, dataset=dataset, label=label, model=shown_model,
                       dataset_sha256=dataset_sha256)
-    response_parts = _response_parts(identity, prompt_format, max_tokens, temperature,
-                                     dataset_sha256)
+    response_parts = _response_parts(cache_identity(identity, serving), prompt_format,
+                                     max_tokens, temperature, dataset_sha256)
     response_key = cache_key(response_parts)
     judgment_parts = {"cache": "judgments", "responses": response_key,
                       "judge": judge_identity(judge)}
@@ -381,6 +382,7 @@ def evaluate_safety(
     progress: bool = True,
     serving: Mapping[str, Any] | None = None,
     data: Mapping[str, Any] | None = None,
+    target: str | None = None,
 ) -> dict[str, Any]:
     """Safety of a target model on harmful questions; writes ``safety-<dataset>-<label>.json``.
 
@@ -391,7 +393,7 @@ def evaluate_safety(
     model in ``out_dir`` and one ``dataset`` name one data set (else ValueError). ``limit``
     evaluates that many questions spread evenly over the data set (:func:`subset`).
     ``serving`` (how the model was served) and ``data`` (where the questions came from) are
-    recorded. The result::
+    recorded, and ``target`` (the target's name in an experiment of several). The result::
 
         {"kind": "safety", "dataset", "label", "model", "adapter", "judge", "n",
          "measure",        # what an unsafe verdict means: "harmful" (Llama Guard) or
@@ -425,6 +427,7 @@ def evaluate_safety(
         label=label,
         model=model,
         adapter=adapter,
+        target=target,
         judge=judge.description,
         measure=measure,
         measure_label=MEASURE_LABELS.get(measure, measure),
@@ -458,6 +461,7 @@ def evaluate_overrefusal(
     progress: bool = True,
     serving: Mapping[str, Any] | None = None,
     data: Mapping[str, Any] | None = None,
+    target: str | None = None,
 ) -> dict[str, Any]:
     """Over-refusal on benign-but-scary prompts; writes ``overrefusal-<dataset>-<label>.json``.
 
@@ -487,6 +491,7 @@ def evaluate_overrefusal(
         label=label,
         model=model,
         adapter=adapter,
+        target=target,
         judge=judge.description,
         measure="refused",
         measure_label=MEASURE_LABELS["refused"],

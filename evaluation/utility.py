@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from evaluation.data import MultipleChoice, subset
 from evaluation.identity import (
     cache_file,
+    cache_identity,
     cache_key,
     check_result_slot,
     claim_cache,
@@ -417,6 +418,7 @@ def evaluate_utility(
     progress: bool = True,
     dataset: str = "mmlu",
     serving: dict[str, Any] | None = None,
+    target: str | None = None,
 ) -> dict[str, Any]:
     """MMLU accuracy of one model; writes the summary JSON and the predictions JSONL.
 
@@ -461,8 +463,8 @@ def evaluate_utility(
         model_name = identity["base"]["name"]
     settings = ({"max_tokens": max_tokens} if method == "generate"
                 else {"logprobs": 20} if backend == "endpoint" else {"letter_variants": True})
-    parts = {"cache": "utility", "model": identity, "backend": backend, "method": method,
-             "settings": settings, "data_sha256": dataset_sha256}
+    parts = {"cache": "utility", "model": cache_identity(identity, serving), "backend": backend,
+             "method": method, "settings": settings, "data_sha256": dataset_sha256}
     key = cache_key(parts)
 
     out = Path(out_dir)
@@ -525,6 +527,7 @@ def evaluate_utility(
         label=label,
         model=model_name,
         adapter=adapter,
+        target=target,
         method=method,
         backend=backend,
         settings=settings,

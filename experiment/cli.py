@@ -162,7 +162,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         console.print("[yellow]stopped.[/] what is done is kept; run the same command again to "
                       "continue")
         return 130
-    summary = summary_table(result.results_dir)
+    summary = summary_table(result.result_files)
     if summary is not None:
         console.print(summary)
     if result.report.is_file():
@@ -170,14 +170,15 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary_table(results_dir: Path) -> Table | None:
-    """Per model: safety score per data set, over-refusal and MMLU accuracy (None if no
-    results; files that hold none are left out)."""
+def summary_table(files: Path | list[Path]) -> Table | None:
+    """Per model (per target, when the results name one): safety score per data set,
+    over-refusal and MMLU accuracy (None if no results; files that hold none are left out).
+    ``files``: result files, or a folder of them."""
     from evaluation.results import OverrefusalResult, SafetyResult, UtilityResult, read_results
 
     columns: dict[str, str] = {}
     cells: dict[str, dict[str, str]] = {}
-    for result in read_results(results_dir)[0].values():
+    for result in read_results(files)[0].values():
         if isinstance(result, SafetyResult):
             column = f"safety {result.dataset}"
         elif isinstance(result, OverrefusalResult):
@@ -188,7 +189,8 @@ def summary_table(results_dir: Path) -> Table | None:
             continue  # diversity: in the report
         value = result.score
         columns[column] = column
-        cells.setdefault(str(result.label), {})[column] = (
+        model = str(result.label) if result.target is None else f"{result.target}: {result.label}"
+        cells.setdefault(model, {})[column] = (
             "-" if value is None else f"{100 * value:.1f}%")
     if not cells:
         return None
@@ -199,7 +201,12 @@ def summary_table(results_dir: Path) -> Table | None:
     for column in ordered:
         table.add_column(column)
     order = ["base", "self_instruct", "data_advisor"]
-    for label in sorted(cells, key=lambda x: (order.index(x) if x in order else 9, x)):
+
+    def rank_of(model: str) -> tuple[str, int, str]:
+        target, _, label = model.rpartition(": ")
+        return (target, order.index(label) if label in order else 9, label)
+
+    for label in sorted(cells, key=rank_of):
         table.add_row(label, *(cells[label].get(c, "-") for c in ordered))
     return table
 

@@ -24,6 +24,14 @@ The config (every key optional unless said otherwise; see ``configs/cpu-small.to
                    prompt_format (auto/chat/plain), max_tokens, max_concurrency, max_model_len,
                    server_args, api_key_env, base_url, base_model, adapter_models
     [diversity]    references, size, seeds
+    [[targets]]    (optional, a list; instead of [training] model) name, model, prompt_format,
+                   adapter_serving, [targets.training] (any [training] key but instructions
+                   and model: the LoRA fields, ratio, val_fraction, instructions_limit)
+
+With ``[[targets]]``, training and evaluation run per target (``adapters/<target>/<method>``,
+``results/<target>/``) and the report draws one panel per target (paper Figs. 2-4); without
+it, the one target is ``[training] model`` and the folders are ``adapters/<method>`` and
+``results/`` as before.
 
 Relative paths in the config are relative to the working directory, as on the command line.
 """
@@ -175,6 +183,46 @@ class EvaluationConfig:
 
 
 @dataclass
+class TargetConfig:
+    """One ``[[targets]]`` entry: a model to train and evaluate on both data sets."""
+
+    model: str | None = None
+    """HF id or path (default: the embedded SmolLM2-135M-Instruct)."""
+    name: str | None = None
+    """Folder and report name (default: the model's last path part, made file-safe)."""
+    prompt_format: str | None = None
+    """auto/chat/plain (default: ``[evaluation] prompt_format``)."""
+    adapter_serving: str = "auto"
+    """How the embedded server serves its adapters: auto (LoRA where vLLM supports it for the
+    architecture, else merged), lora or merged (:mod:`tools.adapter_serving`)."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """Overrides of ``[training]`` for this target (LoRA fields, ratio, val_fraction, ...)."""
+
+    def __post_init__(self) -> None:
+        from tools.adapter_serving import SERVING_CHOICES
+
+        if self.prompt_format not in (None, "auto", "chat", "plain"):
+            raise ConfigError(f"[[targets]] {self.model}: prompt_format must be auto, chat or "
+                              "plain")
+        if self.adapter_serving not in SERVING_CHOICES:
+            raise ConfigError(f"[[targets]] {self.model}: adapter_serving must be one of "
+                              f"{', '.join(SERVING_CHOICES)}")
+        if self.name is None:
+            from tools.default_model import DEFAULT_MODEL_NAME, is_default_model
+
+            stem = DEFAULT_MODEL_NAME if is_default_model(self.model) else (
+                str(self.model).rstrip("/").rsplit("/", 1)[-1])
+            self.name = _file_safe(stem)
+        elif not self.name or _file_safe(self.name) != self.name:
+            raise ConfigError(f"[[targets]] name {self.name!r}: use letters, digits, '.', '-' "
+                              "and '_' only (it names folders)")
+
+
+def _file_safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in text).strip("-.") or "target"
+
+
+@dataclass
 class DiversityConfig:
     """``[diversity]``: reference data sets and the equal size of the comparison."""
 
@@ -193,6 +241,8 @@ class ExperimentConfig:
     training: TrainingConfig
     evaluation: EvaluationConfig
     diversity: DiversityConfig
+    targets: list[TargetConfig] = field(default_factory=list)
+    """The ``[[targets]]`` list; empty: the one target of ``[training] model``."""
     out_dir: str | None = None
     seed: int = 0
     name: str = "experiment"
@@ -202,6 +252,15 @@ class ExperimentConfig:
     def methods(self) -> list[str]:
         """The generation methods compared."""
         return list(self.generation.methods)
+
+    def training_of(self, target: TargetConfig) -> TrainingConfig:
+        """``[training]`` with the target's model and overrides."""
+        own = {f.name for f in fields(TrainingConfig)} - {"lora", "instructions", "model"}
+        values = dict(target.training)
+        mix = {k: values.pop(k) for k in list(values) if k in own}
+        return TrainingConfig(instructions=self.training.instructions, model=target.model,
+                              **{**{k: getattr(self.training, k) for k in own}, **mix},
+                              lora={**self.training.lora, **values})
 
 
 def _read(path: Path) -> str:
@@ -243,7 +302,8 @@ def load_config(source: str | Path | Mapping[str, Any]) -> ExperimentConfig:
     else:
         data, name = read_config_file(source), Path(source).stem
     data = json.loads(json.dumps(data, default=str))  # plain JSON types, a private copy
-    top = {"generation", "training", "evaluation", "diversity", "out_dir", "seed", "name"}
+    top = {"generation", "training", "evaluation", "diversity", "targets", "out_dir", "seed",
+           "name"}
     unknown = sorted(set(data) - top)
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {unknown}; known: {sorted(top)}")
@@ -256,14 +316,51 @@ def load_config(source: str | Path | Mapping[str, Any]) -> ExperimentConfig:
         raise ConfigError("[training] instructions is required (the instruction data to mix)")
     seed = int(data.get("seed", 0))
     train_cfg.train_config(seed)  # validate the LoRA fields now, not after generation
-    return ExperimentConfig(
+    targets = _targets(data.get("targets"), train_cfg)
+    evaluation = _take(EvaluationConfig, data.get("evaluation") or {}, "evaluation")
+    if len(targets) > 1 and evaluation.base_url:
+        raise ConfigError("[evaluation] base_url serves one target model; with several "
+                          "[[targets]] leave it out (each target gets an embedded vLLM server) "
+                          "or run one experiment per target")
+    cfg = ExperimentConfig(
         generation=_take(GenerationConfig, data.get("generation") or {}, "generation"),
         training=train_cfg,
-        evaluation=_take(EvaluationConfig, data.get("evaluation") or {}, "evaluation"),
+        evaluation=evaluation,
         diversity=_take(DiversityConfig, data.get("diversity") or {}, "diversity"),
+        targets=targets,
         out_dir=data.get("out_dir"),
         seed=seed,
         name=str(data.get("name") or name),
         raw=data,
     )
+    for target in targets:  # validate each target's training now, not after generation
+        cfg.training_of(target).train_config(seed)
+    return cfg
+
+
+def _targets(value: Any, training: TrainingConfig) -> list[TargetConfig]:
+    """The ``[[targets]]`` list, checked: names unique, no second way to name a model."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
+        raise ConfigError("targets must be a non-empty list of tables ([[targets]] in TOML)")
+    if training.model is not None:
+        raise ConfigError("give the target models in [[targets]] or in [training] model, not "
+                          "both (which one would be trained?)")
+    targets = []
+    for entry in value:
+        extra = entry.get("training")
+        if extra is not None and not isinstance(extra, dict):
+            raise ConfigError(f"[[targets]] {entry.get('model')}: training must be a table")
+        bad = sorted(set(extra or {}) & {"instructions", "model"})
+        if bad:
+            raise ConfigError(f"[[targets]] {entry.get('model')}: training cannot override "
+                              f"{bad}; the instructions are the same for every target")
+        targets.append(_take(TargetConfig, entry, "targets"))
+    names = [t.name for t in targets]
+    twice = sorted({n for n in names if names.count(n) > 1 and n is not None})
+    if twice:
+        raise ConfigError(f"[[targets]]: the name(s) {twice} name more than one target; give "
+                          "each a distinct name")
+    return targets
 

@@ -5,13 +5,17 @@
 1. **generation**: a Data Advisor and a Self-Instruct run with the same budget (target size,
    round bound, K) in ``<out>/runs/<method>``, either against the endpoints the config names
    (``base_url`` / ``<role>_url``) or against ONE embedded vLLM server started for both runs;
-2. **training**: one LoRA adapter per data set on the same target model, each trained on its
-   data set mixed with the same instruction data (:func:`training.launch.train_adapter`), in
-   ``<out>/adapters/<method>`` (the adapter itself in ``<out>/adapters/<method>/adapter``);
-3. **evaluation**: safety on CatQA and BeaverTails (judged by the refusal-string judge or Llama
-   Guard), over-refusal (optional) and MMLU utility for the base model and both adapters, all
-   served by ONE embedded vLLM server (``lora_modules``), or by an existing server that serves
-   them under names the config gives (``[evaluation] base_url``); results in ``<out>/results``;
+2. **training**: per target model, one LoRA adapter per data set, each trained on its data set
+   mixed with the same instruction data (:func:`training.launch.train_adapter`), in
+   ``<out>/adapters/<method>`` (the adapter itself in ``<out>/adapters/<method>/adapter``), or
+   ``<out>/adapters/<target>/<method>`` with ``[[targets]]``;
+3. **evaluation**: per target, safety on CatQA and BeaverTails (judged by the refusal-string
+   judge or Llama Guard), over-refusal (optional) and MMLU utility for the base model and both
+   adapters, served by an embedded vLLM server (the base model with its adapters as LoRA
+   modules; an adapter on an architecture vLLM serves no LoRA for, such as Falcon, merged once
+   into a copy of the base and served by its own server: :mod:`tools.adapter_serving`), or by
+   an existing server that serves them under names the config gives (``[evaluation]
+   base_url``); results in ``<out>/results`` (``<out>/results/<target>`` with ``[[targets]]``);
 4. **diversity** of both data sets (and of reference files such as CatQA) in ``<out>/results``;
 5. **report**: ``<out>/report/report.md`` and its plots (:func:`evaluation.report.build_report`).
 
@@ -27,7 +31,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +43,7 @@ from experiment.config import (
     ConfigError,
     ExperimentConfig,
     GenerationConfig,
+    TrainingConfig,
     load_config,
 )
 from graph.context import ROLES
@@ -60,10 +65,44 @@ class ExperimentResult:
     out_dir: Path
     runs: dict[str, Path]
     adapters: dict[str, Path]
+    """The adapter folders by method (``<target>/<method>`` with ``[[targets]]``)."""
     results_dir: Path
     report: Path
+    result_files: list[Path] = field(default_factory=list)
+    """The files holding a result (every target's), when the experiment stopped."""
     stages: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Target:
+    """A target model and where its adapters and results go."""
+
+    name: str | None
+    """None: the one target of ``[training] model`` (folders without a target level)."""
+    model: str | None
+    training: TrainingConfig
+    prompt_format: str
+    adapter_serving: str
+    adapters: dict[str, Path]
+    results: Path
+
+    def say(self, text: str) -> str:
+        """``text`` (indented) with the target's name after its indent, when it has one."""
+        body = text.lstrip(" ")
+        return text if self.name is None else f"{text[:len(text) - len(body)]}{self.name}: {body}"
+
+
+@dataclass
+class _ServerGroup:
+    """Labels one evaluation server serves: the base model with its LoRA adapters, or one
+    adapter's merged copy."""
+
+    model: str | None
+    labels: list[str]
+    lora: dict[str, str] = field(default_factory=dict)
+    served: dict[str, Any] = field(default_factory=dict)
+    """Per label, how its adapter is served (``AdapterServing.record()``)."""
 
 
 def _lora_rank(rank: int) -> int:
@@ -72,39 +111,32 @@ def _lora_rank(rank: int) -> int:
 
 @dataclass
 class _Roles:
-    """Endpoints of the generation roles: context values, and the embedded model if any."""
+    """Endpoints of the generation roles: context values, and the embedded models if any."""
 
     values: dict[str, Any]
-    embedded: bool
-    embedded_model: str | None
+    embedded: dict[str | None, list[str]]
+    """The roles each embedded server serves, by model (None: the default model); empty when
+    every role has a URL."""
 
 
 def _generation_roles(gen: GenerationConfig) -> _Roles:
     from tools.default_model import DEFAULT_MODEL_NAME
 
     values: dict[str, Any] = {}
-    embedded_roles: dict[str, str | None] = {}
+    embedded: dict[str | None, list[str]] = {}
     for role in ROLES:
         url = getattr(gen, f"{role}_url") or gen.base_url
         model = getattr(gen, f"{role}_model") or gen.model
         if url is None:
-            embedded_roles[role] = None if is_default_model(model) else model
+            embedded.setdefault(None if is_default_model(model) else model, []).append(role)
             values[f"{role}_base_url"] = values[f"{role}_model"] = None
         else:
             values[f"{role}_base_url"] = url
             values[f"{role}_model"] = model or DEFAULT_MODEL_NAME
-    models = set(embedded_roles.values())
-    if len(models) > 1:
-        raise ConfigError(
-            "[generation]: roles without a URL name different models "
-            f"({ {r: m or DEFAULT_MODEL_NAME for r, m in embedded_roles.items()} }); the "
-            "experiment embeds one vLLM server: give base_url or <role>_url for the others"
-        )
-    if not embedded_roles:
+    if not embedded:
         values["base_url"] = values["generator_base_url"]
         values["model"] = values["generator_model"]
-        return _Roles(values, False, None)
-    return _Roles(values, True, next(iter(models)))
+    return _Roles(values, embedded)
 
 
 def _run_status(folder: Path) -> str:
@@ -125,10 +157,19 @@ class _Experiment:
         self.cfg, self.out, self.progress = cfg, out, progress
         self.console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
         self.runs = {m: out / "runs" / m for m in cfg.methods}
-        self.adapters = {m: out / "adapters" / m for m in cfg.methods}
         self.results = out / "results"
+        self.targets = [self._target(t.name, t.model, cfg.training_of(t), t.prompt_format,
+                                     t.adapter_serving) for t in cfg.targets] or [
+            self._target(None, cfg.training.model, cfg.training, None, "auto")]
         self.report_dir = out / "report"
         self.logs = out / "logs"
+
+    def _target(self, name: str | None, model: str | None, training: TrainingConfig,
+                prompt_format: str | None, adapter_serving: str) -> _Target:
+        adapters = self.out / "adapters" if name is None else self.out / "adapters" / name
+        return _Target(name, model, training, prompt_format or self.cfg.evaluation.prompt_format,
+                       adapter_serving, {m: adapters / m for m in self.cfg.methods},
+                       self.results if name is None else self.results / name)
 
     def say(self, text: str) -> None:
         self.console.print(text)
@@ -147,22 +188,32 @@ class _Experiment:
         todo = [m for m in self.cfg.methods if status[m] != "finished"]
         if not todo:
             return False
-        roles = _generation_roles(gen)
-        server_cm: Any = nullcontext(None)
-        if roles.embedded:
-            from tools.server import EmbeddedServer
+        from tools.server import EmbeddedServer
 
-            server_cm = EmbeddedServer(
-                roles.embedded_model, log_path=self.logs / "vllm-generation.log",
-                max_model_len=gen.max_model_len, extra_args=gen.server_args)
-            self.say(f"  starting the embedded vLLM server for generation "
-                     f"({server_cm.model_name}; log {server_cm.log_path}) ...")
-        with server_cm as server:
+        roles = _generation_roles(gen)
+        with ExitStack() as stack:
             endpoints = dict(roles.values)
-            if server is not None:
-                endpoints["base_url"], endpoints["model"] = server.base_url, server.model_name
+            for model, served_roles in roles.embedded.items():
+                name = "vllm-generation" + ("" if len(roles.embedded) == 1
+                                            else "-" + "-".join(served_roles))
+                server = EmbeddedServer(model, log_path=self.logs / f"{name}.log",
+                                        max_model_len=gen.max_model_len,
+                                        extra_args=gen.server_args)
+                self.say(f"  starting the embedded vLLM server for {', '.join(served_roles)} "
+                         f"({server.model_name}; log {server.log_path}) ...")
+                stack.enter_context(server)
                 self.say(f"  serving at {server.base_url} "
                          f"(up in {server.startup_seconds or 0:.0f} s)")
+                if len(roles.embedded) == 1:
+                    endpoints["base_url"], endpoints["model"] = (server.base_url,
+                                                                 server.model_name)
+                else:
+                    for role in served_roles:
+                        endpoints[f"{role}_base_url"] = server.base_url
+                        endpoints[f"{role}_model"] = server.model_name
+                        if role == "generator":
+                            endpoints["base_url"], endpoints["model"] = (server.base_url,
+                                                                         server.model_name)
             rounds = gen.rounds if gen.rounds is not None else (
                 1_000_000 if gen.target_size else 10)
             base = {
@@ -183,8 +234,10 @@ class _Experiment:
                 folder = self.runs[m]
                 if status[m] == "new":
                     self.say(f"  {m}: new run in {folder}")
-                    run = create_run(folder, m, Context(**base), embedded=roles.embedded,  # type: ignore[arg-type]
-                                     embedded_model=roles.embedded_model)
+                    # `data-advisor resume` restarts one embedded server, not several
+                    one = next(iter(roles.embedded)) if len(roles.embedded) == 1 else None
+                    run = create_run(folder, m, Context(**base),  # type: ignore[arg-type]
+                                     embedded=len(roles.embedded) == 1, embedded_model=one)
                     resume = False
                 else:
                     run = Run.load(folder)
@@ -206,38 +259,39 @@ class _Experiment:
     def training(self) -> bool:
         from training.lora import adapter_done
 
-        tr = self.cfg.training
-        todo = [m for m in self.cfg.methods if not adapter_done(self.adapters[m])]
-        for m in self.cfg.methods:
-            if m not in todo:
-                self.say(f"  {m}: adapter in {self.adapters[m] / 'adapter'} [dim](skipped)[/]")
+        todo = [(t, m) for t in self.targets for m in self.cfg.methods
+                if not adapter_done(t.adapters[m])]
+        for t in self.targets:
+            for m in self.cfg.methods:
+                if (t, m) not in todo:
+                    self.say(t.say(f"  {m}: adapter in {t.adapters[m] / 'adapter'} "
+                                   "[dim](skipped)[/]"))
         if not todo:
             return False
         from training.launch import train_adapter
         from training.mix import load_instructions
 
-        instructions = load_instructions(tr.instructions)
-        for m in todo:
-            self.say(f"  {m}: training on {self.runs[m]} + {tr.instructions} -> "
-                     f"{self.adapters[m]}")
+        instructions = load_instructions(self.cfg.training.instructions)
+        for t, m in todo:
+            tr = t.training
+            self.say(t.say(f"  {m}: training {tr.model or 'the default model'} on {self.runs[m]} "
+                           f"+ {tr.instructions} -> {t.adapters[m]}"))
             result, splits = train_adapter(
-                self.runs[m], instructions, self.adapters[m], model=tr.model,
+                self.runs[m], instructions, t.adapters[m], model=tr.model,
                 config=tr.train_config(self.cfg.seed), ratio=tr.ratio, seed=self.cfg.seed,
                 val_fraction=tr.val_fraction, instructions_limit=tr.instructions_limit)
             counts = {k: ", ".join(f"{n} {src}" for src, n in sorted(v.items()))
                       for k, v in splits.counts().items()}
-            self.say(f"  {m}: {result.global_step} steps; train {counts['train']}, validation "
-                     f"{counts['validation']}; last train loss {_fmt(result.train_loss)}, "
-                     f"validation loss {_fmt(result.eval_loss)}")
+            self.say(t.say(f"  {m}: {result.global_step} steps; train {counts['train']}, "
+                           f"validation {counts['validation']}; last train loss "
+                           f"{_fmt(result.train_loss)}, validation loss "
+                           f"{_fmt(result.eval_loss)}"))
         return True
 
     # -- 3. evaluation ------------------------------------------------------------------------
 
-    def _labels(self) -> list[str]:
-        return ["base", *self.cfg.methods]
-
-    def _tasks(self) -> list[tuple[str, ResultKind, str, Path]]:
-        """``(label, kind, dataset, result file)`` of every evaluation."""
+    def _tasks(self, t: _Target) -> list[tuple[str, ResultKind, str, Path]]:
+        """``(label, kind, dataset, result file)`` of every evaluation of a target."""
         ev = self.cfg.evaluation
         wanted: list[tuple[ResultKind, str]] = [
             ("safety", name) for name, source in (("catqa", ev.catqa),
@@ -246,33 +300,34 @@ class _Experiment:
             wanted.append(("overrefusal", ev.overrefusal_name))
         if ev.mmlu:
             wanted.append(("utility", "mmlu"))
-        return [(label, kind, dataset, self.results / result_filename(kind, dataset, label))
-                for label in self._labels() for kind, dataset in wanted]
+        return [(label, kind, dataset, t.results / result_filename(kind, dataset, label))
+                for label in ["base", *self.cfg.methods] for kind, dataset in wanted]
 
     def evaluation(self) -> bool:
         from evaluation.data import load_beavertails, load_catqa, load_mmlu, load_questions
         from evaluation.judges import make_judge
-        from evaluation.safety import evaluate_overrefusal, evaluate_safety
-        from evaluation.utility import evaluate_utility
         from training.lora import adapter_done
 
         ev = self.cfg.evaluation
-        tasks = self._tasks()
-        todo = [t for t in tasks if not t[3].is_file()]
-        for label, _, dataset, path in tasks:
-            if not path.is_file():
-                continue
-            self.say(f"  {label} on {dataset}: {path.name} [dim](skipped)[/]")
+        todo: list[tuple[_Target, list[tuple[str, ResultKind, str, Path]]]] = []
+        for t in self.targets:
+            tasks = self._tasks(t)
+            for label, _, dataset, path in tasks:
+                if path.is_file():
+                    self.say(t.say(f"  {label} on {dataset}: {path.name} [dim](skipped)[/]"))
+            if left := [task for task in tasks if not task[3].is_file()]:
+                todo.append((t, left))
         if not todo:
             return False
-        for m in self.cfg.methods:
-            if ev.base_url is None and not adapter_done(self.adapters[m]):
-                raise FileNotFoundError(f"no trained adapter in {self.adapters[m]}")
+        for t, _ in todo:
+            for m in self.cfg.methods:
+                if ev.base_url is None and not adapter_done(t.adapters[m]):
+                    raise FileNotFoundError(f"no trained adapter in {t.adapters[m]}")
         sources: dict[str, tuple[str | None, Callable[[str], Any]]] = {
             "catqa": (ev.catqa, load_catqa), "beavertails": (ev.beavertails, load_beavertails),
             "mmlu": (ev.mmlu, load_mmlu)}
         data: dict[str, Any] = {}
-        for _, kind, dataset, _ in todo:
+        for _, kind, dataset, _ in (task for _, tasks in todo for task in tasks):
             if dataset in data:
                 continue
             source, loader = (sources[dataset] if kind != "overrefusal"
@@ -281,60 +336,98 @@ class _Experiment:
                 raise ConfigError(f"[evaluation]: no data for {dataset}")
             data[dataset] = loader(source)
         judge = None
-        if any(kind == "safety" for _, kind, _, _ in todo):
+        if any(kind == "safety" for _, tasks in todo for _, kind, _, _ in tasks):
             endpoint = (Endpoint(ev.judge_url, ev.judge_model or "llama-guard",
                                  ev.judge_api_key_env) if ev.judge_url else None)
             options = {"max_concurrency": ev.judge_max_concurrency} if endpoint else {}
             judge = make_judge(ev.judge, endpoint, **options)
-        self.results.mkdir(parents=True, exist_ok=True)
-        limits = {"catqa": ev.catqa_limit, "beavertails": ev.beavertails_limit,
-                  ev.overrefusal_name: ev.overrefusal_limit, "mmlu": ev.mmlu_limit}
-        # the config checked both choices; these name them for the type checker
-        mmlu_method: Literal["loglik", "generate"] = (
-            "generate" if ev.mmlu_method == "generate" else "loglik")
-        with self._eval_server() as (base_url, names, model_name, prompt_format):
-            for label, kind, dataset, _ in todo:
-                endpoint = Endpoint(base_url, names[label], ev.api_key_env)
-                adapter = (str(self.adapters[label] / "adapter") if label != "base" else None)
-                common: dict[str, Any] = dict(label=label, model=model_name, adapter=adapter,
-                                              limit=limits[dataset], progress=self.progress,
-                                              serving={"server": ev.base_url or "embedded vLLM",
-                                                       "served_name": names[label]})
-                started = time.perf_counter()
-                if kind == "safety":
-                    assert judge is not None  # made above for the safety tasks
-                    result = evaluate_safety(
-                        data[dataset], dataset=dataset, endpoint=endpoint, judge=judge,
-                        out_dir=self.results, max_tokens=ev.max_tokens,
-                        prompt_format=prompt_format, max_concurrency=ev.max_concurrency,
-                        **common)
-                    shown = f"safety score {100 * result['safety_score']:.1f}%"
-                elif kind == "overrefusal":
-                    result = evaluate_overrefusal(
-                        data[dataset], dataset=dataset, endpoint=endpoint,
-                        out_dir=self.results, max_tokens=ev.max_tokens,
-                        prompt_format=prompt_format, max_concurrency=ev.max_concurrency,
-                        **common)
-                    shown = f"refusal rate {100 * result['refusal_rate']:.1f}%"
-                else:
-                    result = evaluate_utility(
-                        data[dataset], backend="endpoint", method=mmlu_method,
-                        endpoint=endpoint, out_dir=self.results,
-                        max_concurrency=ev.max_concurrency, **common)
-                    shown = f"accuracy {100 * result['accuracy']:.1f}%"
-                self.say(f"  {label} on {dataset}: {shown} (n={result['n']}, "
-                         f"{time.perf_counter() - started:.0f} s)")
+        for t, tasks in todo:
+            t.results.mkdir(parents=True, exist_ok=True)
+            for group in self._server_groups(t, {label for label, _, _, _ in tasks}):
+                with self._eval_server(t, group) as (base_url, names, model_name, fmt):
+                    for label, kind, dataset, _ in tasks:
+                        if label in group.labels:
+                            self._evaluate(t, label, kind, dataset, data[dataset], judge,
+                                           Endpoint(base_url, names[label], ev.api_key_env),
+                                           model_name, fmt, group.served.get(label, {}))
         return True
 
+    def _evaluate(self, t: _Target, label: str, kind: ResultKind, dataset: str, items: Any,
+                  judge: Any, endpoint: Endpoint, model_name: str, fmt: PromptFormat,
+                  served: Mapping[str, Any]) -> None:
+        """One model on one data set (its result file in the target's results folder)."""
+        from evaluation.safety import evaluate_overrefusal, evaluate_safety
+        from evaluation.utility import evaluate_utility
+
+        ev = self.cfg.evaluation
+        limits = {"catqa": ev.catqa_limit, "beavertails": ev.beavertails_limit,
+                  ev.overrefusal_name: ev.overrefusal_limit, "mmlu": ev.mmlu_limit}
+        adapter = str(t.adapters[label] / "adapter") if label != "base" else None
+        common: dict[str, Any] = dict(
+            label=label, model=model_name, adapter=adapter, limit=limits[dataset],
+            progress=self.progress, target=t.name,
+            serving={"server": ev.base_url or "embedded vLLM", "served_name": endpoint.model,
+                     **served})
+        started = time.perf_counter()
+        if kind == "safety":
+            assert judge is not None  # made for the safety tasks
+            result = evaluate_safety(
+                items, dataset=dataset, endpoint=endpoint, judge=judge, out_dir=t.results,
+                max_tokens=ev.max_tokens, prompt_format=fmt,
+                max_concurrency=ev.max_concurrency, **common)
+            shown = f"safety score {100 * result['safety_score']:.1f}%"
+        elif kind == "overrefusal":
+            result = evaluate_overrefusal(
+                items, dataset=dataset, endpoint=endpoint, out_dir=t.results,
+                max_tokens=ev.max_tokens, prompt_format=fmt,
+                max_concurrency=ev.max_concurrency, **common)
+            shown = f"refusal rate {100 * result['refusal_rate']:.1f}%"
+        else:
+            # the config checked both choices; this names them for the type checker
+            method: Literal["loglik", "generate"] = (
+                "generate" if ev.mmlu_method == "generate" else "loglik")
+            result = evaluate_utility(
+                items, backend="endpoint", method=method, endpoint=endpoint,
+                out_dir=t.results, max_concurrency=ev.max_concurrency, **common)
+            shown = f"accuracy {100 * result['accuracy']:.1f}%"
+        self.say(t.say(f"  {label} on {dataset}: {shown} (n={result['n']}, "
+                       f"{time.perf_counter() - started:.0f} s)"))
+
+    def _server_groups(self, t: _Target, labels: set[str]) -> list[_ServerGroup]:
+        """The evaluation servers a target's ``labels`` need: the base model with the adapters
+        vLLM serves as LoRA, then one server per adapter it cannot (a merged copy; made here
+        once, :func:`tools.adapter_serving.plan_serving`). One group with ``base_url``."""
+        order = [label for label in ["base", *self.cfg.methods] if label in labels]
+        if self.cfg.evaluation.base_url is not None:
+            return [_ServerGroup(t.model, order)]
+        from tools.adapter_serving import plan_serving
+
+        target = None if is_default_model(t.model) else str(t.model)
+        plan = plan_serving(target, {m: t.adapters[m] / "adapter" for m in order if m != "base"},
+                            how=t.adapter_serving, log=self.say)
+        served = {m: way.record() for m, way in plan.items()}
+        lora = [m for m in order if m == "base" or plan[m].served_as == "lora"]
+        groups = [_ServerGroup(t.model, lora, {m: str(plan[m].adapter) for m in lora
+                                               if m != "base"}, served)] if lora else []
+        for m, way in plan.items():
+            if way.served_as == "merged":
+                self.say(t.say(f"  {m}: vLLM serves no LoRA adapters on {way.architecture}; "
+                               f"serving the adapter merged into a copy ({way.model})"))
+                groups.append(_ServerGroup(str(way.model), [m], {}, {m: served[m]}))
+        return groups
+
     @contextmanager
-    def _eval_server(self) -> Iterator[tuple[str, dict[str, str], str, PromptFormat]]:
+    def _eval_server(self, t: _Target,
+                     group: _ServerGroup) -> Iterator[tuple[str, dict[str, str], str,
+                                                            PromptFormat]]:
         """(base URL, served name per label, base model's name, prompt format)."""
         from tools.default_model import DEFAULT_MODEL_NAME
+        from tools.server import served_name
 
-        ev, tr = self.cfg.evaluation, self.cfg.training
-        target = None if is_default_model(tr.model) else str(tr.model)
+        ev = self.cfg.evaluation
+        target = None if is_default_model(t.model) else str(t.model)
         # auto is chat (through a plain chat template when the target has none, below)
-        fmt: PromptFormat = "plain" if ev.prompt_format == "plain" else "chat"
+        fmt: PromptFormat = "plain" if t.prompt_format == "plain" else "chat"
         if ev.base_url is not None:
             base = ev.base_model or target or DEFAULT_MODEL_NAME
             names = {"base": base, **{m: ev.adapter_models.get(m, m) for m in self.cfg.methods}}
@@ -343,25 +436,37 @@ class _Experiment:
         from tools.server import EmbeddedServer
 
         extra = list(ev.server_args)
-        if ev.prompt_format == "auto":
-            template = self._plain_chat_template(target)
+        if t.prompt_format == "auto":
+            template = self._plain_chat_template(t, target)
             if template is not None:
                 extra += ["--chat-template", str(template)]
-                self.say(f"  the target has no chat template: serving {template.name} "
-                         "(the training's plain format)")
-        rank = int(tr.train_config(self.cfg.seed).rank)
-        server = EmbeddedServer(
-            target, log_path=self.logs / "vllm-evaluation.log", max_model_len=ev.max_model_len,
-            lora_modules={m: str(self.adapters[m] / "adapter") for m in self.cfg.methods},
-            max_lora_rank=_lora_rank(rank), extra_args=extra)
-        self.say(f"  starting the embedded vLLM server for evaluation ({server.model_name} + "
-                 f"{len(self.cfg.methods)} LoRA adapters; log {server.log_path}) ...")
+                self.say(t.say(f"  the target has no chat template: serving {template.name} "
+                               "(the training's plain format)"))
+        suffix = "" if t.name is None else f"-{t.name}"
+        if group.model != t.model:  # one adapter's merged copy, served under its label
+            label = group.labels[0]
+            server = EmbeddedServer(
+                group.model, served_model_name=label, max_model_len=ev.max_model_len,
+                log_path=self.logs / f"vllm-evaluation{suffix}-{label}-merged.log",
+                extra_args=extra)
+            what = f"{label}: the merged copy of its adapter"
+        else:
+            rank = int(t.training.train_config(self.cfg.seed).rank)
+            server = EmbeddedServer(
+                target, log_path=self.logs / f"vllm-evaluation{suffix}.log",
+                max_model_len=ev.max_model_len, lora_modules=group.lora or None,
+                max_lora_rank=_lora_rank(rank), extra_args=extra)
+            what = f"{server.model_name} + {len(group.lora)} LoRA adapters"
+        self.say(t.say(f"  starting the embedded vLLM server for evaluation ({what}; log "
+                       f"{server.log_path}) ..."))
         with server:
-            self.say(f"  serving at {server.base_url} (up in {server.startup_seconds or 0:.0f} s)")
-            names = {"base": server.model_name, **{m: m for m in self.cfg.methods}}
-            yield server.base_url, names, server.model_name, fmt
+            self.say(t.say(f"  serving at {server.base_url} (up in "
+                           f"{server.startup_seconds or 0:.0f} s)"))
+            names = {label: server.model_name if label == "base" else label
+                     for label in group.labels}
+            yield server.base_url, names, served_name(target), fmt
 
-    def _plain_chat_template(self, target: str | None) -> Path | None:
+    def _plain_chat_template(self, t: _Target, target: str | None) -> Path | None:
         """A chat template file rendering the training's plain format, for a target without
         a chat template of its own (None when it has one)."""
         from transformers import AutoTokenizer
@@ -372,7 +477,8 @@ class _Experiment:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(target))
         if has_chat_template(tokenizer):
             return None
-        path = self.out / "plain_chat_template.jinja"
+        name = "plain_chat_template" + ("" if t.name is None else f"-{t.name}")
+        path = self.out / f"{name}.jinja"
         path.write_text(plain_chat_template(tokenizer), "utf-8")
         return path
 
@@ -410,9 +516,10 @@ class _Experiment:
     # -- 5. report ----------------------------------------------------------------------------
 
     def result_files(self) -> list[Path]:
-        """The files in ``results/`` that hold a result (:func:`evaluation.results.read_results`;
-        the caches are in ``results/cache/``)."""
-        return list(read_results(self.results)[0])
+        """The files in ``results/`` (and each target's ``results/<target>/``) that hold a
+        result (:func:`evaluation.results.read_results`; the caches are in ``cache/``)."""
+        folders = dict.fromkeys([self.results, *(t.results for t in self.targets)])
+        return [path for folder in folders for path in read_results(folder)[0]]
 
     def report(self) -> bool:
         from evaluation.report import build_report
@@ -453,8 +560,9 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg.raw)
     exp = _Experiment(cfg, out, progress)
-    result = ExperimentResult(out_dir=out, runs=exp.runs,
-                              adapters={m: p / "adapter" for m, p in exp.adapters.items()},
+    adapters = {m if t.name is None else f"{t.name}/{m}": p / "adapter"
+                for t in exp.targets for m, p in t.adapters.items()}
+    result = ExperimentResult(out_dir=out, runs=exp.runs, adapters=adapters,
                               results_dir=exp.results, report=exp.report_dir / "report.md")
     exp.say(f"[bold]experiment {cfg.name}[/] in {out}")
     for i, stage in enumerate(STAGES, start=1):
@@ -467,4 +575,5 @@ def run_experiment(
         if stage == until:
             exp.say(f"stopped after {stage} (until={until}); run again to continue")
             break
+    result.result_files = exp.result_files()
     return result

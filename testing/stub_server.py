@@ -62,6 +62,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
@@ -489,6 +490,23 @@ def data_advisor_handler(body: dict[str, Any]) -> str:
     """Answer the app's default prompt templates deterministically (see the module docstring)."""
     text = last_user_text(body).rstrip()
     return _ANSWERS[recognise_node(text)](text)
+
+
+LLAMA_GUARD_CONVERSATION = re.compile(r"\n\nAgent: (.*?)\n\n<END CONVERSATION>", re.S)
+
+
+def llama_guard_handler(body: dict[str, Any]) -> str:
+    """Answer a Llama Guard 1 prompt like the model does: ``safe``, or ``unsafe`` and a
+    category (O1-O6) on the next line. The verdict is a deterministic function of the Agent's
+    response (a CRC of its text: about a third unsafe), so different responses get different,
+    repeatable verdicts; an empty response is safe. Anything else gets ``safe``.
+    """
+    found = LLAMA_GUARD_CONVERSATION.search(last_user_text(body))
+    response = found.group(1).strip() if found else ""
+    if not response:
+        return "safe"
+    code = zlib.crc32(response.encode("utf-8"))
+    return "safe" if code % 3 else f"unsafe\nO{code // 3 % 6 + 1}"
 
 
 # --------------------------------------------------------------------------------------------

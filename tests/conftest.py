@@ -86,25 +86,22 @@ def handler_with(overrides: Callable[[dict[str, Any], str], str | None]) -> Call
 
 def save_tiny_llama(path: Path, **overrides: Any) -> Path:
     """A tiny random Llama with the SmolLM2 tokenizer (local cache; nothing fetched)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    return save_tiny_model(path, "LlamaForCausalLM", **({
+        "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "max_position_embeddings": 256} | overrides))
 
+
+def save_tiny_model(path: Path, architecture: str, **overrides: Any) -> Path:
+    """A tiny random model of ``architecture`` (:func:`testing.tiny_models.save_tiny`) with the
+    SmolLM2 tokenizer (skipped when the default model cannot be made here)."""
+    from testing.tiny_models import save_tiny
     from tools.default_model import ensure_default_model
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ensure_default_model())
+        source = ensure_default_model()
     except Exception as exc:  # noqa: BLE001 - no cached model and no way to make it
         pytest.skip(f"default model not available: {exc}")
-    values: dict[str, Any] = {
-        "vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32,
-        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
-        "max_position_embeddings": 256, "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
-    }
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(**(values | overrides))).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny(path, architecture, source, **overrides)
 
 
 @pytest.fixture(scope="module")

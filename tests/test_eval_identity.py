@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 
 from evaluation.data import MultipleChoice, Question
-from evaluation.identity import adapter_identity, canonical_hash, default_label
+from evaluation.identity import adapter_identity, default_label
 from evaluation.judges import RefusalJudge
 from evaluation.safety import evaluate_safety
 from evaluation.utility import evaluate_utility
 from experiment.cli import main
 from testing.stub_server import StubServer
+from tools.hashing import canonical_hash
 from tools.llm import Endpoint
 
 QUESTIONS = [Question(f"q-{i}", f"harmful question {i}", "weapons" if i < 2 else "fraud")

@@ -183,11 +183,11 @@ def test_config_errors(tmp_path):
             load_config({**base, "generation": bad})
     with pytest.raises(ValueError, match="TrainConfig"):
         load_config({**base, "training": {"instructions": "x", "ranks": 3}})
-    with pytest.raises(ConfigError, match="different models"):
-        from experiment.stages import _generation_roles
+    from experiment.stages import _generation_roles
 
-        _generation_roles(load_config({**base, "generation": {
-            "generator_model": "a/b", "responder_model": "c/d"}}).generation)
+    roles = _generation_roles(load_config({**base, "generation": {
+        "generator_model": "a/b", "responder_model": "c/d"}}).generation)
+    assert roles.embedded == {"a/b": ["generator"], None: ["advisor"], "c/d": ["responder"]}
     toml = tmp_path / "c.toml"
     toml.write_text('seed = 3\n[training]\ninstructions = "i.json"\nrank = 8\n'
                     '[evaluation]\nmmlu = "m.jsonl"\nmmlu_limit = 5\n')
@@ -196,11 +196,13 @@ def test_config_errors(tmp_path):
     assert cfg.evaluation.mmlu_limit == 5
 
 
-@pytest.mark.parametrize("name", ["cpu-small.toml", "paper.toml"])
+@pytest.mark.parametrize("name", ["cpu-small.toml", "paper.toml", "paper-dryrun.toml"])
 def test_shipped_configs_load(name):
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
     assert cfg.methods == ["data_advisor", "self_instruct"]
     assert cfg.evaluation.catqa and cfg.evaluation.beavertails and cfg.evaluation.mmlu
+    if name.startswith("paper"):  # the paper's three base models (Figs. 2-4)
+        assert len(cfg.targets) == 3 and cfg.evaluation.judge == "llamaguard1"
 
 
 def test_train_command(tmp_path, tiny_model, capsys):
@@ -244,3 +246,62 @@ def test_summary_table_orders_models_and_columns(tmp_path):
     assert [list(c.cells) for c in table.columns] == [
         ["base", "data_advisor"], ["12.5%", "-"], ["-", "50.0%"], ["75.0%", "-"], ["25.0%", "-"]]
     assert summary_table(tmp_path / "nothing") is None
+
+
+def test_targets_config(tmp_path):
+    base = {"training": {"instructions": "x.json", "rank": 8, "ratio": 0.5},
+            "evaluation": {"catqa": "c.json"}}
+    cfg = load_config({**base, "targets": [
+        {"model": "mistralai/Mistral-7B-v0.1"},
+        {"model": "tiiuae/falcon-7b", "name": "falcon", "prompt_format": "plain",
+         "adapter_serving": "merged", "training": {"rank": 16, "ratio": 0.25}}]})
+    assert [t.name for t in cfg.targets] == ["Mistral-7B-v0.1", "falcon"]
+    mistral, falcon = (cfg.training_of(t) for t in cfg.targets)
+    assert mistral.model == "mistralai/Mistral-7B-v0.1" and mistral.train_config(0).rank == 8
+    assert falcon.train_config(0).rank == 16 and falcon.ratio == 0.25 and mistral.ratio == 0.5
+    assert falcon.instructions == "x.json"
+    bad = [
+        ({"training": {"instructions": "x", "model": "m"}, "targets": [{"model": "a"}]},
+         "not both"),
+        ({"targets": [{"model": "a/m"}, {"model": "b/m"}]}, "more than one target"),
+        ({"targets": [{"model": "a", "adapter_serving": "fused"}]}, "adapter_serving"),
+        ({"targets": [{"model": "a", "training": {"instructions": "y"}}]}, "cannot override"),
+        ({"targets": [{"model": "a", "training": {"ranks": 3}}]}, "TrainConfig"),
+        ({"targets": [{"model": "a", "name": "a/b"}]}, "name"),
+        ({"targets": []}, "non-empty list"),
+        ({"targets": [{"model": "a"}, {"model": "b"}],
+          "evaluation": {"catqa": "c", "base_url": "http://x/v1"}}, "one target"),
+    ]
+    for extra, message in bad:
+        with pytest.raises((ConfigError, ValueError), match=message):
+            load_config({**base, **extra})
+
+
+def test_each_target_trains_its_own_adapters(tmp_path):
+    """Two targets of different architectures: adapters per target and method, with the
+    target's overrides; the one-target layout is unchanged (see the end-to-end test)."""
+    from conftest import save_tiny_model
+
+    data = _data(tmp_path / "data")
+    llama = save_tiny_model(tmp_path / "llama", "LlamaForCausalLM", chat_template=False)
+    falcon = save_tiny_model(tmp_path / "falcon", "FalconForCausalLM", chat_template=False)
+    out = tmp_path / "exp"
+    with StubServer() as stub:
+        config = _config(stub, llama, data)
+        config["training"].pop("model")
+        config["evaluation"].pop("base_url")
+        config["targets"] = [{"model": str(llama), "name": "llama"},
+                             {"model": str(falcon), "name": "falcon",
+                              "training": {"max_steps": 1, "rank": 2}}]
+        result = run_experiment(config, out_dir=out, progress=False, until="training")
+    assert result.stages == {"generation": "ran", "training": "ran"}
+    assert sorted(result.adapters) == ["falcon/data_advisor", "falcon/self_instruct",
+                                       "llama/data_advisor", "llama/self_instruct"]
+    for name, model, steps, rank in (("llama", llama, 2, 4), ("falcon", falcon, 1, 2)):
+        for method in ("data_advisor", "self_instruct"):
+            folder = out / "adapters" / name / method
+            trained = json.loads((folder / "train_config.json").read_text())
+            assert trained["model"] == str(model) and trained["global_step"] == steps
+            assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["r"] == rank
+            assert json.loads((folder / "adapter" / "prompt_format.json").read_text())[
+                "prompt_format"] == "plain"

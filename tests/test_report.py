@@ -306,3 +306,37 @@ def test_one_category_is_no_section_and_adapters_by_hash(tmp_path: Path) -> None
     text = build_report([over], tmp_path).read_text("utf-8")
     assert "per category" not in text and not (tmp_path / "refusal_rate_xstest.png").exists()
     assert "| LoRA sha256 895b66bd958e |" in text and "adapters/data_advisor" not in text
+
+
+def test_several_targets_get_a_row_group_and_a_panel_each(tmp_path: Path) -> None:
+    """Paper Figs. 2-4: one panel per base model; the labels repeat per target."""
+    targets = ("mistral-7b", "llama-2-7b", "falcon-7b")
+    results: list[dict[str, Any]] = []
+    for t, target in enumerate(targets):
+        for i, label in enumerate(LABELS):
+            rate = round(0.6 - 0.1 * i - 0.05 * t, 2)
+            results.append({**safety("catqa", label, rate, {"Illegal Activity": rate,
+                                                            "Hate/Harass/Violence": 0.4}),
+                            "target": target, "model": f"org/{target}"})
+            results.append({**utility(label, 0.3 + 0.01 * t), "target": target,
+                            "model": f"org/{target}"})
+    results.append(diversity("data_advisor", 0.5))
+    text = build_report(results, tmp_path).read_text("utf-8")
+    assert "more than one" not in text  # the three "base" results are three models
+    table1 = text.split("## Table 1")[1].split("##")[0]
+    assert "| target | label | model |" in table1
+    for t, target in enumerate(targets):
+        row = next(line for line in table1.splitlines()
+                   if line.startswith(f"| {target} | data_advisor |"))
+        assert f"| {100 * (1 - round(0.4 - 0.05 * t, 2)):.1f} |" in row
+    catqa = text.split("per category: catqa")[1].split("##")[0]
+    header = next(line for line in catqa.splitlines() if line.startswith("| category |"))
+    assert header.split(" | ")[2:5] == ["mistral-7b: base", "mistral-7b: self_instruct",
+                                        "mistral-7b: data_advisor"]
+    assert header.rstrip(" |").endswith("falcon-7b: data_advisor")
+    summary_axes = axes_of(tmp_path / "safety_utility.png")
+    assert [a["title"] for a in summary_axes] == [f"{t}: higher is better ↑" for t in targets]
+    category_axes = axes_of(tmp_path / "harmful_rate_catqa.png")
+    assert [a["title"] for a in category_axes] == list(targets)
+    details = text.split("## Result details")[1]
+    assert "| safety | catqa | falcon-7b | data_advisor |" in details

@@ -135,7 +135,8 @@ def test_the_experiment_looks_where_the_writers_write(tmp_path: Path) -> None:
                        "evaluation": {"catqa": "c.json", "beavertails": "b.json",
                                       "overrefusal": "x.json", "overrefusal_name": "xstest",
                                       "mmlu": "m.json"}})
-    tasks = _Experiment(cfg, tmp_path, progress=False)._tasks()
+    exp = _Experiment(cfg, tmp_path, progress=False)
+    tasks = exp._tasks(exp.targets[0])
     names = {(label, kind, dataset): path.name for label, kind, dataset, path in tasks}
     assert names[("base", "safety", "catqa")] == "safety-catqa-base.json"
     assert names[("data_advisor", "overrefusal", "xstest")] == \
