@@ -25,7 +25,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tools.minhash import MinHashIndex
 
 _WORD = re.compile(r"(?:[^\W_]|')+")
 """Runs of Unicode letters, digits and apostrophes: on ASCII text exactly ``[a-z0-9']+`` after
@@ -108,87 +111,6 @@ def _shingle_order(shingle: str) -> tuple[int, int]:
 
 EXACT_UP_TO = 20_000
 """Texts a :class:`DuplicateFilter` remembers exactly; above, it switches to MinHash LSH."""
-NUM_PERM = 128
-"""MinHash permutations of the approximate filter (signature: 4 bytes each)."""
-LSH_WEIGHTS = (0.1, 0.9)
-"""Weights of false positives and false negatives in datasketch's choice of LSH bands."""
-
-
-class MinHashIndex:
-    """Word-shingle sets as MinHash signatures (``datasketch.MinHash``) in an LSH band index.
-
-    The bands and rows are datasketch's (``MinHashLSH``'s optimum for the threshold, a false
-    negative weighted 9 times a false positive: :data:`LSH_WEIGHTS`); the buckets are one dict per band from the hash
-    of the band to the first text in it (a list when several are), and the signatures one
-    ``uint32`` array: about 1.5 KB a text at 128 permutations, where ``MinHashLSH``'s own
-    storage (a set per bucket, each key's band hashes) took 3.2-3.7 KB, near the exact
-    filter's 4.6. A candidate is a near duplicate when its signatures agree on at least
-    ``threshold`` of the permutations (MinHash's estimate of the Jaccard similarity).
-    """
-
-    def __init__(self, threshold: float, num_perm: int = NUM_PERM) -> None:
-        import numpy as np
-        from datasketch import MinHash, MinHashLSH
-
-        # only for its bands b and rows r: a missed candidate is a near duplicate kept, while
-        # a false candidate costs one comparison of signatures, so misses weigh 9 times more
-        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
-        self.threshold = threshold
-        self._ranges = [(i * lsh.r, (i + 1) * lsh.r) for i in range(lsh.b)]
-        self._hasher = MinHash(num_perm=num_perm)
-        self._np = np
-        self._signatures = np.zeros((64, num_perm), dtype=np.uint32)
-        self._count = 0
-        self._buckets: list[dict[int, Any]] = [{} for _ in self._ranges]
-
-    def __len__(self) -> int:
-        return self._count
-
-    def signature(self, own: frozenset[str]) -> Any:
-        """The MinHash signature (a ``uint32`` array) of a shingle set."""
-        self._hasher.clear()
-        self._hasher.update_batch([shingle.encode() for shingle in own])
-        return self._hasher.hashvalues.astype(self._np.uint32)
-
-    def _keys(self, signature: Any) -> list[int]:
-        return [hash(signature[start:end].tobytes()) for start, end in self._ranges]
-
-    def add(self, signature: Any) -> None:
-        """Remember one signature (text number ``len(self)``)."""
-        if self._count == len(self._signatures):
-            self._signatures = self._np.concatenate([self._signatures, self._signatures])
-        index = self._count
-        self._signatures[index] = signature
-        self._count += 1
-        for bucket, key in zip(self._buckets, self._keys(signature), strict=True):
-            held = bucket.get(key)
-            if held is None:
-                bucket[key] = index
-            elif isinstance(held, list):
-                held.append(index)
-            else:
-                bucket[key] = [held, index]
-
-    def candidates(self, signature: Any) -> set[int]:
-        """Remembered texts sharing a band with ``signature``."""
-        found: set[int] = set()
-        for bucket, key in zip(self._buckets, self._keys(signature), strict=True):
-            held = bucket.get(key)
-            if isinstance(held, list):
-                found.update(held)
-            elif held is not None:
-                found.add(held)
-        return found
-
-    def similarity(self, signature: Any, index: int) -> float:
-        """Estimated Jaccard similarity of ``signature`` and remembered text ``index``."""
-        return float((self._signatures[index] == signature).mean())
-
-    def max_similarity(self, signature: Any) -> float:
-        """Highest estimated Jaccard similarity to any remembered text (0 with none)."""
-        if not self._count:
-            return 0.0
-        return float((self._signatures[: self._count] == signature).mean(axis=1).max())
 
 
 class DuplicateFilter:
@@ -198,13 +120,13 @@ class DuplicateFilter:
     a remembered text is at least ``threshold``.
 
     Up to ``exact_up_to`` remembered texts (default :data:`EXACT_UP_TO`) the decision is exact;
-    beyond, the filter moves everything it holds to a :class:`MinHashIndex` and from then on is
+    beyond, the filter moves everything it holds to a ``tools.minhash.MinHashIndex`` (MinHash
+    LSH, ``datasketch``) and from then on is
     **approximate** (:attr:`approximate`): the same shingles and threshold, but the Jaccard
     similarity is MinHash's estimate and only texts sharing an LSH band are compared, so a few
     near duplicates pass and a few texts just below the threshold are rejected (agreement with
-    the exact filter: ``benchmarks/bench_dedup.py``). The exact filter holds about 4.6 KB a
-    text, the approximate one about 1.5 KB. Exact duplicates (same :func:`normalize`) are
-    always caught exactly.
+    the exact filter: ``benchmarks/bench_dedup.py``, with the memory each holds a text).
+    Exact duplicates (same :func:`normalize`) are always caught exactly.
 
     The exact filter compares only candidates: by prefix
     filtering, two shingle sets with Jaccard >= t share at least one of the first
@@ -270,7 +192,10 @@ class DuplicateFilter:
             self._switch_to_minhash()
 
     def _switch_to_minhash(self) -> None:
-        """Move the remembered shingle sets into a :class:`MinHashIndex` and drop them."""
+        """Move the remembered shingle sets into a ``tools.minhash.MinHashIndex`` and drop
+        them (imported here: numpy and datasketch only for filters that grow that large)."""
+        from tools.minhash import MinHashIndex
+
         self._minhash = MinHashIndex(self.threshold)
         for own in self._shingled:
             self._minhash.add(self._minhash.signature(own))
