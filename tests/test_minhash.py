@@ -38,7 +38,9 @@ def test_minhash_agrees_with_exact_on_clear_cases():
     assert not exact.approximate and approximate.approximate
     duplicates = [_variant(t) for t in pool[::10]]
     others = _prompts(30, seed=1)
-    assert all(jaccard(shingles(d), shingles(t)) >= 0.85 for d, t in zip(duplicates, pool[::10]))
+    originals = pool[::10]
+    assert all(jaccard(shingles(d), shingles(t)) >= 0.85
+               for d, t in zip(duplicates, originals, strict=True))
     assert all(exact.max_similarity(o) < 0.3 for o in others)
     for text in duplicates:
         assert exact.reason(text) == approximate.reason(text) == "near_duplicate"
@@ -55,3 +57,11 @@ def test_threshold_is_the_jaccard_of_the_same_shingles():
     assert 0.45 < jaccard(shingles(half), shingles(pool[7])) < 0.7
     assert DuplicateFilter(pool, 0.8, exact_up_to=5).reason(half) is None
     assert DuplicateFilter(pool, 0.4, exact_up_to=5).reason(half) == "near_duplicate"
+
+
+def test_threshold_one_is_the_same_shingle_set():
+    pool = [*_prompts(20), "a b c a b"]
+    approximate = DuplicateFilter(pool, 1.0, exact_up_to=5)
+    assert approximate.approximate
+    assert approximate.reason("c a b c a b") == "near_duplicate"  # same shingles, other text
+    assert approximate.reason(_variant(pool[3])) is None

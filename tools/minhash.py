@@ -35,7 +35,10 @@ class MinHashIndex:
     def __init__(self, threshold: float, num_perm: int = NUM_PERM) -> None:
         from datasketch import MinHash, MinHashLSH
 
-        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
+        # above ~0.95 datasketch finds no banding (b < 2); a lower band threshold only adds
+        # candidates, each still checked against the threshold itself
+        lsh = MinHashLSH(threshold=min(threshold, 0.95), num_perm=num_perm,
+                         weights=LSH_WEIGHTS)
         self.threshold = threshold
         self.bands, self.rows = lsh.b, lsh.r
         self._hasher = MinHash(num_perm=num_perm)
