@@ -167,3 +167,17 @@ def test_training_mix_records_the_files_and_refuses_other_contents(tmp_path):
     _check_same_decontamination(tmp_path, digests)
     with pytest.raises(ValueError, match="--no-resume"):
         _check_same_decontamination(tmp_path, {})
+
+
+def test_run_command_records_the_files(stub, tmp_path):
+    from experiment.cli import main
+
+    eval_file = _eval_file(tmp_path)
+    folder = tmp_path / "run"
+    code = main(["run", "--base-url", stub.base_url, "--model", "stub", "--rounds", "1", "-k",
+                 "2", "--run", str(folder), "--no-progress", "--decontaminate", str(eval_file)])
+    assert code == 0
+    recorded = json.loads((folder / "run.json").read_text("utf-8"))
+    assert recorded["context"]["decontaminate"] == [str(eval_file)]
+    assert main(["run", "--base-url", stub.base_url, "--model", "stub", "--run",
+                 str(tmp_path / "other"), "--decontaminate", str(tmp_path / "none.csv")]) != 0
