@@ -211,7 +211,7 @@ def dedupe(examples: Iterable[Example], seen: set[str] | None = None) -> list[Ex
     return out
 
 
-def decontaminate(
+def drop_contaminated(
     examples: Sequence[Example], index: ContaminationIndex | None
 ) -> tuple[list[Example], int]:
     """The examples whose prompt is not contaminated by ``index``'s evaluation prompts
@@ -260,8 +260,8 @@ def build_mix(
         raise ValueError(f"ratio (the safety share) must be within [0, 1], got {ratio}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be within [0, 1), got {val_fraction}")
-    safety, dropped_safety = decontaminate(safety, contamination)
-    instructions, dropped_instructions = decontaminate(instructions, contamination)
+    safety, dropped_safety = drop_contaminated(safety, contamination)
+    instructions, dropped_instructions = drop_contaminated(instructions, contamination)
     contaminated = {source: n for source, n in ((SAFETY, dropped_safety),
                                                 (INSTRUCTION, dropped_instructions)) if n}
     seen: set[str] = set()
