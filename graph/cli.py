@@ -352,6 +352,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "target_size": run.context.target_size,
         **counts,
         "rejected_by_reason": values.get("rejected", {}),
+        "decontaminated_against": run.context.decontaminate,
         "summary": values.get("summary", []),
         "generator": run.context.endpoint("generator").model,
         "embedded_server": run.embedded,
@@ -361,7 +362,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     table = Table(show_header=False, box=None)
     for key, value in info.items():
-        shown = "; ".join(value) if key == "summary" else value
+        shown = "; ".join(value) if key in ("summary", "decontaminated_against") else value
         table.add_row(f"[bold]{key}[/]", str(shown))
     console.print(table)
     return 0

@@ -13,8 +13,8 @@ Storage is compact, because its purpose is memory: the signatures in ``uint32`` 
 :data:`CHUNK` rows, and the band hashes of all texts in one sorted ``int64`` array with the text
 numbers beside it (new texts wait in a small dict until :data:`CHUNK` of them are merged in).
 ``datasketch.MinHashLSH``'s own storage (a Python set per bucket, each key's band hashes) held
-3.2-3.7 KB a text in a measurement on the shared Alpaca prompts, about what the exact filter
-holds; ``benchmarks/bench_dedup.py`` measures this one.
+2.7-3.2 KB a text at 9 bands, signatures aside, in a measurement on the shared Alpaca prompts:
+about what the exact filter holds. ``benchmarks/bench_dedup.py`` measures this one.
 """
 
 from __future__ import annotations
