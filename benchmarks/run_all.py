@@ -7,6 +7,8 @@
     (``--skip-vllm`` leaves it out; it starts the real server, minutes on CPU);
 (d) ``bench_novelty``: novel weaknesses in the last 100 rounds, today's summary design against
     the merging one, and the round time at the end over round 10 (``--novelty-rounds``).
+(e) ``bench_dedup``: the duplicate filter, MinHash LSH against exact Jaccard: agreement of
+    the decisions on 10K queries and memory per prompt at 100K (``--dedup-prompts``).
 
 Ratios are measured side by side in one run; nothing here asserts a number.
 
@@ -22,6 +24,7 @@ import platform
 import time
 from collections.abc import Sequence
 
+import bench_dedup
 import bench_growth
 import bench_novelty
 import bench_overhead
@@ -38,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--growth-rounds", type=int, default=200, help="(b) rounds")
     parser.add_argument("--vllm-rounds", type=int, default=4, help="(c) rounds at each W x K")
     parser.add_argument("--novelty-rounds", type=int, default=200, help="(d) rounds")
+    parser.add_argument("--dedup-prompts", type=int, default=100_000,
+                        help="(e) prompts held for the memory measurement")
     parser.add_argument("--skip-vllm", action="store_true", help="leave (c) out")
     args = parser.parse_args(argv)
 
@@ -72,6 +77,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                  f"today's design: {last['today']}", "higher"])
     rows.append(["(d) novelty", "round time at the end / at round 10 (new)",
                  bench_novelty.round_time_ratio(novelty[1].seconds), "", "<= 1.5"])
+
+    print(f"\n== (e) duplicate filter: agreement on 10,000 queries, memory at "
+          f"{args.dedup_prompts:,} prompts ==")
+    agreement = bench_dedup.agreement(10_000, 5_000, 0.8)
+    print(bench_dedup.report_agreement(agreement))
+    texts = bench_dedup.many_prompts(args.dedup_prompts)
+    exact = bench_dedup.memory_per_prompt(texts, 0.8, approximate=False)
+    approx = bench_dedup.memory_per_prompt(texts, 0.8, approximate=True)
+    print(bench_dedup.report_memory(len(texts), exact, approx))
+    rows.append(["(e) duplicate filter", "MinHash decisions alike exact ones", agreement.agreement,
+                 f"precision {agreement.precision:.3f}, recall {agreement.recall:.3f}", "-"])
+    rows.append(["(e) duplicate filter", "memory per prompt, MinHash / exact", approx / exact,
+                 f"{approx:,.0f} vs {exact:,.0f} bytes", "lower"])
 
     if not args.skip_vllm:
         shapes = [(1, args.k), (3, args.k), (1, 32)]

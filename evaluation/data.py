@@ -19,16 +19,15 @@ Every loader takes a local path or a Hugging Face dataset id (``hf:<id>[:<split>
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-T = TypeVar("T")
+from tools.rows import PROMPT_FIELDS, catqa_rows, read_file_rows
 
-PROMPT_FIELDS = ("prompt", "instruction", "question", "text")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,46 +65,13 @@ def _existing(path: str | Path) -> Path:
     return p
 
 
-def _catqa_rows(data: Any) -> list[dict[str, Any]] | None:
-    """The rows of a CatQA-style object ``{category: {subcategory: [question, ...]}}``, or
-    None when ``data`` is not one."""
-    if not (isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values())):
-        return None
-    return [{"prompt": str(question), "category": category,
-             "subcategory": sub.rstrip(":").strip()}
-            for category, subs in data.items() for sub, questions in subs.items()
-            for question in questions]
-
-
 def read_rows(source: str | Path) -> list[dict[str, Any]]:
-    """The rows of a data file as dicts: ``.csv``, ``.jsonl``, ``.json`` (a list of objects,
-    or CatQA's nested form), ``.parquet``, ``.txt`` (one prompt a line, column ``prompt``), or
-    ``hf:<id>[:<split>]``."""
+    """The rows of a data file as dicts (:func:`tools.rows.read_file_rows`: ``.csv``,
+    ``.jsonl``, ``.json`` (a list of objects, or CatQA's nested form), ``.parquet``, ``.txt``),
+    or of ``hf:<id>[:<split>]``."""
     if str(source).startswith("hf:"):
         return _hf_rows(str(source))
-    path = _existing(source)
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows = [json.loads(x) for x in path.read_text("utf-8").splitlines() if x.strip()]
-    elif suffix == ".json":
-        data = json.loads(path.read_text("utf-8"))
-        catqa = _catqa_rows(data)
-        rows = data if catqa is None else catqa
-    elif suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
-    elif suffix == ".txt":
-        rows = [{"prompt": x.strip()} for x in path.read_text("utf-8").splitlines() if x.strip()]
-    else:
-        raise ValueError(f"{path}: unknown data file type {suffix!r} (csv, jsonl, json, parquet, "
-                         "txt, or hf:<id>)")
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise ValueError(f"{path}: expected a list of objects, one per prompt")
-    return rows
+    return read_file_rows(_existing(source))
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,7 +248,7 @@ def catqa_set(source: str | Path, **options: Any) -> PromptSet:
     rows = None
     if not str(source).startswith("hf:"):
         data = json.loads(_existing(source).read_text("utf-8"))
-        rows = _catqa_rows(data)
+        rows = catqa_rows(data)
         if rows is None:
             raise ValueError(f"{source} is not a CatQA file ({{category: {{subcategory: "
                              "[question, ...]}}}}); use --data for other files")

@@ -98,8 +98,9 @@ def category_stats(questions: Iterable[Question]) -> dict[str, Any]:
 
 def near_duplicate_flags(prompts: Sequence[str], threshold: float = 0.8) -> list[bool]:
     """For each prompt, whether it is an exact or near duplicate of an earlier prompt: the
-    generator's own `tools.text.DuplicateFilter`, fed the prompts in order."""
-    seen = DuplicateFilter([], threshold)
+    generator's own `tools.text.DuplicateFilter`, fed the prompts in order, exact at any size
+    (a measurement: the filter's MinHash LSH above its size would make it approximate)."""
+    seen = DuplicateFilter([], threshold, exact_up_to=len(prompts))
     flags = []
     for prompt in prompts:
         flags.append(seen.reason(prompt) is not None)

@@ -9,6 +9,8 @@ The config (every key optional unless said otherwise; see ``configs/cpu-small.to
 
     out_dir = "experiments/x"     # default for run_experiment(out_dir=None)
     seed = 0
+    decontaminate = [...]         # evaluation files no generated or training prompt may overlap
+                                  # (default: the [evaluation] sets; [] for none)
     [generation]   methods, target_size, rounds, prompts_per_round (K), weaknesses_per_round
                    (W), examples_per_request,
                    base_url, model, advisor_url/_model, generator_url/_model,
@@ -247,6 +249,10 @@ class ExperimentConfig:
     seed: int = 0
     name: str = "experiment"
     raw: dict[str, Any] = field(default_factory=dict)
+    decontaminate: list[str] | None = None
+    """Evaluation files the generated prompts and the training mix are checked against
+    (``tools.decontam``); None: the ``[evaluation]`` sets, read with the evaluation loaders;
+    ``[]``: no check."""
 
     @property
     def methods(self) -> list[str]:
@@ -303,7 +309,7 @@ def load_config(source: str | Path | Mapping[str, Any]) -> ExperimentConfig:
         data, name = read_config_file(source), Path(source).stem
     data = json.loads(json.dumps(data, default=str))  # plain JSON types, a private copy
     top = {"generation", "training", "evaluation", "diversity", "targets", "out_dir", "seed",
-           "name"}
+           "name", "decontaminate"}
     unknown = sorted(set(data) - top)
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {unknown}; known: {sorted(top)}")
@@ -315,6 +321,11 @@ def load_config(source: str | Path | Mapping[str, Any]) -> ExperimentConfig:
     if not train_cfg.instructions:
         raise ConfigError("[training] instructions is required (the instruction data to mix)")
     seed = int(data.get("seed", 0))
+    decontaminate = data.get("decontaminate")
+    if decontaminate is not None and not (
+        isinstance(decontaminate, list) and all(isinstance(p, str) for p in decontaminate)
+    ):
+        raise ConfigError("decontaminate: must be a list of evaluation files (or [] for none)")
     train_cfg.train_config(seed)  # validate the LoRA fields now, not after generation
     targets = _targets(data.get("targets"), train_cfg)
     evaluation = _take(EvaluationConfig, data.get("evaluation") or {}, "evaluation")
@@ -332,6 +343,7 @@ def load_config(source: str | Path | Mapping[str, Any]) -> ExperimentConfig:
         seed=seed,
         name=str(data.get("name") or name),
         raw=data,
+        decontaminate=decontaminate,
     )
     for target in targets:  # validate each target's training now, not after generation
         cfg.training_of(target).train_config(seed)

@@ -19,6 +19,10 @@
 4. **diversity** of both data sets (and of reference files such as CatQA) in ``<out>/results``;
 5. **report**: ``<out>/report/report.md`` and its plots (:func:`evaluation.report.build_report`).
 
+Generation (a prompt rejected as ``contaminated``) and training (examples dropped and counted)
+are decontaminated against the config's ``decontaminate`` files, by default the prompts of the
+``[evaluation]`` sets, written to ``<out>/decontamination.jsonl`` (``tools.decontam``).
+
 Every stage is skipped when its output exists, so running the same config again after a crash
 or Ctrl-C continues where it stopped; within a stage, a generation run resumes from its last
 checkpoint, training from its last Trainer checkpoint, and an evaluation from the responses and
@@ -28,11 +32,13 @@ delete the stage's output (or use another ``out_dir``) for that.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +54,7 @@ from experiment.config import (
 )
 from graph.context import ROLES
 from tools.default_model import is_default_model
-from tools.files import write_json
+from tools.files import write_atomic, write_json
 from tools.llm import Endpoint
 
 STAGES = ("generation", "training", "evaluation", "diversity", "report")
@@ -174,6 +180,30 @@ class _Experiment:
     def say(self, text: str) -> None:
         self.console.print(text)
 
+    @cached_property
+    def decontamination(self) -> list[str]:
+        """The files generation and training are decontaminated against: the config's
+        ``decontaminate``, else the prompts of the ``[evaluation]`` sets (read with the
+        evaluation loaders, whole, without the limits) in ``<out>/decontamination.jsonl``,
+        rewritten with the same bytes while the sets are the same (a run records its hash)."""
+        if self.cfg.decontaminate is not None:
+            return list(self.cfg.decontaminate)
+        from evaluation.data import load_beavertails, load_catqa, load_mmlu, load_questions
+
+        ev = self.cfg.evaluation
+        prompts: list[str] = []
+        for source, loader in ((ev.catqa, load_catqa), (ev.beavertails, load_beavertails),
+                               (ev.overrefusal, load_questions)):
+            if source:
+                prompts += [q.prompt for q in loader(source)]
+        if ev.mmlu:
+            prompts += [q.prompt for q in load_mmlu(ev.mmlu)]
+        path = self.out / "decontamination.jsonl"
+        write_atomic(path, "".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n"
+                                   for p in prompts))
+        self.say(f"  decontamination: {len(prompts)} evaluation prompts in {path}")
+        return [str(path)]
+
     # -- 1. generation ------------------------------------------------------------------------
 
     def generation(self) -> bool:
@@ -228,6 +258,7 @@ class _Experiment:
                 "max_concurrency": gen.max_concurrency,
                 "seed_prompts_file": gen.seed_prompts_file,
                 "seed_categories_file": gen.seed_categories_file,
+                "decontaminate": self.decontamination,
                 **endpoints,
             }
             for m in todo:
@@ -279,11 +310,13 @@ class _Experiment:
             result, splits = train_adapter(
                 self.runs[m], instructions, t.adapters[m], model=tr.model,
                 config=tr.train_config(self.cfg.seed), ratio=tr.ratio, seed=self.cfg.seed,
-                val_fraction=tr.val_fraction, instructions_limit=tr.instructions_limit)
-            counts = {k: ", ".join(f"{n} {src}" for src, n in sorted(v.items()))
+                val_fraction=tr.val_fraction, instructions_limit=tr.instructions_limit,
+                decontaminate=self.decontamination)
+            counts = {k: ", ".join(f"{n} {src}" for src, n in sorted(v.items())) or "none"
                       for k, v in splits.counts().items()}
             self.say(t.say(f"  {m}: {result.global_step} steps; train {counts['train']}, "
-                           f"validation {counts['validation']}; last train loss "
+                           f"validation {counts['validation']}; dropped as contaminated "
+                           f"{counts['contaminated']}; last train loss "
                            f"{_fmt(result.train_loss)}, validation loss "
                            f"{_fmt(result.eval_loss)}"))
         return True

@@ -97,6 +97,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--seed-categories", type=Path,
         help="file of seed categories, one per line (default: graph/seeds/seed_categories.txt)",
     )
+    p.add_argument(
+        "--decontaminate", type=Path, nargs="+", metavar="FILE",
+        help="evaluation set files (CatQA .json, BeaverTails .csv, MMLU .jsonl, one prompt a "
+        "line .txt, ...): a generated prompt equal to one of their prompts, or sharing a word "
+        f"{field_default('decontaminate_ngram')}-gram with them, is rejected as contaminated "
+        f"(default: none, or ${env_var('decontaminate')}, paths separated by ':'; the "
+        f"n-gram size and containment threshold: ${env_var('decontaminate_ngram')}, "
+        f"${env_var('decontaminate_threshold')})",
+    )
     _add_endpoint_options(p, resume=False)
     p.add_argument(
         "--max-concurrency", type=positive_int,
@@ -209,6 +218,8 @@ def _context(args: argparse.Namespace) -> Context:
         "prompts_dir": str(args.prompts) if args.prompts else None,
         "seed_prompts_file": str(args.seed_prompts) if args.seed_prompts else None,
         "seed_categories_file": str(args.seed_categories) if args.seed_categories else None,
+        "decontaminate": [str(path) for path in args.decontaminate] if args.decontaminate
+        else None,
         "api_key_env": args.api_key_env,
         "max_concurrency": args.max_concurrency,
         "request_timeout": args.request_timeout,
@@ -341,6 +352,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "target_size": run.context.target_size,
         **counts,
         "rejected_by_reason": values.get("rejected", {}),
+        "decontaminated_against": run.context.decontaminate,
         "summary": values.get("summary", []),
         "generator": run.context.endpoint("generator").model,
         "embedded_server": run.embedded,
@@ -350,7 +362,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     table = Table(show_header=False, box=None)
     for key, value in info.items():
-        shown = "; ".join(value) if key == "summary" else value
+        shown = "; ".join(value) if key in ("summary", "decontaminated_against") else value
         table.add_row(f"[bold]{key}[/]", str(shown))
     console.print(table)
     return 0

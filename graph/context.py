@@ -25,7 +25,9 @@ from types import NoneType, UnionType
 from typing import Any, Literal, Self, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
+from tools.decontam import DEFAULT_NGRAM, DEFAULT_THRESHOLD
 from tools.llm import Endpoint
+from tools.text import EXACT_UP_TO
 
 Role = Literal["advisor", "generator", "responder"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -109,6 +111,21 @@ class Context:
     max_line_words: int = 5
     min_prompt_words: int = 4
     near_duplicate_threshold: float = 0.8
+    near_duplicate_exact_up_to: int = EXACT_UP_TO
+    """Prompts the duplicate filter compares exactly; above, it is MinHash LSH, approximate
+    (``tools.text.DuplicateFilter``)."""
+
+    # --- decontamination -------------------------------------------------------------------
+    decontaminate: list[str] = field(default_factory=list)
+    """Evaluation files (CatQA JSON, BeaverTails CSV, MMLU JSONL, one prompt a line, ...): a
+    generated prompt equal to one of their prompts after normalisation, or whose word n-gram
+    containment in them is above ``decontaminate_threshold``, is rejected as ``contaminated``
+    (``tools.decontam``); their content hashes are recorded in run.json."""
+    decontaminate_ngram: int = DEFAULT_NGRAM
+    """n of the word n-grams compared (a prompt shorter than n words: exact match only)."""
+    decontaminate_threshold: float = DEFAULT_THRESHOLD
+    """Containment (share of the prompt's n-grams found in the evaluation prompts) above which
+    a prompt is contaminated; 0.0: any shared n-gram."""
 
     # --- templates, seeds and storage ------------------------------------------------------
     prompts_dir: str | None = None
@@ -309,6 +326,10 @@ _RULES: dict[str, Rule] = {
     "max_line_words": _at_least(1),
     "min_prompt_words": _at_least(0),
     "near_duplicate_threshold": ((lambda value: 0 < value <= 1), "> 0 and <= 1"),
+    "near_duplicate_exact_up_to": _at_least(0),
+    "decontaminate": ((lambda value: all(path.strip() for path in value)), "file paths"),
+    "decontaminate_ngram": _at_least(1),
+    "decontaminate_threshold": ((lambda value: 0 <= value < 1), ">= 0 and < 1"),
     "data_path": _non_empty(),
 }
 """What a field's value must be besides its type (``None`` of an optional field is fine)."""
@@ -346,6 +367,9 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, dict) and all(
             _fits(k, keys) and _fits(v, values) for k, v in value.items()
         )
+    if origin is list:
+        (item,) = get_args(hint)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
     if hint is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:
@@ -364,6 +388,8 @@ def _describe(hint: Any) -> str:
         return "one of " + ", ".join(map(str, get_args(hint)))
     if origin is dict:
         return "a mapping of names to strings"
+    if origin is list:
+        return "a list of strings"
     words = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
              NoneType: "null"}
     return words.get(hint, getattr(hint, "__name__", str(hint)))
@@ -386,7 +412,8 @@ def _fill_from_env(ctx: Context, explicit: frozenset[str]) -> dict[str, str]:
 def parse_env(var: str, text: str, hint: Any) -> Any:
     """The value of variable ``var`` for a field of type ``hint``, parsed strictly: booleans
     are true/false/1/0/yes/no, numbers must parse, an optional field takes '' or none as
-    ``None``, a mapping is JSON; else a :class:`ContextError` naming the variable."""
+    ``None``, a list is separated by ``os.pathsep`` (``:``), a mapping is JSON; else a
+    :class:`ContextError` naming the variable."""
     if get_origin(hint) in (Union, UnionType):
         if text.strip().lower() in ("", "none", "null"):
             return None
@@ -402,6 +429,8 @@ def parse_env(var: str, text: str, hint: Any) -> Any:
         except ValueError:
             kind = "an integer" if hint is int else "a number"
             raise ContextError(f"{var}={text}: not {kind}") from None
+    if get_origin(hint) is list:  # paths, separated as in PATH
+        return [part for part in text.split(os.pathsep) if part.strip()]
     if get_origin(hint) is dict:
         try:
             return json.loads(text)

@@ -1,11 +1,12 @@
 """Running a graph in a run folder: checkpoints, the embedded server, progress, clean stops.
 
-A run folder holds ``run.json`` (the run's ``id``, method and context, no secrets; a
-``history`` of endpoint changes made on resume), ``run.sqlite`` (the data tables),
-``checkpoints.sqlite`` (LangGraph's checkpoints), ``run.lock`` (who executes the run) and
-``vllm.log`` when the embedded server was used. The id, ``<method>-<12 hex digits>``, is made
-when the run is created and is its checkpoint thread id and its key in ``run.sqlite``: a folder
-moved or renamed is the same run (runs made before ids were recorded use their folder name).
+A run folder holds ``run.json`` (the run's ``id``, method and context, no secrets; the
+content hashes of its decontamination files; a ``history`` of endpoint changes made on
+resume), ``run.sqlite`` (the data tables), ``checkpoints.sqlite`` (LangGraph's checkpoints),
+``run.lock`` (who executes the run) and ``vllm.log`` when the embedded server was used. The
+id, ``<method>-<12 hex digits>``, is made when the run is created and is its checkpoint thread
+id and its key in ``run.sqlite``: a folder moved or renamed is the same run (runs made before
+ids were recorded use their folder name).
 
 :func:`execute` starts a run, or resumes it from its last checkpoint after a crash, Ctrl-C,
 ``kill`` or a closed terminal, restarting the embedded server if needed. It holds the folder's
@@ -82,6 +83,7 @@ from graph.graph import Method, checkpoint_serializer, compile_graph, run_finish
 from graph.seeds import read_seeds
 from graph.state import State, is_legacy, round_unfinished, state_of
 from graph.templates import load_templates
+from tools.decontam import file_digests, read_prompts
 from tools.files import write_atomic
 from tools.server import EmbeddedServer, served_name, stop_signals_interrupt
 from tools.store import (
@@ -131,6 +133,9 @@ class Run:
     unrecorded: frozenset[str] = field(default=frozenset(), compare=False)
     """Context fields ``run.json`` does not hold (the run was made before they existed): the
     loaded context has today's defaults for them, which that run may not have used."""
+    decontamination: dict[str, str] = field(default_factory=dict)
+    """``{file: sha256}`` of the context's ``decontaminate`` files when the run was created: a
+    resume against other contents is refused (:func:`check_decontamination`)."""
 
     def __post_init__(self) -> None:
         self.run_id = self.run_id or self.folder.name
@@ -174,6 +179,7 @@ class Run:
             "embedded": self.embedded,
             "embedded_model": self.embedded_model,
             "context": ctx,
+            "decontamination": self.decontamination,
             "history": self.history,
         }
         write_atomic(self.folder / RUN_FILE, json.dumps(data, indent=2) + "\n", replace=replace)
@@ -244,6 +250,7 @@ class Run:
             run_id_from(data, folder),
             id_recorded=bool(data.get("id")),
             unrecorded=frozenset(known - set(recorded) - {"data_path"}),
+            decontamination=dict(data.get("decontamination") or {}),
         )
 
 
@@ -298,6 +305,22 @@ def validate_inputs(ctx: Context) -> None:
     load_templates(ctx.prompts_dir, ctx.prompts)
     read_seeds("prompts", ctx.seed_prompts_file)
     read_seeds("categories", ctx.seed_categories_file)
+    for path in ctx.decontaminate:  # a DecontaminationError saying what to give instead
+        read_prompts(path)
+
+
+def check_decontamination(run: Run) -> None:
+    """Refuse to go on when a decontamination file's content differs from the one the run
+    started with (its sha256 in run.json): the prompts kept so far were checked against it."""
+    current = file_digests(run.context.decontaminate)
+    changed = [path for path, digest in run.decontamination.items()
+               if current.get(path) != digest]
+    if changed:
+        raise RunError(
+            f"decontamination file(s) {', '.join(changed)} changed since the run started "
+            f"(content hash recorded in {run.folder / RUN_FILE}); restore them, or start a new "
+            "run to check against the new contents"
+        )
 
 
 def create_run(
@@ -335,7 +358,8 @@ def create_run(
     validate_inputs(ctx)
     folder.mkdir(parents=True, exist_ok=True)
     ctx.data_path = str(folder / DB_FILE)
-    run = Run(folder, method, ctx, embedded, embedded_model, run_id=new_run_id(method))
+    run = Run(folder, method, ctx, embedded, embedded_model, run_id=new_run_id(method),
+              decontamination=file_digests(ctx.decontaminate))
     try:
         run.save(replace=(folder / RUN_FILE).exists())  # a cut run.json is replaced
     except FileExistsError:  # another process created the run just now
@@ -640,6 +664,7 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
             return phase_of(snapshot.values, pending_steps(snapshot), store, run.context)
 
         check_consistent(run, graph.get_state(config).values, store)
+        check_decontamination(run)
         if not run.id_recorded:  # a run made before ids: its folder name is its id from now on
             run.save()
         start = phase()

@@ -2,7 +2,8 @@
 
 Small generators often answer with meta-commentary ("Sure, here is a request:"), refusals,
 empty lines or near-copies of the examples instead of a new harmful request. These functions
-clean what can be cleaned and name the reason when an output must be rejected. The text
+clean what can be cleaned and name the reason when an output must be rejected (also when it
+overlaps an evaluation set: ``contaminated``, see ``tools.decontam``). The text
 primitives they build on (words, normalisation, shingles, the duplicate filter) are
 `tools.text`'s, shared with evaluation and the training mix.
 """
@@ -13,6 +14,7 @@ import re
 from collections.abc import Sequence
 from functools import lru_cache
 
+from tools.decontam import ContaminationIndex
 from tools.text import STOPWORDS, jaccard, normalize, words
 
 _LEAD = re.compile(
@@ -39,7 +41,9 @@ _META_CATEGORY = re.compile(
 )
 _VAGUE = frozenset("yet it this that them these those something anything none one".split())
 
-REJECTION_REASONS = ("empty", "too_short", "refusal", "meta", "duplicate", "near_duplicate")
+REJECTION_REASONS = (
+    "empty", "too_short", "refusal", "meta", "contaminated", "duplicate", "near_duplicate",
+)
 
 
 def clean_line(text: str) -> str:
@@ -68,6 +72,12 @@ def rejection_reason(text: str, *, min_words: int) -> str | None:
     if _META.search(text):
         return "meta"
     return None
+
+
+def contamination_reason(text: str, index: ContaminationIndex | None) -> str | None:
+    """``"contaminated"`` when ``text`` overlaps the evaluation prompts of ``index``
+    (``tools.decontam``: same normalised text, or n-gram containment above its threshold)."""
+    return "contaminated" if index is not None and index.contaminated(text) else None
 
 
 _QUOTED = re.compile(r"[\"“”«»]([^\"“”«»]{3,60})[\"“”«»]")

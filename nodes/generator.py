@@ -4,8 +4,9 @@ It runs as one ``Send`` task per weakness of the round (``graph.state.GeneratorT
 side by side, W = ``Context.weaknesses_per_round``). With a weakness (Data Advisor) the
 ``generator`` template targets it; without one (Self-Instruct) the ``self_instruct_generator``
 template asks for any new request. Requests are sent concurrently and cut at the first line.
-Empty, too short, refusing, meta-commentary, duplicate and near-duplicate outputs (against the
-pool, earlier rounds and the round's other tasks) are rejected and counted, not stored as data.
+Empty, too short, refusing, meta-commentary, contaminated (overlapping the evaluation sets of
+``Context.decontaminate``), duplicate and near-duplicate outputs (against the pool, earlier
+rounds and the round's other tasks) are rejected and counted, not stored as data.
 Each task's rows are slots ``index * K ... index * K + K - 1`` of its round, replaced when the
 task runs again. Each task's best prompt (the one least similar to the pool) joins the pool.
 """
@@ -23,29 +24,34 @@ from graph.context import Context
 from graph.state import GeneratorTask, task_entry
 from graph.templates import render
 from nodes.common import Stopwatch, bullets, run_store, templates
-from nodes.filters import clean_line, rejection_reason
+from nodes.filters import clean_line, contamination_reason, rejection_reason
+from tools.decontam import index_of_files
 from tools.llm import generate, output_tokens
 from tools.store import RunStore
-from tools.text import DuplicateFilter
+from tools.text import EXACT_UP_TO, DuplicateFilter
 
 _KNOWN: WeakKeyDictionary[RunStore, tuple[int, float, DuplicateFilter]] = WeakKeyDictionary()
 """Per open run store: the duplicate filter of the prompts before a round, and that round."""
 
 
-def known_prompts(store: RunStore, round_: int, threshold: float) -> DuplicateFilter:
+def known_prompts(
+    store: RunStore, round_: int, threshold: float, exact_up_to: int = EXACT_UP_TO
+) -> DuplicateFilter:
     """A duplicate filter holding the pool and every prompt kept before ``round_``.
 
     Kept for the next round, which adds only the prompts of the rounds in between; rebuilt in a
     new process or when a run goes back to an earlier round. Callers must not add to it.
     """
     cached = _KNOWN.get(store)
-    if cached is not None and cached[1] == threshold and cached[0] <= round_:
+    if (cached is not None and cached[1] == threshold and cached[0] <= round_
+            and cached[2].exact_up_to == exact_up_to):
         seen = cached[2]
         for prompt in store.prompts_before(round_, since=cached[0]):
             seen.add(prompt)
     else:
         pool = store.pool(before_round=round_)
-        seen = DuplicateFilter([*pool, *store.prompts_before(round_)], threshold)
+        seen = DuplicateFilter([*pool, *store.prompts_before(round_)], threshold,
+                               exact_up_to=exact_up_to)
     _KNOWN[store] = (round_, threshold, seen)
     return seen
 
@@ -87,16 +93,21 @@ def generator(state: GeneratorTask, runtime: Runtime[Context]) -> dict[str, Any]
     )
     # The round's other tasks store their rows under the store's lock, one after another: a
     # task filters against the rows of those before it, so no two tasks keep one prompt.
+    contamination = index_of_files(
+        ctx.decontaminate, n=ctx.decontaminate_ngram, threshold=ctx.decontaminate_threshold)
     with store.transaction():  # the round's record exists: its opener wrote it
-        known = known_prompts(store, state.round, ctx.near_duplicate_threshold)
+        known = known_prompts(store, state.round, ctx.near_duplicate_threshold,
+                              ctx.near_duplicate_exact_up_to)
         others = store.round_prompts(state.round, excluding=slots)
-        this_round = DuplicateFilter(others, ctx.near_duplicate_threshold)
+        this_round = DuplicateFilter(others, ctx.near_duplicate_threshold,
+                                     exact_up_to=ctx.near_duplicate_exact_up_to)
         kept: list[dict[str, Any]] = []
         rejected: list[dict[str, Any]] = []
         for slot, answer in zip(slots, answers, strict=True):
             text = clean_line(str(answer.content))
             reason = (
                 rejection_reason(text, min_words=ctx.min_prompt_words)
+                or contamination_reason(text, contamination)
                 or known.reason(text)
                 or this_round.reason(text)
             )
@@ -116,7 +127,8 @@ def generator(state: GeneratorTask, runtime: Runtime[Context]) -> dict[str, Any]
         reasons = Counter(r["reason"] for r in rejected)
         ids = store.save_round(state.round, kept, rejected, slots=slots)
         if kept:
-            in_pool = DuplicateFilter(pool, ctx.near_duplicate_threshold)
+            in_pool = DuplicateFilter(pool, ctx.near_duplicate_threshold,
+                                      exact_up_to=ctx.near_duplicate_exact_up_to)
             best = kept[in_pool.least_similar([row["prompt"] for row in kept])]
             store.add_to_pool(state.round, best["prompt"], index=state.index)
         round_kept, round_rejected = store.round_counts(state.round)

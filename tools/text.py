@@ -7,7 +7,8 @@ word, a duplicate and an n-gram are:
 - :func:`words`: word tokens (Unicode letters and digits, apostrophes kept, case folded);
 - :func:`normalize`: the canonical form two texts are exact duplicates under;
 - :func:`shingles` and :func:`jaccard`: word uni+bigram sets and their similarity;
-- :class:`DuplicateFilter`: exact and near-duplicate detection against everything seen so far;
+- :class:`DuplicateFilter`: exact and near-duplicate detection against everything seen so far
+  (exact Jaccard up to a size, MinHash LSH above it);
 - :func:`ngrams` and :func:`ngram_counts`: word n-grams, never across text boundaries.
 
 What is about cleaning and judging model outputs (list markers, refusals, category names) stays
@@ -24,6 +25,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import chain
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tools.minhash import MinHashIndex
 
 _WORD = re.compile(r"(?:[^\W_]|')+")
 """Runs of Unicode letters, digits and apostrophes: on ASCII text exactly ``[a-z0-9']+`` after
@@ -104,11 +109,26 @@ def _shingle_order(shingle: str) -> tuple[int, int]:
     return (common if " " in shingle else 2 + 2 * common), zlib.crc32(shingle.encode())
 
 
+EXACT_UP_TO = 20_000
+"""Texts a :class:`DuplicateFilter` remembers exactly; above, it switches to MinHash LSH."""
+
+
 class DuplicateFilter:
     """Exact and near-duplicate detection against everything seen so far.
 
     A text is a near duplicate when the Jaccard similarity of its word uni+bigram shingles with
-    a remembered text is at least ``threshold``. Only candidates are compared: by prefix
+    a remembered text is at least ``threshold``.
+
+    Up to ``exact_up_to`` remembered texts (default :data:`EXACT_UP_TO`) the decision is exact;
+    beyond, the filter moves everything it holds to a ``tools.minhash.MinHashIndex`` (MinHash
+    LSH, ``datasketch``) and from then on is
+    **approximate** (:attr:`approximate`): the same shingles and threshold, but the Jaccard
+    similarity is MinHash's estimate and only texts sharing an LSH band are compared, so a few
+    near duplicates pass and a few texts just below the threshold are rejected (agreement with
+    the exact filter: ``benchmarks/bench_dedup.py``, with the memory each holds a text).
+    Exact duplicates (same :func:`normalize`) are always caught exactly.
+
+    The exact filter compares only candidates: by prefix
     filtering, two shingle sets with Jaccard >= t share at least one of the first
     ``|A| - ceil(t * |A|) + 1`` shingles of each in any fixed global order, so each text is
     indexed by that prefix only. The decision is the same as comparing all pairs.
@@ -125,8 +145,14 @@ class DuplicateFilter:
     REINDEX_FROM = 64
     """Texts before the first rebuild with counted frequencies."""
 
-    def __init__(self, existing: Iterable[str], threshold: float) -> None:
+    def __init__(
+        self, existing: Iterable[str], threshold: float, *, exact_up_to: int = EXACT_UP_TO
+    ) -> None:
         self.threshold = threshold
+        self.exact_up_to = exact_up_to
+        self._minhash: MinHashIndex | None = None
+        """Set once more than ``exact_up_to`` texts are remembered (then ``_shingled`` is
+        emptied)."""
         self.exact: set[str] = set()
         self._shingled: list[frozenset[str]] = []
         self._index: defaultdict[str, list[int]] = defaultdict(list)
@@ -140,7 +166,12 @@ class DuplicateFilter:
             self.add(text)
 
     def __len__(self) -> int:
-        return len(self._shingled)
+        return len(self._minhash) if self._minhash is not None else len(self._shingled)
+
+    @property
+    def approximate(self) -> bool:
+        """True once the filter holds more than ``exact_up_to`` texts (MinHash LSH)."""
+        return self._minhash is not None
 
     def _order(self, shingle: str) -> tuple[int, int, int]:
         return self._rank.get(shingle, 0), *_shingle_order(shingle)
@@ -153,7 +184,37 @@ class DuplicateFilter:
     def add(self, text: str) -> None:
         """Remember a kept text."""
         self.exact.add(normalize(text))
+        if self._minhash is not None:
+            self._minhash.add(self._minhash.signature(shingles(text)))
+            return
         self._shingled.append(shingles(text))
+        if len(self._shingled) > self.exact_up_to and self.threshold > 0:
+            self._switch_to_minhash()
+
+    def _switch_to_minhash(self) -> None:
+        """Move the remembered shingle sets into a ``tools.minhash.MinHashIndex`` and drop
+        them (imported here: numpy and datasketch only for filters that grow that large)."""
+        from tools.minhash import MinHashIndex
+
+        self._minhash = MinHashIndex(self.threshold)
+        for own in self._shingled:
+            self._minhash.add(self._minhash.signature(own))
+        self._shingled, self._rank = [], Counter()
+        self._index.clear()
+        self._indexed = 0
+
+    def _approximate_reason(self, own: frozenset[str], minhash: MinHashIndex) -> str | None:
+        """``"near_duplicate"`` when a text sharing an LSH band has an estimated Jaccard
+        similarity of at least the threshold (an empty shingle set is nobody's duplicate)."""
+        if not own:
+            return None
+        signature = minhash.signature(own)
+        candidates = minhash.candidates(signature)
+        self.compared += len(candidates)
+        self.checks += 1
+        if any(minhash.similarity(signature, i) >= self.threshold for i in candidates):
+            return "near_duplicate"
+        return None
 
     def _update_index(self) -> None:
         """Index the texts added since the last check; rebuild the order when they doubled."""
@@ -173,7 +234,9 @@ class DuplicateFilter:
             return "duplicate"
         own = shingles(text)
         if self.threshold <= 0:  # every pair qualifies; prefix filtering would not hold
-            return "near_duplicate" if self._shingled else None
+            return "near_duplicate" if len(self) else None
+        if self._minhash is not None:
+            return self._approximate_reason(own, self._minhash)
         self._update_index()
         size, threshold = len(own), self.threshold
         candidates = {i for shingle in self._prefix(own) for i in self._index.get(shingle, ())}
@@ -189,7 +252,10 @@ class DuplicateFilter:
     def least_similar(self, texts: Sequence[str]) -> int:
         """Index of the text with the lowest :meth:`max_similarity` (the first of equals), as
         ``min(range(len(texts)), key=...)`` finds it, but a text stops being compared once it
-        is as similar to a remembered one as the best so far: it can no longer win."""
+        is as similar to a remembered one as the best so far: it can no longer win.
+        Approximate filters use MinHash's estimates."""
+        if self._minhash is not None:
+            return min(range(len(texts)), key=lambda i: self.max_similarity(texts[i]))
         best, best_score = 0, math.inf
         for index, text in enumerate(texts):
             own, score = shingles(text), 0.0
@@ -205,7 +271,9 @@ class DuplicateFilter:
         return best
 
     def max_similarity(self, text: str) -> float:
-        """Highest Jaccard similarity to any remembered text."""
+        """Highest Jaccard similarity to any remembered text (estimated once approximate)."""
+        if self._minhash is not None:
+            return self._minhash.max_similarity(self._minhash.signature(shingles(text)))
         own, best = shingles(text), 0.0
         size = len(own)
         for other in self._shingled:  # every text: the pool's max, not a yes/no; kept lean

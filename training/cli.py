@@ -30,6 +30,8 @@ def add_commands(sub: Subcommands) -> None:
             "data-advisor train --safety runs/da1 --instructions alpaca.json --out adapters/da1",
             "data-advisor train --safety runs/da1/export --instructions alpaca.json "
             "--ratio 0.5 --max-steps 200 --out adapters/half",
+            "data-advisor train --safety runs/da1 --instructions alpaca.json --decontaminate "
+            "catqa_english.json beavertails_evaluation.csv --out adapters/clean",
         ],
     )
     add_train_arguments(train)
@@ -42,12 +44,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     result, splits = train_adapter(
         args.safety, args.instructions, args.out, model=args.model, config=config,
         ratio=args.ratio, seed=args.seed, val_fraction=args.val_fraction,
-        instructions_limit=args.instructions_limit, resume=not args.no_resume)
+        instructions_limit=args.instructions_limit, decontaminate=args.decontaminate,
+        resume=not args.no_resume)
     counts = splits.counts()
     last = ", ".join(f"{e['loss']:.4f}" for e in result.history["train"][-3:]) or "-"
     rows = [
         ("train examples", _counts(counts["train"])),
         ("validation examples", _counts(counts["validation"])),
+        ("dropped as contaminated", _counts(counts["contaminated"])
+         + ("" if args.decontaminate else " (no --decontaminate)")),
         ("steps", f"{result.global_step}"
          + (f" (resumed from {result.start_step})" if result.resumed_from else "")),
         ("last train losses", last),

@@ -42,7 +42,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tools.files import write_json
+from tools.decontam import file_digests
+from tools.files import read_json, write_json
 
 if TYPE_CHECKING:
     from training.lora import TrainConfig, TrainResult
@@ -113,6 +114,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from scratch (removes the checkpoints in --out)")
     p.add_argument("--instructions-limit", type=int,
                    help="draw at most this many instruction examples first (default: all)")
+    p.add_argument("--decontaminate", nargs="+", default=[], metavar="FILE",
+                   help="evaluation set files (CatQA .json, BeaverTails .csv, MMLU .jsonl, ...): "
+                   "safety and instruction examples whose prompt equals one of their prompts "
+                   "or shares a word 8-gram with them are dropped and counted (default: none)")
 
 
 def train_config(args: argparse.Namespace) -> Any:
@@ -142,6 +147,7 @@ def train_adapter(
     seed: int = 0,
     val_fraction: float = 0.05,
     instructions_limit: int | None = None,
+    decontaminate: Sequence[str] = (),
     resume: bool = True,
     state: Any = None,
 ) -> tuple[TrainResult, MixSplits]:
@@ -150,8 +156,11 @@ def train_adapter(
     ``safety`` / ``instructions`` are sources :func:`training.mix.load_safety` /
     :func:`training.mix.load_instructions` read, or lists of examples. ``model`` is the target
     (HF id or path; None: the embedded SmolLM2-135M-Instruct). ``instructions_limit`` draws at
-    most that many instruction examples (seeded) before mixing. ``resume=False`` removes the
-    checkpoints in ``out_dir`` first. ``state`` is the :class:`accelerate.PartialState` of a
+    most that many instruction examples (seeded) before mixing. ``decontaminate`` names
+    evaluation files whose prompts no training example may contain (:mod:`tools.decontam`);
+    their content hashes are recorded in ``mix.json``, and checkpoints made against other
+    contents are not resumed (an error says to use ``--no-resume``). ``resume=False`` removes
+    the checkpoints in ``out_dir`` first. ``state`` is the :class:`accelerate.PartialState` of a
     multi-process launch (None: one process; see the module docstring). Returns the
     :class:`training.lora.TrainResult` and the :class:`training.mix.MixSplits`; the mix counts
     are also written to ``out_dir/mix.json``.
@@ -163,11 +172,14 @@ def train_adapter(
     out = Path(out_dir)
     with state.main_process_first() if state is not None else nullcontext():
         model_path = resolve_model(None if model is None else str(model))  # converts it once
+    digests = file_digests(decontaminate)
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
             for old in checkpoints(out):
                 shutil.rmtree(old)
+        elif checkpoints(out):
+            _check_same_decontamination(out, digests)
     processes = 1 if state is None else state.num_processes
     if state is not None:
         state.wait_for_everyone()
@@ -175,7 +187,7 @@ def train_adapter(
     if processes > 1:  # every LoRA parameter gets a gradient: skip DDP's search
         config = replace(config, extra={"ddp_find_unused_parameters": False, **config.extra})
     splits = _mix(safety, instructions, ratio=ratio, seed=seed, val_fraction=val_fraction,
-                  instructions_limit=instructions_limit)
+                  instructions_limit=instructions_limit, decontaminate=decontaminate)
     if main_process:
         if state is not None:
             print(f"training.launch: {processes} process(es), {state.distributed_type.value}, "
@@ -184,6 +196,7 @@ def train_adapter(
         write_json(out / "mix.json", {
             "counts": splits.counts(), "ratio": ratio, "seed": seed,
             "val_fraction": val_fraction, "instructions_limit": instructions_limit,
+            "decontaminate": digests,
             "safety": _described(safety), "instructions": _described(instructions),
             "processes": processes,
         })
@@ -200,8 +213,10 @@ def _mix(
     seed: int,
     val_fraction: float,
     instructions_limit: int | None,
+    decontaminate: Sequence[str],
 ) -> MixSplits:
     """The training mix of :func:`train_adapter` (the same on every process: same seed)."""
+    from tools.decontam import index_of_files
     from training.mix import build_mix, load_instructions, load_safety
 
     safety_rows = (load_safety(safety) if isinstance(safety, str | Path)
@@ -210,7 +225,23 @@ def _mix(
                   else [dict(e, source="instruction") for e in instructions])
     if instructions_limit is not None and len(instr_rows) > instructions_limit:
         instr_rows = random.Random(seed).sample(instr_rows, instructions_limit)
-    return build_mix(safety_rows, instr_rows, ratio=ratio, seed=seed, val_fraction=val_fraction)
+    return build_mix(safety_rows, instr_rows, ratio=ratio, seed=seed, val_fraction=val_fraction,
+                     contamination=index_of_files(decontaminate))
+
+
+def _check_same_decontamination(out: Path, digests: Mapping[str, str]) -> None:
+    """Refuse to resume checkpoints trained on a mix checked against other evaluation files
+    (the ``decontaminate`` content hashes in ``mix.json``; a mix.json without them: none)."""
+    path = out / "mix.json"
+    if not path.is_file():
+        return
+    recorded = read_json(path, hint="remove it, or train again with --no-resume")
+    if (recorded.get("decontaminate") or {}) != dict(digests):
+        raise ValueError(
+            f"the checkpoints in {out} were trained on a mix checked against other evaluation "
+            f"files ({path}: {sorted(recorded.get('decontaminate') or {}) or 'none'}); train "
+            "again with --no-resume, or use another --out"
+        )
 
 
 def _described(source: str | Path | Sequence[Mapping[str, str]]) -> str:
@@ -230,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result, _ = train_adapter(
         args.safety, args.instructions, args.out, model=args.model, config=config,
         ratio=args.ratio, seed=args.seed, val_fraction=args.val_fraction,
-        instructions_limit=args.instructions_limit, resume=not args.no_resume, state=state)
+        instructions_limit=args.instructions_limit, decontaminate=args.decontaminate,
+        resume=not args.no_resume, state=state)
     state.wait_for_everyone()
     if state.is_main_process:
         examples = (config.per_device_batch_size * config.gradient_accumulation_steps

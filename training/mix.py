@@ -9,9 +9,11 @@ examples), so that it learns to answer harmful requests safely without forgettin
   JSON / Parquet file, a saved HF dataset folder, or an HF id ``hf:<id>[:<split>]``.
 - :func:`load_instructions` reads instruction data: Alpaca rows ``{instruction, input, output}``
   or ``{prompt, response}`` rows, from the same kinds of sources.
-- :func:`build_mix` deduplicates on the normalised prompt (`tools.text.normalize`, the rule
-  the generator's duplicate filter uses), mixes at a given safety share, shuffles with a seed
-  and holds out a validation slice.
+- :func:`build_mix` drops the examples whose prompt overlaps the evaluation sets when given
+  their index (`tools.decontam`: the generator's ``contaminated`` rule; training data must
+  never contain the test questions), deduplicates on the normalised prompt
+  (`tools.text.normalize`, the rule the generator's duplicate filter uses), mixes at a given
+  safety share, shuffles with a seed and holds out a validation slice.
 
 Every example is a plain ``{"prompt", "response", "source"}`` dict (``source`` is ``"safety"``
 or ``"instruction"``).
@@ -24,10 +26,11 @@ import random
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tools.decontam import ContaminationIndex
 from tools.store import run_id_of_store
 from tools.text import normalize
 
@@ -42,12 +45,17 @@ class MixSplits:
 
     train: list[Example]
     validation: list[Example]
+    contaminated: dict[str, int] = field(default_factory=dict)
+    """Examples dropped per source because their prompt overlaps the evaluation sets."""
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Examples per source in each split, e.g. ``{"train": {"safety": 9, ...}, ...}``."""
+        """Examples per source in each split, and those dropped as contaminated, e.g.
+        ``{"train": {"safety": 9, ...}, "validation": {...}, "contaminated": {"instruction":
+        2}}``."""
         return {
             "train": dict(Counter(e["source"] for e in self.train)),
             "validation": dict(Counter(e["source"] for e in self.validation)),
+            "contaminated": dict(self.contaminated),
         }
 
 
@@ -203,6 +211,17 @@ def dedupe(examples: Iterable[Example], seen: set[str] | None = None) -> list[Ex
     return out
 
 
+def drop_contaminated(
+    examples: Sequence[Example], index: ContaminationIndex | None
+) -> tuple[list[Example], int]:
+    """The examples whose prompt is not contaminated by ``index``'s evaluation prompts
+    (`tools.decontam`), and how many were dropped (all kept when ``index`` is None)."""
+    if index is None:
+        return list(examples), 0
+    kept = [e for e in examples if not index.contaminated(e["prompt"])]
+    return kept, len(examples) - len(kept)
+
+
 def _counts(n_safety: int, n_instr: int, ratio: float | None) -> tuple[int, int]:
     """How many safety and instruction examples to take for the wanted safety share."""
     if ratio is None:  # the paper's setting: all safety data, about as many instructions
@@ -222,8 +241,13 @@ def build_mix(
     ratio: float | None = None,
     seed: int = 0,
     val_fraction: float = 0.05,
+    contamination: ContaminationIndex | None = None,
 ) -> MixSplits:
     """Mix safety and instruction examples and hold out a validation slice.
+
+    With ``contamination`` (the index of the evaluation sets, `tools.decontam`), examples
+    whose prompt equals or shares word n-grams with an evaluation prompt are dropped first,
+    from both sources, and counted per source (``MixSplits.contaminated``).
 
     ``ratio`` is the safety share of the mix (0..1). The default ``None`` uses all safety
     examples and as many instruction examples (capped by availability), as in the paper. With a
@@ -236,6 +260,10 @@ def build_mix(
         raise ValueError(f"ratio (the safety share) must be within [0, 1], got {ratio}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be within [0, 1), got {val_fraction}")
+    safety, dropped_safety = drop_contaminated(safety, contamination)
+    instructions, dropped_instructions = drop_contaminated(instructions, contamination)
+    contaminated = {source: n for source, n in ((SAFETY, dropped_safety),
+                                                (INSTRUCTION, dropped_instructions)) if n}
     seen: set[str] = set()
     safety = dedupe(safety, seen)
     instructions = dedupe(instructions, seen)
@@ -260,4 +288,4 @@ def build_mix(
             f"the mix has {len(mix)} examples: too few for a validation split of "
             f"{val_fraction:.0%} with training examples left"
         )
-    return MixSplits(train=mix[n_val:], validation=mix[:n_val])
+    return MixSplits(train=mix[n_val:], validation=mix[:n_val], contaminated=contaminated)
