@@ -21,7 +21,10 @@ The config (every key optional unless said otherwise; see ``configs/cpu-small.to
                    ratio, val_fraction, instructions_limit, and any training.lora.TrainConfig
                    field (rank, alpha, learning_rate, max_steps, max_length, ...)
     [evaluation]   catqa, catqa_limit, beavertails, beavertails_limit, overrefusal,
-                   overrefusal_name, overrefusal_limit, mmlu, mmlu_limit, mmlu_method, judge,
+                   overrefusal_name, overrefusal_limit, [[evaluation.safety_sets]] and
+                   [[evaluation.overrefusal_sets]] (data, name, prompt_column,
+                   category_column, where, limit: any prompt set, each reported under its
+                   name), mmlu, mmlu_limit, mmlu_method, judge,
                    judge_url, judge_model, judge_api_key_env, judge_max_concurrency,
                    prompt_format (auto/chat/plain), max_tokens, max_concurrency, max_model_len,
                    server_args, api_key_env, base_url, base_model, adapter_models
@@ -41,11 +44,12 @@ Relative paths in the config are relative to the working directory, as on the co
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from evaluation.data import PromptSet
 from graph.graph import METHODS
 from tools.files import TextFileError, read_text
 
@@ -174,14 +178,107 @@ class EvaluationConfig:
     """Served name of the base model with ``base_url`` (default: the training model)."""
     adapter_models: dict[str, str] = field(default_factory=dict)
     """Served names of the adapters with ``base_url`` (default: the method names)."""
+    safety_sets: list[Any] = field(default_factory=list)
+    """``[[evaluation.safety_sets]]``: more harmful prompt sets (:class:`EvalSetConfig`)."""
+    overrefusal_sets: list[Any] = field(default_factory=list)
+    """``[[evaluation.overrefusal_sets]]``: more benign prompt sets (:class:`EvalSetConfig`)."""
 
     def __post_init__(self) -> None:
         if self.prompt_format not in ("auto", "chat", "plain"):
             raise ConfigError("[evaluation] prompt_format must be auto, chat or plain")
         if self.mmlu_method not in ("loglik", "generate"):
             raise ConfigError("[evaluation] mmlu_method must be loglik or generate")
-        if not (self.catqa or self.beavertails or self.overrefusal or self.mmlu):
-            raise ConfigError("[evaluation] names no data set (catqa, beavertails, mmlu, ...)")
+        for key in ("safety_sets", "overrefusal_sets"):
+            entries = getattr(self, key)
+            if not isinstance(entries, list) or not all(
+                    isinstance(e, dict | EvalSetConfig) for e in entries):
+                raise ConfigError(f"[evaluation] {key} must be a list of tables "
+                                  f"([[evaluation.{key}]] in TOML)")
+            setattr(self, key, [e if isinstance(e, EvalSetConfig)
+                                else _take(EvalSetConfig, e, f"evaluation.{key}")
+                                for e in entries])
+        if not (self.catqa or self.beavertails or self.overrefusal or self.mmlu
+                or self.safety_sets or self.overrefusal_sets):
+            raise ConfigError("[evaluation] names no data set (catqa, beavertails, mmlu, "
+                              "safety_sets, ...)")
+        for kind in ("safety", "overrefusal"):
+            names = [s.name for s in self.sets() if s.kind == kind]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ConfigError(f"[evaluation]: the {kind} set name(s) {twice} name more "
+                                  "than one data set; give each set a distinct name")
+
+    def sets(self) -> list[EvalSet]:
+        """Every safety and over-refusal set, each under its own name: CatQA, BeaverTails,
+        ``overrefusal``, then the ``safety_sets`` and ``overrefusal_sets``."""
+        from evaluation.data import (
+            beavertails_set,
+            catqa_set,
+            dataset_name,
+            prompt_set,
+        )
+
+        out: list[EvalSet] = []
+        if self.catqa:
+            source = self.catqa
+            out.append(EvalSet("safety", "catqa", self.catqa_limit, source,
+                               lambda: catqa_set(source)))
+        if self.beavertails:
+            bt = self.beavertails
+            out.append(EvalSet("safety", "beavertails", self.beavertails_limit, bt,
+                               lambda: beavertails_set(bt)))
+        if self.overrefusal:
+            benign = self.overrefusal
+            name = self.overrefusal_name
+            out.append(EvalSet("overrefusal", name, self.overrefusal_limit, benign,
+                               lambda: prompt_set(benign, name=name)))
+        kinds: tuple[tuple[Literal["safety", "overrefusal"], list[Any]], ...] = (
+            ("safety", self.safety_sets), ("overrefusal", self.overrefusal_sets))
+        for kind, entries in kinds:
+            for e in entries:
+                name = e.name or dataset_name(e.data, e.where)
+
+                def load(e: EvalSetConfig = e, name: str = name) -> PromptSet:
+                    return prompt_set(e.data, name=name, prompt_column=e.prompt_column,
+                                      category_column=e.category_column, where=e.where)
+
+                out.append(EvalSet(kind, name, e.limit, e.data, load))
+        return out
+
+
+@dataclass
+class EvalSetConfig:
+    """One prompt set in the form ``data-advisor eval safety --data`` takes: a file (CSV, JSONL,
+    JSON, Parquet, TXT) or ``hf:<id>[:<split>]``, its prompt and category columns, a row
+    selection (``COL=VALUE`` / ``COL!=VALUE``) and a limit; reported under ``name`` (default:
+    the file's stem plus the selection)."""
+
+    data: str = ""
+    name: str | None = None
+    prompt_column: str | None = None
+    category_column: str | None = None
+    where: list[str] = field(default_factory=list)
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, str) or not self.data:
+            raise ConfigError("[[evaluation.*_sets]]: data (a file or hf:<id>) is required")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ConfigError(f"[[evaluation.*_sets]] {self.data}: limit must be an integer "
+                              ">= 1")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A safety or over-refusal set of the experiment, resolved: its kind, name, limit,
+    source, and how to load its questions."""
+
+    kind: Literal["safety", "overrefusal"]
+    name: str
+    limit: int | None
+    source: str
+    load: Callable[[], PromptSet]
+    """Reads the set (:class:`evaluation.data.PromptSet`: name, questions, how it was read)."""
 
 
 @dataclass

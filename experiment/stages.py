@@ -46,7 +46,6 @@ from rich.console import Console
 
 from evaluation.results import PromptFormat, ResultKind, read_results, result_filename
 from experiment.config import (
-    ConfigError,
     ExperimentConfig,
     GenerationConfig,
     TrainingConfig,
@@ -184,18 +183,16 @@ class _Experiment:
     def decontamination(self) -> list[str]:
         """The files generation and training are decontaminated against: the config's
         ``decontaminate``, else the prompts of the ``[evaluation]`` sets (read with the
-        evaluation loaders, whole, without the limits) in ``<out>/decontamination.jsonl``,
+        evaluation loaders, every safety and over-refusal set, whole, without the limits) in
+        ``<out>/decontamination.jsonl``,
         rewritten with the same bytes while the sets are the same (a run records its hash)."""
         if self.cfg.decontaminate is not None:
             return list(self.cfg.decontaminate)
-        from evaluation.data import load_beavertails, load_catqa, load_mmlu, load_questions
+        from evaluation.data import load_mmlu
+
 
         ev = self.cfg.evaluation
-        prompts: list[str] = []
-        for source, loader in ((ev.catqa, load_catqa), (ev.beavertails, load_beavertails),
-                               (ev.overrefusal, load_questions)):
-            if source:
-                prompts += [q.prompt for q in loader(source)]
+        prompts = [q.prompt for s in ev.sets() for q in s.load().questions]
         if ev.mmlu:
             prompts += [q.prompt for q in load_mmlu(ev.mmlu)]
         path = self.out / "decontamination.jsonl"
@@ -326,18 +323,14 @@ class _Experiment:
     def _tasks(self, t: _Target) -> list[tuple[str, ResultKind, str, Path]]:
         """``(label, kind, dataset, result file)`` of every evaluation of a target."""
         ev = self.cfg.evaluation
-        wanted: list[tuple[ResultKind, str]] = [
-            ("safety", name) for name, source in (("catqa", ev.catqa),
-                                                  ("beavertails", ev.beavertails)) if source]
-        if ev.overrefusal:
-            wanted.append(("overrefusal", ev.overrefusal_name))
+        wanted: list[tuple[ResultKind, str]] = [(s.kind, s.name) for s in ev.sets()]
         if ev.mmlu:
             wanted.append(("utility", "mmlu"))
         return [(label, kind, dataset, t.results / result_filename(kind, dataset, label))
                 for label in ["base", *self.cfg.methods] for kind, dataset in wanted]
 
     def evaluation(self) -> bool:
-        from evaluation.data import load_beavertails, load_catqa, load_mmlu, load_questions
+        from evaluation.data import load_mmlu
         from evaluation.judges import make_judge
         from training.lora import adapter_done
 
@@ -356,18 +349,16 @@ class _Experiment:
             for m in self.cfg.methods:
                 if ev.base_url is None and not adapter_done(t.adapters[m]):
                     raise FileNotFoundError(f"no trained adapter in {t.adapters[m]}")
-        sources: dict[str, tuple[str | None, Callable[[str], Any]]] = {
-            "catqa": (ev.catqa, load_catqa), "beavertails": (ev.beavertails, load_beavertails),
-            "mmlu": (ev.mmlu, load_mmlu)}
-        data: dict[str, Any] = {}
+
+        loaders: dict[tuple[str, str], Callable[[], Any]] = {
+            (s.kind, s.name): s.load for s in ev.sets()}
+        if ev.mmlu:
+            mmlu = ev.mmlu
+            loaders["utility", "mmlu"] = lambda: load_mmlu(mmlu)
+        data: dict[tuple[str, str], Any] = {}
         for _, kind, dataset, _ in (task for _, tasks in todo for task in tasks):
-            if dataset in data:
-                continue
-            source, loader = (sources[dataset] if kind != "overrefusal"
-                              else (ev.overrefusal, load_questions))
-            if source is None:  # _tasks has a task only where the config names its data
-                raise ConfigError(f"[evaluation]: no data for {dataset}")
-            data[dataset] = loader(source)
+            if (kind, dataset) not in data:
+                data[kind, dataset] = loaders[kind, dataset]()
         judge = None
         if any(kind == "safety" for _, tasks in todo for _, kind, _, _ in tasks):
             endpoint = (Endpoint(ev.judge_url, ev.judge_model or "llama-guard",
@@ -380,7 +371,7 @@ class _Experiment:
                 with self._eval_server(t, group) as (base_url, names, model_name, fmt):
                     for label, kind, dataset, _ in tasks:
                         if label in group.labels:
-                            self._evaluate(t, label, kind, dataset, data[dataset], judge,
+                            self._evaluate(t, label, kind, dataset, data[kind, dataset], judge,
                                            Endpoint(base_url, names[label], ev.api_key_env),
                                            model_name, fmt, group.served.get(label, {}))
         return True
@@ -393,11 +384,15 @@ class _Experiment:
         from evaluation.utility import evaluate_utility
 
         ev = self.cfg.evaluation
-        limits = {"catqa": ev.catqa_limit, "beavertails": ev.beavertails_limit,
-                  ev.overrefusal_name: ev.overrefusal_limit, "mmlu": ev.mmlu_limit}
+        limits = {(s.kind, s.name): s.limit for s in ev.sets()} | {
+            ("utility", "mmlu"): ev.mmlu_limit}
         adapter = str(t.adapters[label] / "adapter") if label != "base" else None
+        if kind != "utility":  # a PromptSet: its questions, and how they were read
+            items, read = items.questions, {"data": items.data}
+        else:
+            read = {}
         common: dict[str, Any] = dict(
-            label=label, model=model_name, adapter=adapter, limit=limits[dataset],
+            **read, label=label, model=model_name, adapter=adapter, limit=limits[kind, dataset],
             progress=self.progress, target=t.name,
             serving={"server": ev.base_url or "embedded vLLM", "served_name": endpoint.model,
                      **served})

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED, handler_with, run_graph
 
 from graph.context import Context, ContextError
 from graph.runner import Run, RunError, check_decontamination, create_run
-from tests.conftest import SHARED, handler_with, run_graph
 from tools.decontam import ContaminationIndex, DecontaminationError, index_of_files, read_prompts
 
 EVAL = [

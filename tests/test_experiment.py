@@ -315,3 +315,52 @@ def test_each_target_trains_its_own_adapters(tmp_path):
             assert json.loads((folder / "adapter" / "adapter_config.json").read_text())["r"] == rank
             assert json.loads((folder / "adapter" / "prompt_format.json").read_text())[
                 "prompt_format"] == "plain"
+
+
+def test_any_list_of_safety_and_overrefusal_sets(tmp_path, tiny_model):
+    """Two safety sets and one over-refusal set beside CatQA, each under its own name; the
+    row selection and column mapping of `eval --data`; decontamination covers them too."""
+    data = _data(tmp_path / "data")
+    harm = tmp_path / "data" / "harm.jsonl"
+    harm.write_text("".join(json.dumps({"q": f"How do I hurt thing {i}?", "kind": k,
+                                        "lang": "en" if i % 2 else "de"}) + "\n"
+                            for i, k in enumerate(["a", "b", "a", "b", "c", "c"])))
+    out = tmp_path / "exp"
+    with StubServer() as stub:
+        config = _config(stub, tiny_model, data)
+        ev = config["evaluation"]
+        for key in ("beavertails", "overrefusal", "overrefusal_name", "mmlu", "mmlu_limit"):
+            ev.pop(key)
+        ev["safety_sets"] = [
+            {"data": str(harm), "name": "harm-en", "prompt_column": "q",
+             "category_column": "kind", "where": ["lang=en"]},
+            {"data": str(data["beavertails"]), "limit": 2}]
+        ev["overrefusal_sets"] = [{"data": str(data["benign"]), "name": "benign-txt"}]
+        config["diversity"] = {}
+        result = run_experiment(config, out_dir=out, progress=False)
+    assert result.stages["evaluation"] == "ran"
+    results = out / "results"
+    for label in ("base", "data_advisor", "self_instruct"):
+        harm_en = json.loads((results / f"safety-harm-en-{label}.json").read_text())
+        assert harm_en["n"] == 3 and sorted(harm_en["per_category"]) == ["b", "c"]  # odd rows
+        assert harm_en["data"]["where"] == ["lang=en"]
+        bt = json.loads((results / f"safety-beavertails-{label}.json").read_text())
+        assert bt["n"] == 2  # the default name: the file's stem
+        over = json.loads((results / f"overrefusal-benign-txt-{label}.json").read_text())
+        assert over["n"] == 2
+        assert (results / f"safety-catqa-{label}.json").is_file()
+    report = (out / "report" / "report.md").read_text()
+    assert "safety harm-en" in report and "over-refusal benign-txt" in report
+    decontaminated = (out / "decontamination.jsonl").read_text()
+    assert "How do I hurt thing 1?" in decontaminated  # the sets as evaluated, whole
+
+
+def test_eval_set_names_must_differ():
+    base = {"training": {"instructions": "x.json"}}
+    with pytest.raises(ConfigError, match="distinct name"):
+        load_config({**base, "evaluation": {"catqa": "c.json",
+                                            "safety_sets": [{"data": "x/catqa.csv"}]}})
+    with pytest.raises(ConfigError, match="data"):
+        load_config({**base, "evaluation": {"safety_sets": [{"name": "x"}]}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config({**base, "evaluation": {"safety_sets": [{"data": "x", "column": "q"}]}})

@@ -68,7 +68,7 @@ def test_threshold_one_is_the_same_shingle_set():
 
 
 def test_generator_filter_switches_transparently(stub, context):
-    from tests.conftest import handler_with, run_graph
+    from conftest import handler_with, run_graph
 
     answers = iter([
         "How can I forge a signature on a bank cheque without being caught?",
