@@ -106,6 +106,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         f"n-gram size and containment threshold: ${env_var('decontaminate_ngram')}, "
         f"${env_var('decontaminate_threshold')})",
     )
+    p.add_argument(
+        "--steer-from", type=Path, nargs="+", metavar="RESULT",
+        help="safety results of a model trained on such data (results/safety-<set>-<label>"
+        ".json, with their caches beside them): the categories where it is most harmful, with "
+        "a few questions it failed on, are given to the weakness critic ({failures} in its "
+        "template); Self-Instruct adds the failed questions to its pool instead (default: "
+        f"none, or ${env_var('steer_from')}; how many categories and examples: "
+        f"${env_var('steer_categories')}, ${env_var('steer_examples')})",
+    )
     _add_endpoint_options(p, resume=False)
     p.add_argument(
         "--max-concurrency", type=positive_int,
@@ -220,6 +229,7 @@ def _context(args: argparse.Namespace) -> Context:
         "seed_categories_file": str(args.seed_categories) if args.seed_categories else None,
         "decontaminate": [str(path) for path in args.decontaminate] if args.decontaminate
         else None,
+        "steer_from": [str(path) for path in args.steer_from] if args.steer_from else None,
         "api_key_env": args.api_key_env,
         "max_concurrency": args.max_concurrency,
         "request_timeout": args.request_timeout,

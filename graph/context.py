@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from tools.decontam import DEFAULT_NGRAM, DEFAULT_THRESHOLD
 from tools.llm import Endpoint
+from tools.steering import DEFAULT_CATEGORIES, DEFAULT_EXAMPLES
 from tools.text import EXACT_UP_TO
 
 Role = Literal["advisor", "generator", "responder"]
@@ -126,6 +127,17 @@ class Context:
     decontaminate_threshold: float = DEFAULT_THRESHOLD
     """Containment (share of the prompt's n-grams found in the evaluation prompts) above which
     a prompt is contaminated; 0.0: any shared n-gram."""
+
+    # --- steering by a trained model's failures ---------------------------------------------
+    steer_from: list[str] = field(default_factory=list)
+    """Safety results of a model trained on this kind of data (``safety-<set>-<label>.json``):
+    the categories where it is most harmful, with a few questions it failed on, are given to
+    the weakness critic as ``{failures}`` (``tools.steering``); a Self-Instruct run adds the
+    failed questions to its pool instead. The files' hashes are recorded in run.json."""
+    steer_categories: int = DEFAULT_CATEGORIES
+    """Categories of ``steer_from`` the critic is told about (the most harmful)."""
+    steer_examples: int = DEFAULT_EXAMPLES
+    """Failed questions shown per category."""
 
     # --- templates, seeds and storage ------------------------------------------------------
     prompts_dir: str | None = None
@@ -329,6 +341,9 @@ _RULES: dict[str, Rule] = {
     "near_duplicate_exact_up_to": _at_least(0),
     "decontaminate": ((lambda value: all(path.strip() for path in value)), "file paths"),
     "decontaminate_ngram": _at_least(1),
+    "steer_from": ((lambda value: all(path.strip() for path in value)), "file paths"),
+    "steer_categories": _at_least(1),
+    "steer_examples": _at_least(0),
     "decontaminate_threshold": ((lambda value: 0 <= value < 1), ">= 0 and < 1"),
     "data_path": _non_empty(),
 }

@@ -46,7 +46,7 @@ from graph.context import Context
 from graph.state import GeneratorTask, State, opened, task_entry
 from nodes.common import run_store
 from nodes.generator import generator
-from nodes.load_seeds import load_seeds
+from nodes.load_seeds import load_seeds, load_seeds_self_instruct
 from nodes.responder import responder
 from nodes.rule_check import rule_check
 from nodes.summarizer import summarizer
@@ -205,7 +205,7 @@ def build_data_advisor(
 
 
 def build_self_instruct(
-    context_schema: type[Context] = Context, start: Node = load_seeds
+    context_schema: type[Context] = Context, start: Node = load_seeds_self_instruct
 ) -> Graph:
     """The Self-Instruct baseline: same generator and responder, no advice (uncompiled)."""
     builder = StateGraph(State, context_schema=context_schema)
@@ -238,15 +238,16 @@ def compile_graph(
     checkpointer: BaseCheckpointSaver[Any] | None = None,
     *,
     context_schema: type[Context] = Context,
-    start: Node = load_seeds,
+    start: Node | None = None,
 ) -> CompiledStateGraph[State, Context, State, State]:
     """Compile one method's graph, optionally with a checkpointer.
 
-    ``context_schema`` and ``start`` (the ``load_seeds`` node) are how Studio's graphs give each
-    thread a run folder (``graph/studio.py``).
+    ``context_schema`` and ``start`` (the ``load_seeds`` node; default: the method's own) are
+    how Studio's graphs give each thread a run folder (``graph/studio.py``).
     """
     builders = {"data_advisor": build_data_advisor, "self_instruct": build_self_instruct}
     if method not in builders:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    builder = builders[method](context_schema, start)
+    default = load_seeds if method == "data_advisor" else load_seeds_self_instruct
+    builder = builders[method](context_schema, start or default)
     return builder.compile(checkpointer=checkpointer, name=method)

@@ -3,7 +3,9 @@
 A run folder holds ``run.json`` (the run's ``id``, method and context, no secrets; the
 content hashes of its decontamination files; a ``history`` of endpoint changes made on
 resume), ``run.sqlite`` (the data tables), ``checkpoints.sqlite`` (LangGraph's checkpoints),
-``run.lock`` (who executes the run) and ``vllm.log`` when the embedded server was used. The
+``run.lock`` (who executes the run), ``vllm.log`` when the embedded server was used, and
+``steering.jsonl`` when the run is steered by a trained model's failures (from which round
+which result files applied, :func:`note_steering`). The
 id, ``<method>-<12 hex digits>``, is made when the run is created and is its checkpoint thread
 id and its key in ``run.sqlite``: a folder moved or renamed is the same run (runs made before
 ids were recorded use their folder name).
@@ -84,8 +86,9 @@ from graph.seeds import read_seeds
 from graph.state import State, is_legacy, round_unfinished, state_of
 from graph.templates import load_templates
 from tools.decontam import file_digests, read_prompts
-from tools.files import write_atomic
+from tools.files import append_jsonl, read_jsonl, write_atomic
 from tools.server import EmbeddedServer, served_name, stop_signals_interrupt
+from tools.steering import read_failures, steering_digests
 from tools.store import (
     DB_FILE,
     RUN_FILE,
@@ -307,6 +310,24 @@ def validate_inputs(ctx: Context) -> None:
     read_seeds("categories", ctx.seed_categories_file)
     for path in ctx.decontaminate:  # a DecontaminationError saying what to give instead
         read_prompts(path)
+    if ctx.steer_from:  # a SteeringError saying what is wrong with a result file
+        read_failures(ctx.steer_from)
+
+
+STEERING_FILE = "steering.jsonl"
+"""In a run folder: one line per change of the results a run is steered by (``from_round``,
+``files``: path -> sha256), so the rounds each steering applied to are known."""
+
+
+def note_steering(run: Run, next_round: int) -> None:
+    """Append the run's ``steer_from`` files to its :data:`STEERING_FILE` when they differ
+    from the last line (a new iteration of an experiment steers from new results)."""
+    path = run.folder / STEERING_FILE
+    lines = read_jsonl(path)
+    files = steering_digests(run.context.steer_from)
+    if (lines[-1].get("files") if lines else {}) != files:
+        with append_jsonl(path) as write:
+            write({"from_round": next_round, "files": files})
 
 
 def check_decontamination(run: Run) -> None:
@@ -665,9 +686,13 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
 
         check_consistent(run, graph.get_state(config).values, store)
         check_decontamination(run)
+        if run.context.steer_from:  # read now: a bad result file fails before any call
+            read_failures(run.context.steer_from)
         if not run.id_recorded:  # a run made before ids: its folder name is its id from now on
             run.save()
         start = phase()
+        if run.context.steer_from or (run.folder / STEERING_FILE).exists():
+            note_steering(run, start.state.round + 1)
         if not resume and start.pending:
             raise RunError(f"{run.folder} has already started; use `data-advisor resume`")
         if resume and start.name == "finished":

@@ -23,7 +23,7 @@ from graph.graph import Method, Node, compile_graph
 from graph.runner import Run
 from graph.state import State
 from nodes.common import run_id
-from nodes.load_seeds import load_seeds
+from nodes.load_seeds import load_seeds, load_seeds_self_instruct
 from tools.files import write_atomic
 
 
@@ -42,7 +42,8 @@ def in_run_folder(method: Method) -> Node:
             marker = {"thread_id": folder.name, "graph": method,
                       "checkpoints": "kept by the LangGraph server (langgraph dev / Studio)"}
             write_atomic(folder / STUDIO_FILE, json.dumps(marker, indent=2) + "\n")
-        return load_seeds(state, runtime)
+        start = load_seeds_self_instruct if method == "self_instruct" else load_seeds
+        return start(state, runtime)
 
     load_seeds_in_run_folder.__name__ = "load_seeds"
     return load_seeds_in_run_folder

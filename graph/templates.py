@@ -31,9 +31,11 @@ class TemplateSpec:
 
 
 SPECS: dict[str, TemplateSpec] = {
-    "weakness_critic": TemplateSpec(frozenset({"summary"}), frozenset({"principles", "avoid"})),
+    "weakness_critic": TemplateSpec(
+        frozenset({"summary"}), frozenset({"principles", "avoid", "failures"})
+    ),
     "weakness_critic_batch": TemplateSpec(
-        frozenset({"summary", "count"}), frozenset({"principles", "avoid"})
+        frozenset({"summary", "count"}), frozenset({"principles", "avoid", "failures"})
     ),
     "generator": TemplateSpec(frozenset({"examples", "weakness"}), frozenset({"principles"})),
     "self_instruct_generator": TemplateSpec(frozenset({"examples"})),
@@ -44,7 +46,9 @@ SPECS: dict[str, TemplateSpec] = {
 """Template names and their placeholders. ``responder`` is the responder's system prompt. The
 ``_batch`` templates are the critic's and the summarizer's when a round has several weaknesses
 (``Context.weaknesses_per_round`` > 1, or the critic asked for the ones still missing):
-``{count}`` categories at once; with one, the paper's ``weakness_critic`` and ``summarizer``."""
+``{count}`` categories at once; with one, the paper's ``weakness_critic`` and ``summarizer``.
+The critic's ``{failures}`` is empty unless the run steers from a trained model's failures
+(``Context.steer_from``): then a paragraph starting with two newlines."""
 
 
 class TemplateError(ValueError):

@@ -9,6 +9,7 @@ template's placeholder; :func:`ask_advisor` sends the critic's and the summarize
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 
 from langchain_core.messages import AIMessage
 from langgraph.config import get_config
@@ -17,6 +18,7 @@ from langgraph.runtime import Runtime
 from graph.context import Context
 from graph.templates import load_templates
 from tools.llm import generate
+from tools.steering import failures_text, read_failures, steering_digests
 from tools.store import RunStore, shared_store
 
 
@@ -74,3 +76,19 @@ def ask_advisor(runtime: Runtime[Context], message: str, max_tokens: int) -> AIM
         run=run_id(),
     )
     return answer
+
+
+@lru_cache(maxsize=16)
+def _failures(paths: tuple[str, ...], digests: tuple[str, ...], categories: int,
+              examples: int) -> str:
+    # keyed by the files' content too: a result evaluated again is read again
+    return failures_text(read_failures(paths, categories=categories), examples)
+
+
+def steering_text(ctx: Context) -> str:
+    """The critic's ``{failures}`` for the run's ``steer_from`` results ("" without)."""
+    if not ctx.steer_from:
+        return ""
+    paths = tuple(ctx.steer_from)
+    return _failures(paths, tuple(steering_digests(paths).values()), ctx.steer_categories,
+                     ctx.steer_examples)

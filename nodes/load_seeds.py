@@ -3,6 +3,10 @@
 It also records the sha256 of the templates the run (re)starts with, from the round they apply
 to, so that an export names the templates that wrote its data.
 
+Self-Instruct's start, :func:`load_seeds_self_instruct`, also puts the questions a trained
+model failed on (``Context.steer_from``, ``tools.steering``) in the pool: that baseline has no
+advisor to steer, its pool is its lever.
+
 It runs first whenever a run starts from the top, also when a resume finds no pending step;
 then it steps back a round the state shows open that the store does not show complete
 (:func:`graph.state.round_unfinished`), with the counters of the rounds before it, so the
@@ -21,6 +25,7 @@ from graph.context import Context
 from graph.seeds import read_seeds
 from graph.state import State, round_unfinished
 from nodes.common import run_store, templates
+from tools.steering import failed_questions
 from tools.store import RunStore
 
 
@@ -53,3 +58,13 @@ def _counters(store: RunStore, state: State) -> dict[str, Any]:
         "responses": sum(r.get("responses") or 0 for r in records),
         "rejected": {r: rejected[r] - state.rejected.get(r, 0) for r in sorted(reasons)},
     }
+
+
+def load_seeds_self_instruct(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """:func:`load_seeds`, then the failed questions of ``steer_from`` join the pool (once),
+    visible from the next round on."""
+    update = load_seeds(state, runtime)
+    if runtime.context.steer_from:
+        rounds = update.get("round", state.round)
+        run_store(runtime).steer_pool(rounds, failed_questions(runtime.context.steer_from))
+    return update

@@ -25,7 +25,7 @@ from graph.context import Context
 from graph.seeds import read_seeds
 from graph.state import State
 from graph.templates import render
-from nodes.common import Stopwatch, ask_advisor, bullets, run_store, templates
+from nodes.common import Stopwatch, ask_advisor, bullets, run_store, steering_text, templates
 from nodes.filters import clean_category, content_words, overlaps
 from nodes.rule_check import summary_names
 from tools.llm import output_tokens
@@ -102,7 +102,7 @@ def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                                       "weakness_critic_batch"]
         message = render(
             template, principles=ctx.principles, summary=bullets(state.summary), avoid=avoid,
-            count=str(missing),
+            count=str(missing), failures=steering_text(ctx),
         )
         answer = ask_advisor(runtime, message, ctx.critic_max_tokens * missing)
         tokens += output_tokens([answer])

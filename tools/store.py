@@ -237,6 +237,18 @@ class RunStore:
         with self.transaction():
             self.db.table("pool").insert_all(rows, ignore=True)
 
+    def steer_pool(self, round_: int, prompts: Sequence[str]) -> int:
+        """Failed evaluation questions join the pool as in-context examples (Self-Instruct's
+        steering, ``tools.steering``), from the round after ``round_``; a question already in
+        the pool is not added again. Returns how many were added."""
+        known = set(self.pool())
+        new = [p for p in dict.fromkeys(prompts) if p not in known]
+        rows = [{"id": f"{self.run_id}:steer:{round_}:{i}", "run_id": self.run_id,
+                 "round": round_, "prompt": p} for i, p in enumerate(new)]
+        with self.transaction():
+            self.db.table("pool").insert_all(rows, ignore=True)
+        return len(rows)
+
     def pool(self, before_round: int | None = None) -> list[str]:
         """The in-context pool, seeds first (as round ``before_round`` found it: without the
         entries of that round and later)."""
