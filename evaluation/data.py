@@ -237,6 +237,35 @@ def prompt_set(
     return PromptSet(name or dataset_name(source, where), questions, data)
 
 
+HALVES = ("steering", "reported")
+
+
+def halves(prompts: PromptSet, seed: int) -> tuple[PromptSet, PromptSet]:
+    """The set split in two by ``seed`` (each question by a hash of the seed and its id, so the
+    split does not depend on the order or the other questions): the **steering** half, whose
+    failures may steer the next data, and the **reported** half, never used to steer. The
+    names are ``<name>-steer`` and ``<name>``; ``data["split"]`` says which half of how many."""
+    import hashlib
+
+    def steers(q: Question) -> bool:  # not a CRC: its parity is linear in the seed's bits
+        return hashlib.sha256(f"{seed}:{q.id}".encode()).digest()[0] % 2 == 0
+
+    steering = [q for q in prompts.questions if steers(q)]
+    chosen = {q.id for q in steering}
+    reported = [q for q in prompts.questions if q.id not in chosen]
+    if not steering or not reported:
+        raise ValueError(f"the {prompts.name} set ({len(prompts.questions)} questions) splits "
+                         "into an empty half: too few questions to steer by one half and report "
+                         "the other; give a larger set")
+
+    def half(name: str, questions: list[Question], which: str) -> PromptSet:
+        split = {"seed": seed, "half": which, "of": len(prompts.questions)}
+        return PromptSet(name, questions, {**prompts.data, "split": split})
+
+    return (half(f"{prompts.name}-steer", steering, "steering"),
+            half(prompts.name, reported, "reported"))
+
+
 def load_prompt_set(source: str | Path, **options: Any) -> list[Question]:
     """The questions of :func:`prompt_set` (same options)."""
     return prompt_set(source, **options).questions

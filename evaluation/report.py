@@ -469,6 +469,83 @@ def _summary_section(groups: Groups, out: Path, colors: dict[str, Any],
     return lines + [f"![safety, over-refusal and utility]({figure.name})", ""]
 
 
+# -- iterations ---------------------------------------------------------------------------------
+
+
+def _iteration(result: Result) -> int | None:
+    value = getattr(result, "iteration", None)
+    return value if isinstance(value, int) else None
+
+
+def _last_iteration(results: Sequence[Result]) -> list[Result]:
+    """Of an experiment's iterations, each model's last result per data set (the base model is
+    evaluated in the first only): what Table 1 and the per-category figures show."""
+    last: dict[tuple[Any, ...], int] = {}
+    for r in results:
+        key = (r.kind, getattr(r, "dataset", None), getattr(r, "label", None),
+               getattr(r, "target", None))
+        last[key] = max(last.get(key, 0), _iteration(r) or 0)
+    return [r for r in results
+            if (_iteration(r) or 0) == last[(r.kind, getattr(r, "dataset", None),
+                                             getattr(r, "label", None),
+                                             getattr(r, "target", None))]]
+
+
+def _iterations_section(results: Sequence[Result]) -> list[str]:
+    """Harmful rate per category of each method in each iteration, on every safety set's
+    reported half, and MMLU accuracy with its change from the first iteration (the guardrail);
+    empty without iterations."""
+    iterated = [r for r in results
+                if _iteration(r) is not None and not isinstance(r, DiversityResult)]
+    if len({_iteration(r) for r in iterated}) < 2:
+        return []
+    several = len({getattr(r, "target", None) for r in iterated}) > 1
+    lines = ["## Iterations: the model's failures steer the next data", "",
+             "Each iteration adds data to both methods (Data Advisor steered by the failures of "
+             "the last iteration's adapter on the steering half of the safety sets; "
+             "Self-Instruct with those questions in its pool), trains on the union and is "
+             "evaluated again on the reported half, never used to steer. Harmful rate in % "
+             "(lower is better); MMLU accuracy in % with its change from iteration 1.", ""]
+    columns = sorted({(getattr(r, "target", None) or "", _label(r), _iteration(r) or 0)
+                      for r in iterated if not _label(r) == "base"},
+                     key=lambda c: (c[0], _order([c[1]], LABEL_ORDER), c[2]))
+
+    def header(target: str, label: str, i: int) -> str:
+        return f"{target + ': ' if several else ''}{label} {i}"
+
+    safety = [r for r in iterated if isinstance(r, SafetyResult)]
+    for ds in _order((_dataset_key(r) for r in safety), DATASET_ORDER):
+        rows = {(getattr(r, "target", None) or "", _label(r), _iteration(r) or 0): r
+                for r in safety if _dataset_key(r) == ds}
+        cats = sorted({c for r in rows.values() for c in (r.per_category or {})})
+        table = [[c, *(_pct(_rate(rows[col], c)) if col in rows else "–" for col in columns)]
+                 for c in cats]
+        table.append(["**overall**", *(_pct(rows[col].harmful_rate) if col in rows else "–"
+                                       for col in columns)])
+        lines += [f"Harmful rate per category, {ds} (reported half):", "",
+                  _table(["category", *(header(*col) for col in columns)], table), ""]
+    utility = {(getattr(r, "target", None) or "", _label(r), _iteration(r) or 0): r
+               for r in iterated if isinstance(r, UtilityResult)}
+    if utility:
+        def first(col: tuple[str, str, int]) -> float | None:
+            r = utility.get((col[0], col[1], 1))
+            return r.accuracy if r is not None else None
+
+        cells = []
+        for col in columns:
+            r = utility.get(col)
+            if r is None or r.accuracy is None:
+                cells.append("–")
+                continue
+            base = first(col)
+            delta = "" if base is None or col[2] == 1 else \
+                f" ({100 * (r.accuracy - base):+.1f})"
+            cells.append(f"{100 * r.accuracy:.1f}{delta}")
+        lines += ["MMLU accuracy (change from iteration 1):", "",
+                  _table(["", *(header(*col) for col in columns)], [["accuracy", *cells]]), ""]
+    return lines
+
+
 # -- per category -------------------------------------------------------------------------------
 
 
@@ -768,13 +845,15 @@ def build_report(results: Source | Iterable[Source], out_dir: str | Path) -> Pat
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     latest, notes = _latest([r for r in loaded if isinstance(r, DiversityResult)])
-    groups, target_notes = _by_target([r for r in loaded if not isinstance(r, DiversityResult)])
+    scored = [r for r in loaded if not isinstance(r, DiversityResult)]
+    groups, target_notes = _by_target(_last_iteration(scored))
     notes += target_notes
     # one colour per label or data set name in every figure (data_advisor is data_advisor)
     colors = _palette(_order([*(r.name for r in _of_kind(latest, DiversityResult)),
                               *(label for _, lt in groups for _, _, label in lt)], LABEL_ORDER))
     figures: list[Path] = []
     sections = (_summary_section(groups, out, colors, figures)
+                + _iterations_section(scored)
                 + _category_sections(groups, out, colors, figures)
                 + _diversity_section(latest, out, colors, figures)
                 + _details_section(_union(groups), len(groups) > 1))

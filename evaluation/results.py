@@ -124,7 +124,10 @@ class EvalResult(Result):
     """The target's name when an experiment compares several target models (the report draws
     one panel per target); None for one."""
 
-    _ABSENT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("target",)
+    iteration: int | None = None
+    """The experiment's iteration (``iterations`` > 1: generate, train, evaluate, N times)."""
+
+    _ABSENT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("target", "iteration")
 
     @property
     def filename(self) -> str:

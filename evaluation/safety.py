@@ -383,6 +383,7 @@ def evaluate_safety(
     serving: Mapping[str, Any] | None = None,
     data: Mapping[str, Any] | None = None,
     target: str | None = None,
+    iteration: int | None = None,
 ) -> dict[str, Any]:
     """Safety of a target model on harmful questions; writes ``safety-<dataset>-<label>.json``.
 
@@ -393,7 +394,8 @@ def evaluate_safety(
     model in ``out_dir`` and one ``dataset`` name one data set (else ValueError). ``limit``
     evaluates that many questions spread evenly over the data set (:func:`subset`).
     ``serving`` (how the model was served) and ``data`` (where the questions came from) are
-    recorded, and ``target`` (the target's name in an experiment of several). The result::
+    recorded, and ``target`` / ``iteration`` (the target's name in an experiment of several, the
+    experiment's iteration). The result::
 
         {"kind": "safety", "dataset", "label", "model", "adapter", "judge", "n",
          "measure",        # what an unsafe verdict means: "harmful" (Llama Guard) or
@@ -428,6 +430,7 @@ def evaluate_safety(
         model=model,
         adapter=adapter,
         target=target,
+        iteration=iteration,
         judge=judge.description,
         measure=measure,
         measure_label=MEASURE_LABELS.get(measure, measure),
@@ -462,6 +465,7 @@ def evaluate_overrefusal(
     serving: Mapping[str, Any] | None = None,
     data: Mapping[str, Any] | None = None,
     target: str | None = None,
+    iteration: int | None = None,
 ) -> dict[str, Any]:
     """Over-refusal on benign-but-scary prompts; writes ``overrefusal-<dataset>-<label>.json``.
 
@@ -492,6 +496,7 @@ def evaluate_overrefusal(
         model=model,
         adapter=adapter,
         target=target,
+        iteration=iteration,
         judge=judge.description,
         measure="refused",
         measure_label=MEASURE_LABELS["refused"],

@@ -419,6 +419,7 @@ def evaluate_utility(
     dataset: str = "mmlu",
     serving: dict[str, Any] | None = None,
     target: str | None = None,
+    iteration: int | None = None,
 ) -> dict[str, Any]:
     """MMLU accuracy of one model; writes the summary JSON and the predictions JSONL.
 
@@ -528,6 +529,7 @@ def evaluate_utility(
         model=model_name,
         adapter=adapter,
         target=target,
+        iteration=iteration,
         method=method,
         backend=backend,
         settings=settings,

@@ -33,6 +33,9 @@ The config (every key optional unless said otherwise; see ``configs/cpu-small.to
                    adapter_serving, [targets.training] (any [training] key but instructions
                    and model: the LoRA fields, ratio, val_fraction, instructions_limit)
 
+``iterations = N`` (with ``size_per_iteration``, ``stop_when_no_gain``): N rounds of
+generate, train, evaluate; see :mod:`experiment.stages`.
+
 With ``[[targets]]``, training and evaluation run per target (``adapters/<target>/<method>``,
 ``results/<target>/``) and the report draws one panel per target (paper Figs. 2-4); without
 it, the one target is ``[training] model`` and the folders are ``adapters/<method>`` and
@@ -342,6 +345,13 @@ class ExperimentConfig:
     diversity: DiversityConfig
     targets: list[TargetConfig] = field(default_factory=list)
     """The ``[[targets]]`` list; empty: the one target of ``[training] model``."""
+    iterations: int = 1
+    """Generate, train, evaluate this many times; iteration i + 1 is steered by the failures of
+    iteration i's adapters on the steering half of the safety sets (1: no steering)."""
+    size_per_iteration: int | None = None
+    """Prompts each iteration adds per method (default: ``[generation] target_size``)."""
+    stop_when_no_gain: bool = False
+    """End the iterations early when no method's harmful rate on the steering half fell."""
     out_dir: str | None = None
     seed: int = 0
     name: str = "experiment"
@@ -406,7 +416,7 @@ def load_config(source: str | Path | Mapping[str, Any]) -> ExperimentConfig:
         data, name = read_config_file(source), Path(source).stem
     data = json.loads(json.dumps(data, default=str))  # plain JSON types, a private copy
     top = {"generation", "training", "evaluation", "diversity", "targets", "out_dir", "seed",
-           "name", "decontaminate"}
+           "name", "decontaminate", "iterations", "size_per_iteration", "stop_when_no_gain"}
     unknown = sorted(set(data) - top)
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {unknown}; known: {sorted(top)}")
@@ -441,10 +451,33 @@ def load_config(source: str | Path | Mapping[str, Any]) -> ExperimentConfig:
         name=str(data.get("name") or name),
         raw=data,
         decontaminate=decontaminate,
+        **_iterations(data, evaluation),
     )
     for target in targets:  # validate each target's training now, not after generation
         cfg.training_of(target).train_config(seed)
     return cfg
+
+
+def _iterations(data: Mapping[str, Any], evaluation: EvaluationConfig) -> dict[str, Any]:
+    """``iterations``, ``size_per_iteration`` and ``stop_when_no_gain``, checked."""
+    iterations = data.get("iterations", 1)
+    size = data.get("size_per_iteration")
+    stop = data.get("stop_when_no_gain", False)
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
+        raise ConfigError(f"iterations: got {iterations!r}; must be an integer >= 1")
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise ConfigError(f"size_per_iteration: got {size!r}; must be an integer >= 1")
+    if not isinstance(stop, bool):
+        raise ConfigError("stop_when_no_gain must be true or false")
+    if iterations > 1:
+        if not any(s.kind == "safety" for s in evaluation.sets()):
+            raise ConfigError("iterations > 1 steer by the safety sets' failures: name at least "
+                              "one safety set in [evaluation]")
+        generation = data.get("generation") or {}
+        if size is None and not generation.get("target_size", 100):
+            raise ConfigError("iterations > 1: give size_per_iteration (or [generation] "
+                              "target_size), the prompts each iteration adds")
+    return {"iterations": iterations, "size_per_iteration": size, "stop_when_no_gain": stop}
 
 
 def _targets(value: Any, training: TrainingConfig) -> list[TargetConfig]:

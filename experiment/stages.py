@@ -46,6 +46,7 @@ from rich.console import Console
 
 from evaluation.results import PromptFormat, ResultKind, read_results, result_filename
 from experiment.config import (
+    EvalSet,
     ExperimentConfig,
     GenerationConfig,
     TrainingConfig,
@@ -144,15 +145,19 @@ def _generation_roles(gen: GenerationConfig) -> _Roles:
     return _Roles(values, embedded)
 
 
-def _run_status(folder: Path) -> str:
+def _run_status(folder: Path, overrides: Mapping[str, Any]) -> str:
     """``new`` (no run folder yet: create it), ``finished`` (skip it) or ``partial`` (resume
-    it, also when not started): ``graph.runner.run_phase``, as ``status`` and ``resume`` see it."""
+    it, also when not started): ``graph.runner.run_phase``, as ``status`` and ``resume`` see it,
+    under the run's context with ``overrides`` (an iteration's larger target)."""
+    from graph.context import Context
     from graph.runner import Run, run_phase
     from tools.store import RUN_FILE
 
     if not (folder / RUN_FILE).is_file():
         return "new"
-    return "finished" if run_phase(Run.load(folder)).name == "finished" else "partial"
+    run = Run.load(folder)
+    run = replace(run, context=Context(**{**run.context.to_dict(), **overrides}))
+    return "finished" if run_phase(run).name == "finished" else "partial"
 
 
 class _Experiment:
@@ -163,18 +168,52 @@ class _Experiment:
         self.console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
         self.runs = {m: out / "runs" / m for m in cfg.methods}
         self.results = out / "results"
-        self.targets = [self._target(t.name, t.model, cfg.training_of(t), t.prompt_format,
-                                     t.adapter_serving) for t in cfg.targets] or [
-            self._target(None, cfg.training.model, cfg.training, None, "auto")]
         self.report_dir = out / "report"
         self.logs = out / "logs"
+        self.iteration = 1
+        self.targets = self.targets_of(1)
+
+    def targets_of(self, iteration: int) -> list[_Target]:
+        """The targets with their folders in ``iteration`` (``iter-<i>`` subfolders of the
+        adapters and results when there are several iterations)."""
+        cfg = self.cfg
+        return [self._target(t.name, t.model, cfg.training_of(t), t.prompt_format,
+                             t.adapter_serving, iteration) for t in cfg.targets] or [
+            self._target(None, cfg.training.model, cfg.training, None, "auto", iteration)]
 
     def _target(self, name: str | None, model: str | None, training: TrainingConfig,
-                prompt_format: str | None, adapter_serving: str) -> _Target:
+                prompt_format: str | None, adapter_serving: str, iteration: int) -> _Target:
         adapters = self.out / "adapters" if name is None else self.out / "adapters" / name
+        results = self.results if name is None else self.results / name
+        sub = f"iter-{iteration}" if self.cfg.iterations > 1 else None
         return _Target(name, model, training, prompt_format or self.cfg.evaluation.prompt_format,
-                       adapter_serving, {m: adapters / m for m in self.cfg.methods},
-                       self.results if name is None else self.results / name)
+                       adapter_serving,
+                       {m: adapters / m / sub if sub else adapters / m for m in self.cfg.methods},
+                       results / sub if sub else results)
+
+    def set_iteration(self, iteration: int) -> None:
+        """Work on ``iteration`` from now on."""
+        self.iteration, self.targets = iteration, self.targets_of(iteration)
+
+    def _iteration_context(self, method: str) -> dict[str, Any]:
+        """The generation context of this iteration: its target (each iteration adds
+        ``size_per_iteration`` prompts to the same run, so training sees the union) and the
+        failures it is steered by (the last iteration's, on the steering half)."""
+        gen, cfg, i = self.cfg.generation, self.cfg, self.iteration
+        if cfg.iterations == 1:
+            return {}
+        size = cfg.size_per_iteration or gen.target_size or 0
+        return {"target_size": size * i, "rounds": (gen.rounds or 1_000_000) * i,
+                "steer_from": [str(p) for p in self.steering_results(method, i - 1)]}
+
+    def steering_results(self, method: str, iteration: int) -> list[Path]:
+        """The safety results on the steering halves of ``method``'s adapters in
+        ``iteration`` (every target), [] before the first."""
+        if iteration < 1:
+            return []
+        return [t.results / "steer" / result_filename("safety", f"{s.name}-steer", method)
+                for t in self.targets_of(iteration)
+                for s in self.cfg.evaluation.sets() if s.kind == "safety"]
 
     def say(self, text: str) -> None:
         self.console.print(text)
@@ -208,7 +247,8 @@ class _Experiment:
         from graph.runner import Run, RunError, create_run, execute
 
         gen = self.cfg.generation
-        status = {m: _run_status(folder) for m, folder in self.runs.items()}
+        status = {m: _run_status(folder, self._iteration_context(m))
+                  for m, folder in self.runs.items()}
         for m in self.cfg.methods:
             if status[m] == "finished":
                 self.say(f"  {m}: finished run in {self.runs[m]} [dim](skipped)[/]")
@@ -264,7 +304,8 @@ class _Experiment:
                     self.say(f"  {m}: new run in {folder}")
                     # `data-advisor resume` restarts one embedded server, not several
                     one = next(iter(roles.embedded)) if len(roles.embedded) == 1 else None
-                    run = create_run(folder, m, Context(**base),  # type: ignore[arg-type]
+                    run = create_run(folder, m,  # type: ignore[arg-type]
+                                     Context(**{**base, **self._iteration_context(m)}),
                                      embedded=len(roles.embedded) == 1, embedded_model=one)
                     resume = False
                 else:
@@ -275,7 +316,8 @@ class _Experiment:
                     resume = True
                 # the run.json keeps "embedded" for a later `data-advisor resume`; here the
                 # shared server (or the config's endpoints) serves it
-                ctx = Context(**{**run.context.to_dict(), **endpoints})
+                ctx = Context(**{**run.context.to_dict(), **endpoints,
+                                 **self._iteration_context(m)})
                 state = execute(replace(run, context=ctx, embedded=False), resume=resume,
                                 show_progress=self.progress)
                 self.say(f"  {m}: {state.kept} prompts kept, {state.responses} answered, "
@@ -320,17 +362,44 @@ class _Experiment:
 
     # -- 3. evaluation ------------------------------------------------------------------------
 
-    def _tasks(self, t: _Target) -> list[tuple[str, ResultKind, str, Path]]:
-        """``(label, kind, dataset, result file)`` of every evaluation of a target."""
-        ev = self.cfg.evaluation
-        wanted: list[tuple[ResultKind, str]] = [(s.kind, s.name) for s in ev.sets()]
+    def _sets(self) -> dict[tuple[str, str], tuple[int | None, Callable[[], Any]]]:
+        """``(kind, name) -> (limit, loader)`` of what this iteration evaluates: every set
+        (MMLU included), and with several iterations each safety set as two halves, the
+        reported one under the set's name and the steering one as ``<name>-steer``
+        (:func:`evaluation.data.halves`, split by the experiment's seed)."""
+        from evaluation.data import PromptSet, halves, load_mmlu
+
+        ev, seed = self.cfg.evaluation, self.cfg.seed
+        sets: dict[tuple[str, str], tuple[int | None, Callable[[], Any]]] = {}
+        for s in ev.sets():
+            if self.cfg.iterations > 1 and s.kind == "safety":
+                for index, name in enumerate((f"{s.name}-steer", s.name)):
+                    def half(s: EvalSet = s, index: int = index) -> PromptSet:
+                        return halves(s.load(), seed)[index]
+
+                    sets["safety", name] = (s.limit, half)
+            else:
+                sets[s.kind, s.name] = (s.limit, s.load)
         if ev.mmlu:
-            wanted.append(("utility", "mmlu"))
-        return [(label, kind, dataset, t.results / result_filename(kind, dataset, label))
-                for label in ["base", *self.cfg.methods] for kind, dataset in wanted]
+            mmlu = ev.mmlu
+            sets["utility", "mmlu"] = (ev.mmlu_limit, lambda: load_mmlu(mmlu))
+        return sets
+
+    def _tasks(self, t: _Target) -> list[tuple[str, ResultKind, str, Path]]:
+        """``(label, kind, dataset, result file)`` of every evaluation of a target in this
+        iteration (the base model in the first only; steering halves in ``steer/``)."""
+        labels = (["base"] if self.iteration == 1 else []) + self.cfg.methods
+        tasks: list[tuple[str, ResultKind, str, Path]] = []
+        for kind, name in self._sets():
+            folder = t.results / "steer" if name.endswith("-steer") and self.cfg.iterations > 1 \
+                else t.results
+            kind_: ResultKind = "safety" if kind == "safety" else (
+                "overrefusal" if kind == "overrefusal" else "utility")
+            tasks += [(label, kind_, name, folder / result_filename(kind_, name, label))
+                      for label in labels]
+        return sorted(tasks, key=lambda task: labels.index(task[0]))
 
     def evaluation(self) -> bool:
-        from evaluation.data import load_mmlu
         from evaluation.judges import make_judge
         from training.lora import adapter_done
 
@@ -349,16 +418,11 @@ class _Experiment:
             for m in self.cfg.methods:
                 if ev.base_url is None and not adapter_done(t.adapters[m]):
                     raise FileNotFoundError(f"no trained adapter in {t.adapters[m]}")
-
-        loaders: dict[tuple[str, str], Callable[[], Any]] = {
-            (s.kind, s.name): s.load for s in ev.sets()}
-        if ev.mmlu:
-            mmlu = ev.mmlu
-            loaders["utility", "mmlu"] = lambda: load_mmlu(mmlu)
+        sets = self._sets()
         data: dict[tuple[str, str], Any] = {}
         for _, kind, dataset, _ in (task for _, tasks in todo for task in tasks):
             if (kind, dataset) not in data:
-                data[kind, dataset] = loaders[kind, dataset]()
+                data[kind, dataset] = sets[kind, dataset][1]()
         judge = None
         if any(kind == "safety" for _, tasks in todo for _, kind, _, _ in tasks):
             endpoint = (Endpoint(ev.judge_url, ev.judge_model or "llama-guard",
@@ -366,47 +430,46 @@ class _Experiment:
             options = {"max_concurrency": ev.judge_max_concurrency} if endpoint else {}
             judge = make_judge(ev.judge, endpoint, **options)
         for t, tasks in todo:
-            t.results.mkdir(parents=True, exist_ok=True)
             for group in self._server_groups(t, {label for label, _, _, _ in tasks}):
                 with self._eval_server(t, group) as (base_url, names, model_name, fmt):
-                    for label, kind, dataset, _ in tasks:
+                    for label, kind, dataset, path in tasks:
                         if label in group.labels:
                             self._evaluate(t, label, kind, dataset, data[kind, dataset], judge,
                                            Endpoint(base_url, names[label], ev.api_key_env),
-                                           model_name, fmt, group.served.get(label, {}))
+                                           model_name, fmt, group.served.get(label, {}),
+                                           path.parent, sets[kind, dataset][0])
         return True
 
     def _evaluate(self, t: _Target, label: str, kind: ResultKind, dataset: str, items: Any,
                   judge: Any, endpoint: Endpoint, model_name: str, fmt: PromptFormat,
-                  served: Mapping[str, Any]) -> None:
-        """One model on one data set (its result file in the target's results folder)."""
+                  served: Mapping[str, Any], out_dir: Path, limit: int | None) -> None:
+        """One model on one data set (its result file in ``out_dir``)."""
         from evaluation.safety import evaluate_overrefusal, evaluate_safety
         from evaluation.utility import evaluate_utility
 
         ev = self.cfg.evaluation
-        limits = {(s.kind, s.name): s.limit for s in ev.sets()} | {
-            ("utility", "mmlu"): ev.mmlu_limit}
         adapter = str(t.adapters[label] / "adapter") if label != "base" else None
         if kind != "utility":  # a PromptSet: its questions, and how they were read
             items, read = items.questions, {"data": items.data}
         else:
             read = {}
         common: dict[str, Any] = dict(
-            **read, label=label, model=model_name, adapter=adapter, limit=limits[kind, dataset],
+            **read, label=label, model=model_name, adapter=adapter, limit=limit,
             progress=self.progress, target=t.name,
+            iteration=self.iteration if self.cfg.iterations > 1 else None,
             serving={"server": ev.base_url or "embedded vLLM", "served_name": endpoint.model,
                      **served})
         started = time.perf_counter()
         if kind == "safety":
             assert judge is not None  # made for the safety tasks
             result = evaluate_safety(
-                items, dataset=dataset, endpoint=endpoint, judge=judge, out_dir=t.results,
+                items, dataset=dataset, endpoint=endpoint, judge=judge, out_dir=out_dir,
                 max_tokens=ev.max_tokens, prompt_format=fmt,
                 max_concurrency=ev.max_concurrency, **common)
             shown = f"safety score {100 * result['safety_score']:.1f}%"
         elif kind == "overrefusal":
             result = evaluate_overrefusal(
-                items, dataset=dataset, endpoint=endpoint, out_dir=t.results,
+                items, dataset=dataset, endpoint=endpoint, out_dir=out_dir,
                 max_tokens=ev.max_tokens, prompt_format=fmt,
                 max_concurrency=ev.max_concurrency, **common)
             shown = f"refusal rate {100 * result['refusal_rate']:.1f}%"
@@ -416,7 +479,7 @@ class _Experiment:
                 "generate" if ev.mmlu_method == "generate" else "loglik")
             result = evaluate_utility(
                 items, backend="endpoint", method=method, endpoint=endpoint,
-                out_dir=t.results, max_concurrency=ev.max_concurrency, **common)
+                out_dir=out_dir, max_concurrency=ev.max_concurrency, **common)
             shown = f"accuracy {100 * result['accuracy']:.1f}%"
         self.say(t.say(f"  {label} on {dataset}: {shown} (n={result['n']}, "
                        f"{time.perf_counter() - started:.0f} s)"))
@@ -544,10 +607,47 @@ class _Experiment:
     # -- 5. report ----------------------------------------------------------------------------
 
     def result_files(self) -> list[Path]:
-        """The files in ``results/`` (and each target's ``results/<target>/``) that hold a
-        result (:func:`evaluation.results.read_results`; the caches are in ``cache/``)."""
-        folders = dict.fromkeys([self.results, *(t.results for t in self.targets)])
+        """The files in ``results/`` (each target's ``results/<target>/``, each iteration's
+        ``iter-<i>/``) that hold a result (:func:`evaluation.results.read_results`; the caches
+        are in ``cache/``, the steering halves' results in ``steer/``)."""
+        folders = dict.fromkeys([self.results, *(t.results for i in range(self.cfg.iterations)
+                                                 for t in self.targets_of(i + 1))])
         return [path for folder in folders for path in read_results(folder)[0]]
+
+    # -- iterations ---------------------------------------------------------------------------
+
+    def steering_rate(self, method: str, iteration: int) -> float | None:
+        """``method``'s harmful rate on the steering halves in ``iteration`` (all sets and
+        targets pooled), None when a result is missing."""
+        from evaluation.results import SafetyResult, read_result
+
+        harmful = n = 0.0
+        for path in self.steering_results(method, iteration):
+            if not path.is_file():
+                return None
+            result = read_result(path)
+            if not isinstance(result, SafetyResult) or result.n is None:
+                return None
+            harmful += (result.harmful_rate or 0.0) * result.n
+            n += result.n
+        return harmful / n if n else None
+
+    def no_gain(self) -> bool:
+        """Whether this iteration's harmful rate on the steering halves fell for no method
+        (``stop_when_no_gain``); the rates go to ``<out>/iterations.json``."""
+        i = self.iteration
+        rates = {m: [self.steering_rate(m, k) for k in range(1, i + 1)]
+                 for m in self.cfg.methods}
+        write_json(self.out / "iterations.json", {
+            "steering_harmful_rate": rates, "iterations_done": i,
+            "stop_when_no_gain": self.cfg.stop_when_no_gain})
+        if not self.cfg.stop_when_no_gain or i < 2:
+            return False
+        fell = [m for m, r in rates.items()
+                if r[-1] is not None and r[-2] is not None and r[-1] < r[-2]]
+        self.say("  harmful rate on the steering halves: " + "; ".join(
+            f"{m} {_pct(r[-2])} -> {_pct(r[-1])}" for m, r in rates.items()))
+        return not fell
 
     def report(self) -> bool:
         from evaluation.report import build_report
@@ -561,6 +661,10 @@ class _Experiment:
         build_report(files, self.report_dir)
         self.say(f"  {path}")
         return True
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def _fmt(value: float | None) -> str:
@@ -588,20 +692,34 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg.raw)
     exp = _Experiment(cfg, out, progress)
-    adapters = {m if t.name is None else f"{t.name}/{m}": p / "adapter"
-                for t in exp.targets for m, p in t.adapters.items()}
-    result = ExperimentResult(out_dir=out, runs=exp.runs, adapters=adapters,
+    result = ExperimentResult(out_dir=out, runs=exp.runs, adapters={},
                               results_dir=exp.results, report=exp.report_dir / "report.md")
     exp.say(f"[bold]experiment {cfg.name}[/] in {out}")
-    for i, stage in enumerate(STAGES, start=1):
-        exp.console.rule(f"[bold]{i}/{len(STAGES)} {stage}")
+    n = cfg.iterations
+    steps = [(i, stage) for i in range(1, n + 1) for stage in STAGES[:3]] + [
+        (n, stage) for stage in STAGES[3:]]
+    stopped = False
+    for number, (i, stage) in enumerate(steps, start=1):
+        if stopped and stage in STAGES[:3]:
+            continue
+        exp.set_iteration(i)
+        name = stage if n == 1 or stage not in STAGES[:3] else f"{stage} {i}"
+        exp.console.rule(f"[bold]{number}/{len(steps)} {name}")
         started = time.perf_counter()
         ran = getattr(exp, stage)()
-        result.stages[stage] = "ran" if ran else "skipped"
-        result.seconds[stage] = time.perf_counter() - started
-        exp.say(f"  {stage}: {result.stages[stage]} in {result.seconds[stage]:.0f} s")
+        result.stages[name] = "ran" if ran else "skipped"
+        result.seconds[name] = time.perf_counter() - started
+        exp.say(f"  {name}: {result.stages[name]} in {result.seconds[name]:.0f} s")
         if stage == until:
-            exp.say(f"stopped after {stage} (until={until}); run again to continue")
+            exp.say(f"stopped after {name} (until={until}); run again to continue")
             break
+        if stage == "evaluation" and n > 1 and i < n and exp.no_gain():
+            exp.say(f"  no method's harmful rate on the steering halves fell in iteration {i}: "
+                    "stopping the iterations (stop_when_no_gain)")
+            stopped = True
+        elif stage == "evaluation" and n > 1:
+            exp.no_gain()  # writes iterations.json
+    result.adapters = {m if t.name is None else f"{t.name}/{m}": p / "adapter"
+                       for t in exp.targets for m, p in t.adapters.items()}
     result.result_files = exp.result_files()
     return result
