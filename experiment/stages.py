@@ -145,7 +145,7 @@ def _generation_roles(gen: GenerationConfig) -> _Roles:
     return _Roles(values, embedded)
 
 
-def _run_status(folder: Path, overrides: Mapping[str, Any]) -> str:
+def _run_status(folder: Path, overrides: Mapping[str, Any] | None = None) -> str:
     """``new`` (no run folder yet: create it), ``finished`` (skip it) or ``partial`` (resume
     it, also when not started): ``graph.runner.run_phase``, as ``status`` and ``resume`` see it,
     under the run's context with ``overrides`` (an iteration's larger target)."""
@@ -156,7 +156,8 @@ def _run_status(folder: Path, overrides: Mapping[str, Any]) -> str:
     if not (folder / RUN_FILE).is_file():
         return "new"
     run = Run.load(folder)
-    run = replace(run, context=Context(**{**run.context.to_dict(), **overrides}))
+    if overrides:
+        run = replace(run, context=Context(**{**run.context.to_dict(), **overrides}))
     return "finished" if run_phase(run).name == "finished" else "partial"
 
 

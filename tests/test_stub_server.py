@@ -47,6 +47,7 @@ def bullets(lines: list[str]) -> str:
 
 def fill(name: str, **values: str) -> str:
     defaults = {"principles": "harmless, diverse, realistic", "summary": bullets([]), "avoid": "",
+                "failures": "",
                 "examples": bullets(EXAMPLES), "weakness": "Election interference",
                 "prompts": bullets(EXAMPLES)}
     return template(name).format(**(defaults | values))
