@@ -307,7 +307,7 @@ def load_mmlu(source: str | Path) -> list[MultipleChoice]:
     if str(source).startswith("hf:"):
         rows = _hf_rows(str(source))
     else:
-        rows = [json.loads(line) for line in _existing(source).read_text("utf-8").splitlines()
+        rows = [json.loads(line) for line in _existing(source).read_text("utf-8").split("\n")
                 if line.strip()]
     return [MultipleChoice(f"mmlu-{i}", r["subject"], r["input"], r["output"].strip())
             for i, r in enumerate(rows)]

@@ -33,3 +33,22 @@ def test_write_json_replaces_the_file_whole_and_keeps_text_as_is(tmp_path: Path)
     assert path.read_text("utf-8") == '{\n  "label": "Zürich",\n  "n": 2\n}\n'
     assert json.loads(path.read_text("utf-8")) == {"label": "Zürich", "n": 2}
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_jsonl_rows_may_hold_unicode_line_separators(tmp_path):
+    """json.dumps(ensure_ascii=False) leaves U+2028/U+0085 unescaped; str.splitlines() would
+    cut such a row in two (read_jsonl would then skip it and a cache would never hit)."""
+    import json
+
+    from tools.decontam import read_prompts
+    from tools.files import append_jsonl, read_jsonl
+
+    text = "first part\u2028second part\x85third"
+    path = tmp_path / "rows.jsonl"
+    with append_jsonl(path) as write:
+        write({"id": "a", "prompt": text})
+        write({"id": "b", "prompt": "plain"})
+    assert [r["prompt"] for r in read_jsonl(path)] == [text, "plain"]
+    other = tmp_path / "eval.jsonl"
+    other.write_text(json.dumps({"prompt": text}, ensure_ascii=False) + "\n", "utf-8")
+    assert read_prompts(other) == [text]

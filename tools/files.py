@@ -99,7 +99,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text("utf-8").splitlines():
+    # "\n" only: str.splitlines() also splits at U+2028, U+0085 and the like, which a JSON
+    # string may hold unescaped (json.dumps with ensure_ascii=False writes them as they are)
+    for line in path.read_text("utf-8").split("\n"):
         try:
             row = json.loads(line)
         except ValueError:

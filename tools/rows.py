@@ -35,7 +35,9 @@ def read_file_rows(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     rows: Any
     if suffix == ".jsonl":
-        rows = [json.loads(x) for x in path.read_text("utf-8").splitlines() if x.strip()]
+        # split on "\n" only: str.splitlines() also splits at U+2028 and the like, which JSON
+        # strings may hold unescaped
+        rows = [json.loads(x) for x in path.read_text("utf-8").split("\n") if x.strip()]
     elif suffix == ".json":
         data = json.loads(path.read_text("utf-8"))
         catqa = catqa_rows(data)

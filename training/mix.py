@@ -104,7 +104,7 @@ def _sqlite_rows(path: Path) -> list[dict[str, Any]]:
 def _file_rows(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return [json.loads(x) for x in path.read_text("utf-8").splitlines() if x.strip()]
+        return [json.loads(x) for x in path.read_text("utf-8").split("\n") if x.strip()]
     if suffix == ".json":
         data = json.loads(path.read_text("utf-8"))
         if not isinstance(data, list):
