@@ -94,6 +94,7 @@ from tools.store import (
     run_id_from,
     shared_store,
 )
+from tools.taxonomy import load_taxonomy
 
 CHECKPOINT_FILE = "checkpoints.sqlite"
 LOCK_FILE = "run.lock"
@@ -307,6 +308,7 @@ def validate_inputs(ctx: Context) -> None:
     read_seeds("categories", ctx.seed_categories_file)
     for path in ctx.decontaminate:  # a DecontaminationError saying what to give instead
         read_prompts(path)
+    load_taxonomy(ctx.taxonomy)  # a TaxonomyError saying what the file must hold
 
 
 def check_decontamination(run: Run) -> None:

@@ -31,20 +31,25 @@ class TemplateSpec:
 
 
 SPECS: dict[str, TemplateSpec] = {
-    "weakness_critic": TemplateSpec(frozenset({"summary"}), frozenset({"principles", "avoid"})),
+    "weakness_critic": TemplateSpec(
+        frozenset({"summary"}), frozenset({"principles", "avoid", "coverage"})
+    ),
     "weakness_critic_batch": TemplateSpec(
-        frozenset({"summary", "count"}), frozenset({"principles", "avoid"})
+        frozenset({"summary", "count"}), frozenset({"principles", "avoid", "coverage"})
     ),
     "generator": TemplateSpec(frozenset({"examples", "weakness"}), frozenset({"principles"})),
     "self_instruct_generator": TemplateSpec(frozenset({"examples"})),
     "summarizer": TemplateSpec(frozenset({"summary", "weakness"}), frozenset({"prompts"})),
     "summarizer_batch": TemplateSpec(frozenset({"summary", "categories"}), frozenset({"count"})),
     "responder": TemplateSpec(frozenset()),
+    "prompt_judge": TemplateSpec(frozenset({"prompt", "categories"})),
 }
 """Template names and their placeholders. ``responder`` is the responder's system prompt. The
 ``_batch`` templates are the critic's and the summarizer's when a round has several weaknesses
 (``Context.weaknesses_per_round`` > 1, or the critic asked for the ones still missing):
-``{count}`` categories at once; with one, the paper's ``weakness_critic`` and ``summarizer``."""
+``{count}`` categories at once; with one, the paper's ``weakness_critic`` and ``summarizer``.
+The critic's optional ``{coverage}`` is the measured prompts per taxonomy category when a judge
+is configured (empty otherwise); ``prompt_judge`` is the ``llm`` judge's (``nodes.judge``)."""
 
 
 class TemplateError(ValueError):
