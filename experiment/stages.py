@@ -130,7 +130,10 @@ def _generation_roles(gen: GenerationConfig) -> _Roles:
 
     values: dict[str, Any] = {}
     embedded: dict[str | None, list[str]] = {}
+    judging = gen.judge or gen.context.get("judge")
     for role in ROLES:
+        if role == "judge" and not judging:  # no judge: no endpoint, no server for it
+            continue
         url = getattr(gen, f"{role}_url") or gen.base_url
         model = getattr(gen, f"{role}_model") or gen.model
         if url is None:
@@ -259,6 +262,7 @@ class _Experiment:
                 "seed_prompts_file": gen.seed_prompts_file,
                 "seed_categories_file": gen.seed_categories_file,
                 "decontaminate": self.decontamination,
+                **{k: v for k, v in (("judge", gen.judge), ("taxonomy", gen.taxonomy)) if v},
                 **endpoints,
             }
             for m in todo:

@@ -202,3 +202,61 @@ def test_bad_judge_or_taxonomy_is_one_line(tmp_path: Path) -> None:
     empty.write_text("# nothing\n", "utf-8")
     with pytest.raises(TaxonomyError, match="no categories"):
         load_taxonomy(str(empty))
+
+
+def test_the_experiment_serves_a_judge_only_when_one_is_configured() -> None:
+    from experiment.config import load_config
+    from experiment.stages import _generation_roles
+
+    base = {"training": {"instructions": "x.json"}, "evaluation": {"catqa": "c.json"}}
+    roles = _generation_roles(load_config(base).generation)
+    assert roles.embedded == {None: ["advisor", "generator", "responder"]}
+    assert "judge_base_url" not in roles.values
+    judged = load_config({**base, "generation": {"judge": "llm", "judge_model": "g/j"}})
+    assert _generation_roles(judged.generation).embedded == {
+        None: ["advisor", "generator", "responder"], "g/j": ["judge"]}
+    in_context = load_config({**base, "generation": {"context": {"judge": "llamaguard3"}}})
+    assert _generation_roles(in_context.generation).embedded == {
+        None: ["advisor", "generator", "responder", "judge"]}
+
+
+def test_export_diversity_and_report_show_the_coverage(
+        stub: StubServer, tmp_path: Path) -> None:
+    from evaluation.diversity import evaluate_diversity, write_result
+    from evaluation.report import build_report
+    from experiment.cli import main
+
+    runs = {}
+    for method in ("data_advisor", "self_instruct"):
+        folder = runs[method] = tmp_path / method
+        assert main(["run", "--method", method, "--base-url", stub.base_url, "--model", "stub",
+                     "--rounds", "2", "-k", "5", "--run", str(folder), "--no-progress",
+                     "--judge", "llm"]) == 0
+    folder = runs["data_advisor"]
+    run_id = json.loads((folder / "run.json").read_text("utf-8"))["id"]
+    from tools.store import RunStore
+
+    with RunStore(folder / "run.sqlite", run_id) as store:
+        expected = coverage(store.taxonomy_labels(), load_taxonomy())
+    assert expected["labelled"] > 0
+    assert main(["export", str(folder)]) == 0
+    card = (folder / "export" / "README.md").read_text("utf-8")
+    assert "## Coverage of the taxonomy" in card
+    for name, n in expected["counts"].items():
+        assert f"| {name} | {n} |" in card
+    rows = [json.loads(line) for line in (folder / "export" / "data.jsonl").open()]
+    assert all(r["taxonomy_category"] for r in rows)
+    assert evaluate_diversity(folder)["taxonomy_coverage"] == expected
+    assert evaluate_diversity(folder / "export" / "data.jsonl")["taxonomy_coverage"] == expected
+    table = tmp_path / "any.csv"  # any data set with a category column
+    table.write_text("prompt,category\nHow to do a?,Hate\nHow to do b?,Privacy\n"
+                     "How to do c?,Cooking\nHow to do d?,S7\n", "utf-8")
+    cov = evaluate_diversity(table)["taxonomy_coverage"]
+    assert (cov["covered"], cov["labelled"], cov["unlabelled"]) == (2, 3, 1)
+    assert cov["counts"]["Privacy"] == 2
+    results = tmp_path / "results"
+    for method, path in runs.items():
+        write_result(evaluate_diversity(path, name=method), results)
+    report = build_report(results, tmp_path / "report").read_text("utf-8")
+    assert "Coverage of the taxonomy (llamaguard3" in report
+    assert f"| data_advisor | {expected['covered']}/14 |" in report
