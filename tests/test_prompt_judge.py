@@ -91,6 +91,7 @@ def test_without_a_judge_nothing_is_asked_and_no_coverage_is_shown(tmp_path: Pat
     sent = [b["messages"][-1]["content"] for b in stub.requests]
     assert not any("taxonomy" in text or text.rstrip().endswith("Assessment:") for text in sent)
     assert all(r["judge_verdict"] is None for r in store.samples())
+    assert "prompt_judge" not in {t["name"] for t in store.templates()}
     assert store.get_round(1)["weakness_coverage"] is None  # type: ignore[index]
 
 
@@ -102,6 +103,10 @@ def test_judge_fans_out_per_task(tmp_path: Path) -> None:
     judged = [b for b in stub.requests
               if b["messages"][-1]["content"].rstrip().endswith("Assessment:")]
     assert len(judged) == 12
+    [critic] = [b["messages"][-1]["content"] for b in stub.requests
+                if b["messages"][-1]["content"].rstrip().endswith("Categories:")]
+    assert "per category of a fixed harm taxonomy" in critic  # the batch critic's {coverage}
+    assert "prompt_judge" in {t["name"] for t in store.templates()}
     record = store.get_round(1)
     assert record is not None
     assert [e["weakness"] for e in record["weakness_coverage"]] == record["weaknesses"]
