@@ -157,11 +157,12 @@ class RunStore:
                         "update rounds set weaknesses = json_array(weakness), "
                         "weaknesses_novel = json_array(weakness_novel) where weakness is not null"
                     )
-        if missing := sorted(_ADDED_SAMPLE_COLUMNS.keys()
-                             - self.db.table("samples").columns_dict.keys()):
+        samples = self.db.table("samples")
+        if samples.exists() and (missing := sorted(_ADDED_SAMPLE_COLUMNS.keys()
+                                                   - samples.columns_dict.keys())):
             with self.transaction():
                 for column in missing:
-                    self.db.table("samples").add_column(column, _ADDED_SAMPLE_COLUMNS[column])
+                    samples.add_column(column, _ADDED_SAMPLE_COLUMNS[column])
         if not self.db.table("templates").exists():  # also in run files from before it
             with self.transaction():
                 self.db.table("templates").create(
