@@ -34,7 +34,7 @@ from testing.stub_server import (  # noqa: E402
     recognise_node,
 )
 
-Kind = Literal["critic", "generator", "summarizer", "responder"]
+Kind = Literal["critic", "generator", "summarizer", "responder", "judge"]
 Call = tuple[float, float, Kind]
 """One completion request as the server saw it: arrived, answered (``perf_counter``), kind."""
 
@@ -47,6 +47,7 @@ _KINDS: dict[str, Kind] = {
     "summarizer": "summarizer",
     "summarizer_batch": "summarizer",
     "responder": "responder",
+    "prompt_judge": "judge",
 }
 
 

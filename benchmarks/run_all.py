@@ -9,6 +9,8 @@
     the merging one, and the round time at the end over round 10 (``--novelty-rounds``).
 (e) ``bench_dedup``: the duplicate filter, MinHash LSH against exact Jaccard: agreement of
     the decisions on 10K queries and memory per prompt at 100K (``--dedup-prompts``).
+(f) ``bench_judge``: wall time of a Data Advisor run with the ``llm`` prompt judge over the
+    same run without it (stub, L=0.2 s), judged prompts per second beside the generator's.
 
 Ratios are measured side by side in one run; nothing here asserts a number.
 
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 
 import bench_dedup
 import bench_growth
+import bench_judge
 import bench_novelty
 import bench_overhead
 import bench_vllm
@@ -90,6 +93,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                  f"precision {agreement.precision:.3f}, recall {agreement.recall:.3f}", "-"])
     rows.append(["(e) duplicate filter", "memory per prompt, MinHash / exact", approx / exact,
                  f"{approx:,.0f} vs {exact:,.0f} bytes", "lower"])
+
+    print(f"\n== (f) prompt judge: {args.rounds} rounds, K={args.k}, L={args.latency} s ==")
+    plain, judged = bench_judge.run(args.rounds, args.k, 1, args.latency)
+    print(bench_judge.report(plain, judged, rounds=args.rounds, k=args.k, w=1,
+                             latency=args.latency))
+    rows.append(["(f) prompt judge", "wall time with the llm judge / without",
+                 judged.wall_s / plain.wall_s, f"{judged.judged_per_s:.1f} judged/s, "
+                 f"{judged.generated_per_s:.1f} generated/s", "< 2"])
 
     if not args.skip_vllm:
         shapes = [(1, args.k), (3, args.k), (1, 32)]

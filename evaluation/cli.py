@@ -54,6 +54,11 @@ def add_commands(sub: Subcommands) -> None:
                      "needs >= N prompts (default: full sets only)")
     div.add_argument("--seeds", type=_positive_int, default=5, metavar="S",
                      help="random subsamples averaged for --size (default: %(default)s)")
+    div.add_argument("--taxonomy", type=Path, metavar="FILE",
+                     help="taxonomy the coverage is measured in, one 'CODE: Name' or name a "
+                     "line; a run's judged categories (or a taxonomy_category column) are "
+                     "placed in it, else the category column (default: Llama Guard 3's "
+                     "S1-S14)")
     div.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
                      help="folder for the diversity-<name>.json results (default: %(default)s)")
     div.set_defaults(func=cmd_diversity)
@@ -171,12 +176,15 @@ def cmd_diversity(args: argparse.Namespace) -> int:
     for n in range(1, 9):
         table.add_column(f"d-{n}")
     table.add_column("categories")
+    table.add_column("taxonomy covered")
+    table.add_column("entropy")
     table.add_column("near-dup")
     errors = Console(stderr=True, width=console.width)
     failed = 0
     for source in args.sources:
         try:
-            result = evaluate_diversity(source, size=args.size, seeds=args.seeds)
+            result = evaluate_diversity(source, size=args.size, seeds=args.seeds,
+                                        taxonomy=str(args.taxonomy) if args.taxonomy else None)
         except (OSError, ValueError, KeyError, sqlite3.Error) as exc:
             failed += 1
             text = str(exc) if source in str(exc) else f"{source}: {exc}"
@@ -186,10 +194,12 @@ def cmd_diversity(args: argparse.Namespace) -> int:
             continue
         path = write_result(result, args.out)
         curve = (result["distinct_at_size"] or {}).get("values") or result["distinct"]
+        cov = result["taxonomy_coverage"]
         # "–": no n-grams that long (every prompt is shorter), not a distinct-n of 0
         table.add_row(result["name"], str(result["n_prompts"]),
                       *(f"{curve[str(n)]:.3f}" if result["ngrams"][str(n)] else "–"
                         for n in range(1, 9)), str(result["categories"]),
+                      f"{cov['covered']}/{cov['categories']}", f"{cov['entropy']:.3f}",
                       f"{result['near_duplicate_rate']:.3f}")
         console.print(f"wrote {path}" + (f" ({result['name_note']})"
                                          if result.get("name_note") else ""))

@@ -38,6 +38,9 @@ class Question:
     prompt: str
     category: str
     subcategory: str = ""
+    taxonomy_category: str = ""
+    """The category of a fixed taxonomy a prompt judge placed it in (a run with a judge, or
+    a data set with a ``taxonomy_category`` column); ``""`` when none."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,7 @@ def prompt_set(
                          f"--prompt-column; columns found: {', '.join(columns)}")
     category_col = _column(columns, category_column, ("category",), "category", label)
     sub_col = _column(columns, subcategory_column, ("subcategory",), "subcategory", label)
+    taxonomy_col = "taxonomy_category" if "taxonomy_category" in columns else None
     conditions = parse_where(where)
     questions = []
     for i, row in select_rows(rows, conditions, label):
@@ -231,7 +235,8 @@ def prompt_set(
             raise ValueError(f"{label}: row {i} has no prompt in column {prompt_col!r}")
         questions.append(Question(f"{id_prefix}-{i}", prompt.strip(),
                                   cell(row.get(category_col)) if category_col else "",
-                                  cell(row.get(sub_col)) if sub_col else ""))
+                                  cell(row.get(sub_col)) if sub_col else "",
+                                  cell(row.get(taxonomy_col)) if taxonomy_col else ""))
     data = {"source": label, "prompt_column": prompt_col, "category_column": category_col,
             "where": list(where), "rows": len(rows)}
     return PromptSet(name or dataset_name(source, where), questions, data)
@@ -358,10 +363,14 @@ def _run_prompts(path: Path) -> list[Question]:
     db = sqlite_utils.Database(_existing(path))
     run_id = run_id_of_store(path)  # a run folder's run: the id in its run.json (else all)
     where, params = ("where run_id = ? ", [run_id]) if run_id else ("", [])
+    judged = "taxonomy_category" in db.table("samples").columns_dict  # a store from before: no
+    taxonomy = "taxonomy_category" if judged else "null"
     rows = db.query(
-        f"select id, prompt, weakness from samples {where}order by run_id, round, slot", params
+        f"select id, prompt, weakness, {taxonomy} taxonomy_category from samples "
+        f"{where}order by run_id, round, slot", params
     )
-    return [Question(r["id"], r["prompt"], r["weakness"] or "") for r in rows]
+    return [Question(r["id"], r["prompt"], r["weakness"] or "", "", r["taxonomy_category"] or "")
+            for r in rows]
 
 
 def subset(items: Sequence[T], limit: int | None) -> list[T]:

@@ -30,6 +30,7 @@ from typing import Any
 
 from evaluation.data import Question, load_prompts
 from evaluation.results import DiversityResult, ResultError, read_result
+from tools.taxonomy import coverage, load_taxonomy
 from tools.text import DuplicateFilter, ngram_counts, normalize
 
 NS = range(1, 9)
@@ -228,6 +229,7 @@ def evaluate_diversity(
     name: str | None = None,
     size: int | None = None,
     seeds: int = 5,
+    taxonomy: str | None = None,
 ) -> dict[str, Any]:
     """Diversity of a data set as a JSON-ready result.
 
@@ -237,6 +239,8 @@ def evaluate_diversity(
     (``name_from`` says where it came from); ``source`` is the absolute path or ``hf:`` id.
     With ``size``, distinct-n is also averaged over ``seeds`` subsamples of ``size`` prompts
     (ValueError if the data set is smaller). An empty data set is a ValueError.
+    ``taxonomy_coverage`` places the prompts in ``taxonomy`` (a file; default Llama Guard 3's
+    S1-S14): a run's or export's judged categories when it has them, else its categories.
     """
     questions, described, found, origin = _load(source)
     if name is not None:
@@ -249,6 +253,8 @@ def evaluate_diversity(
         values = distinct_at_size(prompts, size, seeds, NS)
         at_size = {"size": size, "seeds": seeds, "values": {str(n): v for n, v in values.items()}}
     stats = category_stats(questions)
+    judged = any(q.taxonomy_category for q in questions)
+    labels = [q.taxonomy_category if judged else q.category for q in questions]
     return DiversityResult(
         name=found,
         name_from=origin,
@@ -260,6 +266,7 @@ def evaluate_diversity(
         categories=stats["categories"],
         prompts_per_category=stats["prompts_per_category"],
         near_duplicate_rate=near_duplicate_rate(prompts),
+        taxonomy_coverage=coverage(labels, load_taxonomy(taxonomy)),
     ).to_dict()
 
 

@@ -734,6 +734,29 @@ def _display_names(rows: list[DiversityResult]) -> list[str]:
     return [r.name if counts[r.name] == 1 else f"{r.name} ({r.source or '?'})" for r in rows]
 
 
+def _coverage_lines(names: list[str], rows: list[DiversityResult]) -> list[str]:
+    """Coverage of the taxonomy by each data set (Data Advisor against Self-Instruct): the
+    categories covered, the normalised entropy, and the prompts per category side by side."""
+    covered = [(name, r.taxonomy_coverage) for name, r in zip(names, rows, strict=True)
+               if r.taxonomy_coverage]
+    if not covered:
+        return []
+    taxonomy = covered[0][1]["taxonomy"]
+    categories = list(dict.fromkeys(c for _, cov in covered for c in cov["counts"]))
+    return [
+        f"Coverage of the taxonomy ({taxonomy}; a run's prompts as its prompt judge placed "
+        "them, another data set's categories where they name one): categories covered and the "
+        "normalised entropy of the prompts per category (1.0: all equally many; higher is "
+        "broader).", "",
+        _table(["data set", "covered", "labelled", "unlabelled", "entropy"],
+               [[name, f"{cov['covered']}/{cov['categories']}", cov["labelled"],
+                 cov["unlabelled"], f"{cov['entropy']:.3f}"] for name, cov in covered]), "",
+        _table(["taxonomy category", *(name for name, _ in covered)],
+               [[c, *(cov["counts"].get(c, "–") for _, cov in covered)] for c in categories]),
+        "",
+    ]
+
+
 def _diversity_section(latest: Latest, out: Path, colors: dict[str, Any],
                        figures: list[Path]) -> list[str]:
     rows = _of_kind(latest, DiversityResult)
@@ -760,6 +783,7 @@ def _diversity_section(latest: Latest, out: Path, colors: dict[str, Any],
              "Each data set at its full size:", "",
              _table(["data set", "prompts", *(f"d-{n}" for n in NS), "categories",
                      "near-dup %"], full), ""]
+    lines += _coverage_lines(names, rows)
     sized = [(name, r, at) for name, r in zip(names, rows, strict=True)
              if (at := _at_size(r)) is not None]
     if sized:

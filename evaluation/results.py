@@ -248,7 +248,8 @@ class DiversityResult(Result):
     """``diversity-<name>.json``: distinct-n, categories and near-duplicates of a data set."""
 
     kind: ClassVar[ResultKind] = "diversity"
-    _ABSENT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("name_from", "ngrams", "name_note")
+    _ABSENT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("name_from", "ngrams", "name_note",
+                                                    "taxonomy_coverage")
 
     name: str = "unnamed"
     name_from: str | None = None
@@ -266,6 +267,9 @@ class DiversityResult(Result):
     categories: int | None = None
     prompts_per_category: dict[str, int] | None = None
     near_duplicate_rate: float | None = None
+    taxonomy_coverage: dict[str, Any] | None = None
+    """``tools.taxonomy.coverage`` of the prompts' taxonomy categories (a run's judged ones,
+    else a category column's values placed in the taxonomy); None in older results."""
     name_note: str | None = None
     """Why the name has a suffix (another source's result had the file name)."""
 

@@ -14,9 +14,10 @@ The config (every key optional unless said otherwise; see ``configs/cpu-small.to
     [generation]   methods, target_size, rounds, prompts_per_round (K), weaknesses_per_round
                    (W), examples_per_request,
                    base_url, model, advisor_url/_model, generator_url/_model,
-                   responder_url/_model, api_key_env, max_concurrency, seed_prompts_file,
-                   seed_categories_file, max_model_len, server_args, [generation.context]
-                   (any other graph.context.Context field)
+                   responder_url/_model, judge (a prompt judge: llamaguard3 or llm; default
+                   none), judge_url/_model, taxonomy, api_key_env, max_concurrency,
+                   seed_prompts_file, seed_categories_file, max_model_len, server_args,
+                   [generation.context] (any other graph.context.Context field)
     [training]     instructions (required), model (target; default SmolLM2-135M-Instruct),
                    ratio, val_fraction, instructions_limit, and any training.lora.TrainConfig
                    field (rank, alpha, learning_rate, max_steps, max_length, ...)
@@ -93,6 +94,12 @@ class GenerationConfig:
     generator_model: str | None = None
     responder_url: str | None = None
     responder_model: str | None = None
+    judge: str | None = None
+    """Prompt judge of both methods' runs (``llamaguard3`` or ``llm``; None: none)."""
+    judge_url: str | None = None
+    judge_model: str | None = None
+    taxonomy: str | None = None
+    """Taxonomy file of the judge and the coverage (default: Llama Guard 3's S1-S14)."""
     api_key_env: str = "OPENAI_API_KEY"
     max_concurrency: int = 32
     seed_prompts_file: str | None = None

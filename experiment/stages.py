@@ -130,7 +130,10 @@ def _generation_roles(gen: GenerationConfig) -> _Roles:
 
     values: dict[str, Any] = {}
     embedded: dict[str | None, list[str]] = {}
+    judging = gen.judge or gen.context.get("judge")
     for role in ROLES:
+        if role == "judge" and not judging:  # no judge: no endpoint, no server for it
+            continue
         url = getattr(gen, f"{role}_url") or gen.base_url
         model = getattr(gen, f"{role}_model") or gen.model
         if url is None:
@@ -297,6 +300,7 @@ class _Experiment:
                 "seed_prompts_file": gen.seed_prompts_file,
                 "seed_categories_file": gen.seed_categories_file,
                 "decontaminate": self.decontamination,
+                **{k: v for k, v in (("judge", gen.judge), ("taxonomy", gen.taxonomy)) if v},
                 **endpoints,
             }
             for m in todo:
@@ -590,13 +594,16 @@ class _Experiment:
                 self.say(f"  {p.name} [dim](skipped)[/]")
             return False
         loaded = {name: load_prompts(src) for name, src in sources.items()}
+        gen = self.cfg.generation
+        gen_taxonomy = gen.taxonomy or gen.context.get("taxonomy")  # the runs' coverage
         # the generated data sets are compared at an equal size: the smallest of them (capped
         # by the config's size); a smaller reference gets its full curve only
         smallest = min(len(loaded[m]) for m in self.cfg.methods)
         size = min(dv.size, smallest) if dv.size else smallest
         for name, questions in loaded.items():
             at = size if 0 < size <= len(questions) else None
-            result = evaluate_diversity(questions, name=name, size=at, seeds=dv.seeds)
+            result = evaluate_diversity(questions, name=name, size=at, seeds=dv.seeds,
+                                        taxonomy=gen_taxonomy)
             result["source"] = sources[name]
             path = write_result(result, self.results)
             curve = (result["distinct_at_size"] or {}).get("values") or result["distinct"]

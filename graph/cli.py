@@ -19,7 +19,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from graph.context import ROLES, Context, env_var, field_default, is_variable_name
+from graph.context import (
+    JUDGE_KINDS,
+    ROLES,
+    Context,
+    env_var,
+    field_default,
+    is_variable_name,
+)
+from graph.coverage import JUDGE_COLUMNS, judge_cells, judge_rounds, judge_status
 from graph.export import FORMATS, export_run, push_to_hub, run_settings
 from graph.graph import METHODS
 from graph.runner import (
@@ -114,6 +122,19 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "template); Self-Instruct adds the failed questions to its pool instead (default: "
         f"none, or ${env_var('steer_from')}; how many categories and examples: "
         f"${env_var('steer_categories')}, ${env_var('steer_examples')})",
+    )
+    p.add_argument(
+        "--judge", choices=JUDGE_KINDS,
+        help="prompt judge run on each round's candidates after the lexical filters: a prompt "
+        "judged not harmful is rejected as not_harmful, a kept one stores its taxonomy "
+        "category, and the critic sees the coverage (llamaguard3: Llama Guard 3 at "
+        "--judge-url/--judge-model; llm: any chat model with the prompt_judge template)"
+        + _or_env("judge", "; default: no judge"),
+    )
+    p.add_argument(
+        "--taxonomy", type=Path, metavar="FILE",
+        help="harm taxonomy for the judge and coverage, one 'CODE: Name' or name a line "
+        "(default: Llama Guard 3's S1-S14, or $" + env_var("taxonomy") + ")",
     )
     _add_endpoint_options(p, resume=False)
     p.add_argument(
@@ -230,6 +251,8 @@ def _context(args: argparse.Namespace) -> Context:
         "decontaminate": [str(path) for path in args.decontaminate] if args.decontaminate
         else None,
         "steer_from": [str(path) for path in args.steer_from] if args.steer_from else None,
+        "judge": args.judge,
+        "taxonomy": str(args.taxonomy) if args.taxonomy else None,
         "api_key_env": args.api_key_env,
         "max_concurrency": args.max_concurrency,
         "request_timeout": args.request_timeout,
@@ -341,6 +364,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     with RunStore(run.db_path, run.run_id) as store:
         counts = store.counts()
         rounds = store.rounds()
+        judging = judge_status(store, run.context)
         next_nodes: tuple[str, ...]
         if run.is_studio:  # the LangGraph server has the checkpoints: the store tells the rest
             values, next_nodes, at = _studio_values(rounds), (), None
@@ -363,6 +387,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         **counts,
         "rejected_by_reason": values.get("rejected", {}),
         "decontaminated_against": run.context.decontaminate,
+        **judging,
         "summary": values.get("summary", []),
         "generator": run.context.endpoint("generator").model,
         "embedded_server": run.embedded,
@@ -373,6 +398,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     table = Table(show_header=False, box=None)
     for key, value in info.items():
         shown = "; ".join(value) if key in ("summary", "decontaminated_against") else value
+        if key == "prompts_per_category":
+            shown = ", ".join(f"{name} {n}" for name, n in value.items())
         table.add_row(f"[bold]{key}[/]", str(shown))
     console.print(table)
     return 0
@@ -398,6 +425,9 @@ def cmd_history(args: argparse.Namespace) -> int:
     with RunStore(run.db_path, run.run_id) as store:
         rounds = [{**r, "complete": not record_unfinished(r, run.context)}
                   for r in store.rounds()]
+        judged = judge_rounds(store, run.context)
+    if judged:
+        rounds = [{**r, **judged.get(r["round"], {})} for r in rounds]
     if args.json:
         console.print_json(json.dumps(rounds))
         return 0
@@ -413,6 +443,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         "answered",
         "seconds",
         "tok/s",
+        *JUDGE_COLUMNS * bool(judged),
     ):
         table.add_column(col)
     for r in rounds:
@@ -444,6 +475,7 @@ def cmd_history(args: argparse.Namespace) -> int:
             str(r.get("responses") or 0),
             f"{seconds:.1f}",
             f"{tokens / seconds:.1f}" if seconds else "-",
+            *(judge_cells(r) if judged else ()),
         )
     console.print(table)
     return 0

@@ -30,9 +30,14 @@ from tools.llm import Endpoint
 from tools.steering import DEFAULT_CATEGORIES, DEFAULT_EXAMPLES
 from tools.text import EXACT_UP_TO
 
-Role = Literal["advisor", "generator", "responder"]
+Role = Literal["advisor", "generator", "responder", "judge"]
 ROLES: tuple[Role, ...] = get_args(Role)
-"""The roles a run calls a model for, each with its own endpoint (see :meth:`Context.endpoint`)."""
+"""The roles a run calls a model for, each with its own endpoint (see :meth:`Context.endpoint`).
+The judge is called only when ``Context.judge`` names a kind."""
+
+JUDGE_KINDS = ("llamaguard3", "llm")
+"""Kinds of prompt judge (``Context.judge``): Llama Guard 3's user-prompt classification, or
+any chat model with the ``prompt_judge`` template (``nodes.judge``)."""
 
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -59,6 +64,8 @@ class Context:
     generator_model: str | None = None
     responder_base_url: str | None = None
     responder_model: str | None = None
+    judge_base_url: str | None = None
+    judge_model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the API key (the key is never stored)."""
     request_timeout: float = 300.0
@@ -80,6 +87,8 @@ class Context:
     critic_max_tokens: int = 24
     summarizer_max_tokens: int = 320
     responder_max_tokens: int = 256
+    judge_temperature: float = 0.0
+    judge_max_tokens: int = 20
 
     # --- the method ------------------------------------------------------------------------
     principles: str = DEFAULT_PRINCIPLES
@@ -139,6 +148,15 @@ class Context:
     steer_examples: int = DEFAULT_EXAMPLES
     """Failed questions shown per category."""
 
+    # --- the prompt judge and the taxonomy -------------------------------------------------
+    judge: str | None = None
+    """Kind of prompt judge (one of :data:`JUDGE_KINDS`), run on each round's candidates after
+    the lexical filters: a prompt judged not harmful is rejected as ``not_harmful``, a kept one
+    stores its taxonomy category, and the critic is shown the coverage. None: no judge."""
+    taxonomy: str | None = None
+    """File of the taxonomy coverage is measured in (one ``CODE: Name`` or name a line);
+    None: Llama Guard 3's S1-S14 (``tools.taxonomy``)."""
+
     # --- templates, seeds and storage ------------------------------------------------------
     prompts_dir: str | None = None
     """Folder of ``<node>.txt`` templates overriding the shipped ones by name."""
@@ -193,7 +211,7 @@ class Context:
         return cls(**{**defaults, **values})
 
     def endpoint(self, role: Role) -> Endpoint:
-        """The endpoint for one role (advisor, generator or responder)."""
+        """The endpoint for one role (advisor, generator, responder or judge)."""
         return Endpoint(
             base_url=getattr(self, f"{role}_base_url") or self.base_url,
             model=getattr(self, f"{role}_model") or self.model,
@@ -322,7 +340,9 @@ _RULES: dict[str, Rule] = {
     **{f"{role}_temperature": _at_least(0) for role in ROLES},
     "top_p": ((lambda value: 0 < value <= 1), "> 0 and <= 1"),
     **{f"{node}_max_tokens": _at_least(1)
-       for node in ("generator", "critic", "summarizer", "responder")},
+       for node in ("generator", "critic", "summarizer", "responder", "judge")},
+    "judge": (lambda value: value in JUDGE_KINDS, "one of " + ", ".join(JUDGE_KINDS)),
+    "taxonomy": _non_empty(),
     "prompts_per_round": _at_least(1),
     "weaknesses_per_round": _at_least(1),
     "examples_per_request": _at_least(1),

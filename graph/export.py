@@ -2,8 +2,8 @@
 
 Three forms of the same rows, each written in every requested format:
 
-- ``data``: the run's columns ``id, prompt, response, category, round, method,
-  generator_model, responder_model`` (what ``training/`` and ``evaluation/`` read):
+- ``data``: the run's columns ``id, prompt, response, category, taxonomy_category, round,
+  method, generator_model, responder_model`` (what ``training/`` and ``evaluation/`` read):
   ``data.jsonl``, ``data.parquet``, ``hf/``;
 - ``messages``: TRL's conversational form, ``messages = [{"role": "user", "content": prompt},
   {"role": "assistant", "content": response}]``: ``messages.jsonl``, ``messages.parquet``,
@@ -16,7 +16,8 @@ columns). Only prompts with a non-empty response are exported, in every form; th
 the others. The dataset card, ``README.md`` at the export root (and in each ``hf*`` folder),
 has the Hub's YAML metadata (size category from the real row count, one config per form), the
 generation settings (``run.json``'s method and context, endpoint credentials removed, and the
-sha256 of the templates the run recorded), category counts and a content warning.
+sha256 of the templates the run recorded), category counts, the coverage of the taxonomy
+when the run had a prompt judge (``tools.taxonomy.coverage``) and a content warning.
 :func:`push_to_hub` uploads the card with the JSONL / Parquet files (private by default).
 """
 
@@ -35,6 +36,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from graph.runner import Run
 from tools.store import RunStore
+from tools.taxonomy import coverage, coverage_line, load_taxonomy
 
 FORMATS = ("jsonl", "parquet", "hf")
 FORMS = ("data", "messages", "prompt_completion")
@@ -43,6 +45,7 @@ COLUMNS = (
     "prompt",
     "response",
     "category",
+    "taxonomy_category",
     "round",
     "method",
     "generator_model",
@@ -50,11 +53,11 @@ COLUMNS = (
 )
 TEMPLATES_OF_METHOD = {
     "data_advisor": ("weakness_critic", "weakness_critic_batch", "generator", "summarizer",
-                     "summarizer_batch", "responder"),
-    "self_instruct": ("self_instruct_generator", "responder"),
+                     "summarizer_batch", "responder", "prompt_judge"),
+    "self_instruct": ("self_instruct_generator", "responder", "prompt_judge"),
 }
 """The templates each method's nodes use (``graph/templates/``; the ``_batch`` ones when a
-round has several weaknesses)."""
+round has several weaknesses; ``prompt_judge`` recorded only when the run's judge is ``llm``)."""
 SIZE_CATEGORIES = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M",
                    "100M<n<1B", "1B<n<10B", "10B<n<100B", "100B<n<1T")
 """The Hub's size buckets, by powers of ten from 10^3 on (``n>1T`` above)."""
@@ -68,6 +71,7 @@ def export_rows(store: RunStore) -> list[dict[str, Any]]:
             "prompt": r["prompt"],
             "response": r["response"],
             "category": r["weakness"],
+            "taxonomy_category": r.get("taxonomy_category"),
             "round": r["round"],
             "method": r["method"],
             "generator_model": r["generator_model"],
@@ -154,8 +158,8 @@ def run_settings(run: Run) -> dict[str, Any]:
 
 
 FORM_TABLE = [
-    ("`data`", "id, prompt, response, category, round, method, generator_model, "
-     "responder_model", "`default`"),
+    ("`data`", "id, prompt, response, category, taxonomy_category, round, method, "
+     "generator_model, responder_model", "`default`"),
     ("`messages`", "messages (user prompt, assistant response), id, category", "`messages`"),
     ("`prompt_completion`", "prompt, completion (strings), id, category", "`prompt_completion`"),
 ]
@@ -248,6 +252,21 @@ def _configs(files: dict[str, str]) -> list[dict[str, Any]]:
     return configs
 
 
+def _coverage_section(rows: list[dict[str, Any]], ctx: dict[str, Any]) -> str:
+    """The card's coverage of the taxonomy (a run with a prompt judge only)."""
+    if not ctx.get("judge"):
+        return ""
+    cov = coverage([r.get("taxonomy_category") for r in rows], load_taxonomy(ctx.get("taxonomy")))
+    return f"""
+## Coverage of the taxonomy
+
+The prompt judge (`{ctx["judge"]}`) placed each kept prompt in a category of a fixed taxonomy:
+{coverage_line(cov)}; {cov["unlabelled"]} rows without a category.
+
+{_table(("taxonomy category", "rows"), list(cov["counts"].items()))}
+"""
+
+
 def dataset_card(
     name: str,
     rows: list[dict[str, Any]],
@@ -338,7 +357,7 @@ Every field of the run's context (`run.json`):
 The weakness (harm category) each prompt targeted; `(none)` for Self-Instruct.
 
 {_table(("category", "rows"), categories.most_common())}
-
+{_coverage_section(rows, ctx)}
 ## Columns of `data`
 
 | column | meaning |
@@ -346,6 +365,7 @@ The weakness (harm category) each prompt targeted; `(none)` for Self-Instruct.
 | prompt | a harmful user request written by the generator |
 | response | the responder's safe, helpful answer |
 | category | the weakness (harm category) the prompt targeted; empty for Self-Instruct |
+| taxonomy_category | the taxonomy category the prompt judge placed it in; empty without one |
 | round | the round that produced it |
 | method | `data_advisor` or `self_instruct` |
 """

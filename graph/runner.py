@@ -97,6 +97,7 @@ from tools.store import (
     run_id_from,
     shared_store,
 )
+from tools.taxonomy import load_taxonomy
 
 CHECKPOINT_FILE = "checkpoints.sqlite"
 LOCK_FILE = "run.lock"
@@ -312,6 +313,7 @@ def validate_inputs(ctx: Context) -> None:
         read_prompts(path)
     if ctx.steer_from:  # a SteeringError saying what is wrong with a result file
         read_failures(ctx.steer_from)
+    load_taxonomy(ctx.taxonomy)  # a TaxonomyError saying what the file must hold
 
 
 STEERING_FILE = "steering.jsonl"

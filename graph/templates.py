@@ -32,23 +32,26 @@ class TemplateSpec:
 
 SPECS: dict[str, TemplateSpec] = {
     "weakness_critic": TemplateSpec(
-        frozenset({"summary"}), frozenset({"principles", "avoid", "failures"})
+        frozenset({"summary"}), frozenset({"principles", "avoid", "failures", "coverage"})
     ),
     "weakness_critic_batch": TemplateSpec(
-        frozenset({"summary", "count"}), frozenset({"principles", "avoid", "failures"})
+        frozenset({"summary", "count"}), frozenset({"principles", "avoid", "failures", "coverage"})
     ),
     "generator": TemplateSpec(frozenset({"examples", "weakness"}), frozenset({"principles"})),
     "self_instruct_generator": TemplateSpec(frozenset({"examples"})),
     "summarizer": TemplateSpec(frozenset({"summary", "weakness"}), frozenset({"prompts"})),
     "summarizer_batch": TemplateSpec(frozenset({"summary", "categories"}), frozenset({"count"})),
     "responder": TemplateSpec(frozenset()),
+    "prompt_judge": TemplateSpec(frozenset({"prompt", "categories"})),
 }
 """Template names and their placeholders. ``responder`` is the responder's system prompt. The
 ``_batch`` templates are the critic's and the summarizer's when a round has several weaknesses
 (``Context.weaknesses_per_round`` > 1, or the critic asked for the ones still missing):
 ``{count}`` categories at once; with one, the paper's ``weakness_critic`` and ``summarizer``.
 The critic's ``{failures}`` is empty unless the run steers from a trained model's failures
-(``Context.steer_from``): then a paragraph starting with two newlines."""
+(``Context.steer_from``): then a paragraph starting with two newlines.
+The critic's optional ``{coverage}`` is the measured prompts per taxonomy category when a judge
+is configured (empty otherwise); ``prompt_judge`` is the ``llm`` judge's (``nodes.judge``)."""
 
 
 class TemplateError(ValueError):

@@ -43,6 +43,7 @@ _VAGUE = frozenset("yet it this that them these those something anything none on
 
 REJECTION_REASONS = (
     "empty", "too_short", "refusal", "meta", "contaminated", "duplicate", "near_duplicate",
+    "not_harmful",
 )
 
 

@@ -6,7 +6,12 @@ side by side, W = ``Context.weaknesses_per_round``). With a weakness (Data Advis
 template asks for any new request. Requests are sent concurrently and cut at the first line.
 Empty, too short, refusing, meta-commentary, contaminated (overlapping the evaluation sets of
 ``Context.decontaminate``), duplicate and near-duplicate outputs (against the pool, earlier
-rounds and the round's other tasks) are rejected and counted, not stored as data.
+rounds and the round's other tasks) are rejected and counted, not stored as data. With a
+prompt judge (``Context.judge``, ``nodes.judge``), the outputs that pass the lexical filters and
+decontamination are judged, concurrently: one judged not harmful is rejected as
+``not_harmful``; a kept one stores its verdict (``harmful``, or ``unjudged`` for an answer that
+could not be parsed) and taxonomy category, and the round records where the task's weakness
+landed in the taxonomy (``weakness_coverage``).
 Each task's rows are slots ``index * K ... index * K + K - 1`` of its round, replaced when the
 task runs again. Each task's best prompt (the one least similar to the pool) joins the pool.
 """
@@ -25,6 +30,7 @@ from graph.state import GeneratorTask, task_entry
 from graph.templates import render
 from nodes.common import Stopwatch, bullets, run_store, templates
 from nodes.filters import clean_line, contamination_reason, rejection_reason
+from nodes.judge import Verdict, judge_prompts, landing
 from tools.decontam import index_of_files
 from tools.llm import generate, output_tokens
 from tools.store import RunStore
@@ -91,10 +97,21 @@ def generator(state: GeneratorTask, runtime: Runtime[Context]) -> dict[str, Any]
         run=store.run_id,  # a node retry re-sends only the requests that failed
         scope=f"{state.round}:{state.index}",
     )
-    # The round's other tasks store their rows under the store's lock, one after another: a
-    # task filters against the rows of those before it, so no two tasks keep one prompt.
+    # Lexical filters and decontamination first, then the judge (if any) on what is left,
+    # concurrently and outside the store's lock, so the round's tasks judge side by side.
     contamination = index_of_files(
         ctx.decontaminate, n=ctx.decontaminate_ngram, threshold=ctx.decontaminate_threshold)
+    texts = [clean_line(str(answer.content)) for answer in answers]
+    early = [rejection_reason(text, min_words=ctx.min_prompt_words)
+             or contamination_reason(text, contamination) for text in texts]
+    candidates = [at for at, reason in enumerate(early) if reason is None]
+    verdicts: dict[int, Verdict] = {}
+    if ctx.judge:
+        judged = judge_prompts(runtime, [texts[at] for at in candidates], run=store.run_id,
+                               scope=f"{state.round}:{state.index}:judge")
+        verdicts = dict(zip(candidates, judged, strict=True))
+    # The round's other tasks store their rows under the store's lock, one after another: a
+    # task filters against the rows of those before it, so no two tasks keep one prompt.
     with store.transaction():  # the round's record exists: its opener wrote it
         known = known_prompts(store, state.round, ctx.near_duplicate_threshold,
                               ctx.near_duplicate_exact_up_to)
@@ -103,27 +120,30 @@ def generator(state: GeneratorTask, runtime: Runtime[Context]) -> dict[str, Any]
                                      exact_up_to=ctx.near_duplicate_exact_up_to)
         kept: list[dict[str, Any]] = []
         rejected: list[dict[str, Any]] = []
-        for slot, answer in zip(slots, answers, strict=True):
-            text = clean_line(str(answer.content))
+        kept_verdicts: list[Verdict] = []
+        for at, (slot, text) in enumerate(zip(slots, texts, strict=True)):
+            verdict = verdicts.get(at)
             reason = (
-                rejection_reason(text, min_words=ctx.min_prompt_words)
-                or contamination_reason(text, contamination)
+                early[at]
                 or known.reason(text)
                 or this_round.reason(text)
+                or (verdict.outcome if verdict and verdict.outcome == "not_harmful" else None)
             )
             if reason:
                 rejected.append({"slot": slot, "text": text, "reason": reason})
                 continue
             this_round.add(text)
-            kept.append(
-                {
-                    "slot": slot,
-                    "prompt": text,
-                    "weakness": state.weakness or None,
-                    "method": method,
-                    "generator_model": endpoint.model,
-                }
-            )
+            row = {
+                "slot": slot,
+                "prompt": text,
+                "weakness": state.weakness or None,
+                "method": method,
+                "generator_model": endpoint.model,
+            }
+            if verdict is not None:
+                row |= {"judge_verdict": verdict.outcome, "taxonomy_category": verdict.category}
+                kept_verdicts.append(verdict)
+            kept.append(row)
         reasons = Counter(r["reason"] for r in rejected)
         ids = store.save_round(state.round, kept, rejected, slots=slots)
         if kept:
@@ -131,6 +151,9 @@ def generator(state: GeneratorTask, runtime: Runtime[Context]) -> dict[str, Any]
                                       exact_up_to=ctx.near_duplicate_exact_up_to)
             best = kept[in_pool.least_similar([row["prompt"] for row in kept])]
             store.add_to_pool(state.round, best["prompt"], index=state.index)
+        if ctx.judge:
+            store.set_round_entry(state.round, "weakness_coverage", state.index, landing(
+                ctx, store, state.round, state.weakness, kept_verdicts))
         round_kept, round_rejected = store.round_counts(state.round)
         store.update_round(
             state.round,

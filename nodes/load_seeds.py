@@ -33,6 +33,8 @@ def load_seeds(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Seed the pool (idempotent); on a fresh run, start the summary with the seed categories."""
     ctx = runtime.context
     used = templates(runtime)  # fail on a bad template before any LLM call
+    if ctx.judge != "llm":  # recorded only for a run that uses it
+        used = {name: text for name, text in used.items() if name != "prompt_judge"}
     store = run_store(runtime)
     store.seed_pool(read_seeds("prompts", ctx.seed_prompts_file))
     step_back = bool(state.round) and round_unfinished(store, state, ctx)

@@ -12,6 +12,8 @@ words with them (and the critic's repeats of the last rounds) that the summary d
 The prompt stays bounded: the summary is, and so are the hints. Whether each weakness is novel
 is recorded; a round the critic could not fill takes its last rejected answers (or "Other
 harmful requests"), recorded as not novel, so that it still gets its W x K prompts.
+With a prompt judge, the template's ``{coverage}`` shows the kept prompts per taxonomy
+category (``nodes.judge.coverage_block``), so the critic can target what is thin or missing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from graph.state import State
 from graph.templates import render
 from nodes.common import Stopwatch, ask_advisor, bullets, run_store, steering_text, templates
 from nodes.filters import clean_category, content_words, overlaps
+from nodes.judge import coverage_block
 from nodes.rule_check import summary_names
 from tools.llm import output_tokens
 from tools.store import RunStore
@@ -82,6 +85,7 @@ def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     listed = summary_names(state.summary)
     covered = [*listed, *read_seeds("categories", ctx.seed_categories_file), *earlier]
     repeats = recent_repeats(store, state.round) if ctx.critic_hints else []
+    coverage = coverage_block(ctx, store, state.round)  # "" without a judge
     attempts: list[str] = []
     found: list[str] = []  # novel, in the order named
     tokens = 0
@@ -102,7 +106,7 @@ def weakness_critic(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                                       "weakness_critic_batch"]
         message = render(
             template, principles=ctx.principles, summary=bullets(state.summary), avoid=avoid,
-            count=str(missing), failures=steering_text(ctx),
+            count=str(missing), coverage=coverage, failures=steering_text(ctx),
         )
         answer = ask_advisor(runtime, message, ctx.critic_max_tokens * missing)
         tokens += output_tokens([answer])

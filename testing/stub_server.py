@@ -47,6 +47,9 @@ it (:func:`recognise_node`) by these endings, the last line of each node's templ
 * ``"Updated summary:"`` (``summarizer``, ``summarizer_batch``): the lines under
   ``"Current summary:"`` (list markers removed) followed by each new category from
   ``category "X"``, one per line;
+* ``"Assessment:"`` (``prompt_judge``, the ``llm`` prompt judge): ``Harmful: no`` for about one
+  prompt in five, else ``Harmful: yes`` and a Llama Guard 3 code, a CRC of the prompt after
+  ``User request:`` (:func:`judge_verdict`);
 * anything else (``responder``): a short refusal that offers safe information.
 """
 
@@ -82,6 +85,7 @@ REQUEST_MARKER = "Request:"
 SUMMARY_MARKER = "Updated summary:"
 
 CATEGORIES_MARKER = "Categories:"
+JUDGE_MARKER = "Assessment:"
 
 NODE_MARKERS: dict[str, str] = {
     "weakness_critic": CATEGORY_MARKER,
@@ -90,6 +94,7 @@ NODE_MARKERS: dict[str, str] = {
     "self_instruct_generator": REQUEST_MARKER,
     "summarizer": SUMMARY_MARKER,
     "summarizer_batch": SUMMARY_MARKER,
+    "prompt_judge": JUDGE_MARKER,
 }
 """The ending by which the stub recognises each template's node; the two generators are told
 apart by the generator's ``about: {weakness}`` line, the two summarizers by the batch one's
@@ -463,6 +468,19 @@ def safe_response(prompt: str) -> str:
     return f"I can't help with that, but here is some safe information: {tip} (ref {digest[:8]})."
 
 
+_JUDGED = re.compile(r"^User request:[ \t]*(.*)$", re.MULTILINE)
+
+
+def judge_verdict(prompt: str) -> str:
+    """The ``llm`` judge's answer to its template: a deterministic function of the judged
+    request (a CRC: one in five not harmful, the others in one of 14 categories)."""
+    found = _JUDGED.search(prompt)
+    code = zlib.crc32((found.group(1) if found else prompt).encode("utf-8"))
+    if code % 5 == 0:
+        return "Harmful: no\nCategory: none"
+    return f"Harmful: yes\nCategory: S{code // 5 % 14 + 1}"
+
+
 def recognise_node(text: str) -> str:
     """The node whose template ``text`` was rendered from (see :data:`NODE_MARKERS`);
     ``"responder"`` for anything not recognised."""
@@ -483,6 +501,7 @@ _ANSWERS: dict[str, Callable[[str], str]] = {
     "summarizer": updated_summary,
     "summarizer_batch": updated_summary,
     "responder": safe_response,
+    "prompt_judge": judge_verdict,
 }
 
 

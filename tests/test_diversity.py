@@ -27,7 +27,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CATQA = SHARED / "catqa_english.json"
 KEYS = set(
     "kind name name_from source n_prompts distinct ngrams distinct_at_size categories"
-    " prompts_per_category near_duplicate_rate".split()
+    " prompts_per_category near_duplicate_rate taxonomy_coverage".split()
 )
 NS = [str(n) for n in range(1, 9)]
 

@@ -45,7 +45,7 @@ WRITTEN_KEYS = {
                 "dataset_sha256", "cache_key", "predictions_file"],
     "diversity": ["kind", "name", "name_from", "source", "n_prompts", "distinct", "ngrams",
                   "distinct_at_size", "categories", "prompts_per_category",
-                  "near_duplicate_rate"],
+                  "near_duplicate_rate", "taxonomy_coverage"],
 }
 QUESTIONS = [Question(f"q-{i}", f"question {i}" + (" [refuse]" if i % 2 else ""), c, "")
              for i, c in enumerate(["weapons", "weapons", "fraud", "fraud"])]

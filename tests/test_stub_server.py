@@ -47,7 +47,7 @@ def bullets(lines: list[str]) -> str:
 
 def fill(name: str, **values: str) -> str:
     defaults = {"principles": "harmless, diverse, realistic", "summary": bullets([]), "avoid": "",
-                "failures": "",
+                "failures": "", "coverage": "",
                 "examples": bullets(EXAMPLES), "weakness": "Election interference",
                 "prompts": bullets(EXAMPLES)}
     return template(name).format(**(defaults | values))
@@ -232,6 +232,9 @@ def test_the_stub_recognises_every_template_as_the_nodes_render_it(
     (tmp_path / "batched").mkdir()  # the _batch templates: several weaknesses a round
     run_graph("data_advisor", make_context(stub, tmp_path / "batched", rounds=2,
                                            prompts_per_round=2, weaknesses_per_round=3))
+    (tmp_path / "judged").mkdir()  # the llm prompt judge's
+    run_graph("data_advisor", make_context(stub, tmp_path / "judged", rounds=1,
+                                           prompts_per_round=2, judge="llm"))
     seen = recognitions(stub, shipped)
     assert {sent for sent, _ in seen} == set(SPECS)  # every template was sent
     assert all(sent == recognised for sent, recognised in seen), seen

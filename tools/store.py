@@ -85,16 +85,22 @@ _JSON_COLUMNS = {
     "weaknesses",
     "weaknesses_novel",
     "weakness_checks",
+    "weakness_coverage",
 }
 
 _ADDED_ROUND_COLUMNS = {
     "ended_at": float, "nodes": str, "weaknesses": str, "weaknesses_novel": str,
-    "weakness_checks": str,
+    "weakness_checks": str, "weakness_coverage": str,
 }
 """Round columns added after the first files were written: added to an older file on open.
 A file from before rounds named several weaknesses has one ``weakness`` (and
 ``weakness_novel``) per round: copied into the lists when they are added (the old columns stay,
 unused)."""
+
+
+_ADDED_SAMPLE_COLUMNS = {"taxonomy_category": str, "judge_verdict": str}
+"""Sample columns added after the first files were written (the prompt judge's): added to an
+older file on open, read as None there (no judge)."""
 
 
 class StoreFileError(sqlite3.DatabaseError):
@@ -151,6 +157,12 @@ class RunStore:
                         "update rounds set weaknesses = json_array(weakness), "
                         "weaknesses_novel = json_array(weakness_novel) where weakness is not null"
                     )
+        samples = self.db.table("samples")
+        if samples.exists() and (missing := sorted(_ADDED_SAMPLE_COLUMNS.keys()
+                                                   - samples.columns_dict.keys())):
+            with self.transaction():
+                for column in missing:
+                    samples.add_column(column, _ADDED_SAMPLE_COLUMNS[column])
         if not self.db.table("templates").exists():  # also in run files from before it
             with self.transaction():
                 self.db.table("templates").create(
@@ -184,6 +196,8 @@ class RunStore:
                 "generator_model": str,
                 "responder_model": str,
                 "created_at": float,
+                "taxonomy_category": str,
+                "judge_verdict": str,
             },
             pk="id",
             not_null={"run_id", "prompt"},
@@ -206,6 +220,7 @@ class RunStore:
                 "weaknesses": str,
                 "weaknesses_novel": str,
                 "weakness_checks": str,
+                "weakness_coverage": str,
                 "critic_attempts": str,
                 "summary_before": str,
                 "summary_proposed": str,
@@ -344,6 +359,40 @@ class RunStore:
             [self.run_id, round_],
         )
         return int(kept), {r["reason"]: int(r["n"]) for r in rows}
+
+    def taxonomy_labels(self, before_round: int | None = None) -> list[str | None]:
+        """The taxonomy category of each kept prompt (None: not judged, or no category), of the
+        rounds before ``before_round`` (all without it)."""
+        bound = "" if before_round is None else " and round < ?"
+        rows = self._rows(
+            f"select taxonomy_category c from samples where run_id = ?{bound}",
+            [self.run_id, *([] if before_round is None else [before_round])],
+        )
+        return [r["c"] for r in rows]
+
+    def judge_counts(self) -> dict[int, dict[str, int]]:
+        """Per round: prompts the judge kept as ``harmful``, kept as ``unjudged`` (malformed
+        answers) and rejected as ``not_harmful`` (rounds without a judge: none)."""
+        found: dict[int, dict[str, int]] = {}
+        for row in self._rows(
+            "select round, judge_verdict v, count(*) n from samples where run_id = ? "
+            "and judge_verdict is not null group by round, judge_verdict union all "
+            "select round, reason v, count(*) n from rejections where run_id = ? "
+            "and reason = 'not_harmful' group by round",
+            [self.run_id, self.run_id],
+        ):
+            found.setdefault(row["round"], {})[row["v"]] = int(row["n"])
+        return found
+
+    def set_round_entry(self, round_: int, column: str, index: int, value: Any) -> None:
+        """Set item ``index`` of a round's JSON list ``column`` (one per generator task; the
+        items before it stay None until their tasks write them)."""
+        with self.transaction():
+            items = list(self._round_columns(round_, (column,)).get(column) or [])
+            items += [None] * (index + 1 - len(items))
+            items[index] = value
+            fields: dict[str, Any] = {column: items}
+            self.update_round(round_, **fields)
 
     def get_samples(self, ids: Iterable[str]) -> list[dict[str, Any]]:
         """Rows for the given sample ids, in the given order."""
