@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from test_judges import LLAMA_GUARD_3_HF_TEMPLATE
 
-from tests.test_judges import LLAMA_GUARD_3_HF_TEMPLATE
 from tools.llama_guard import parse_llama_guard, render_llama_guard
 
 EXPECTED_USER_PROMPT = (

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import handler_with, make_context, run_graph
 
 from graph.context import Context, ContextError
 from nodes.judge import Verdict, parse_llama_guard_verdict, parse_llm_verdict
 from testing.stub_server import StubServer
-from tests.conftest import handler_with, make_context, run_graph
 from tools.taxonomy import TaxonomyError, coverage, load_taxonomy, parse_taxonomy
 
 CASE = re.compile(r"\(case (\d+)\)")
