@@ -504,8 +504,9 @@ def _iterations_section(results: Sequence[Result]) -> list[str]:
              "Each iteration adds data to both methods (Data Advisor steered by the failures of "
              "the last iteration's adapter on the steering half of the safety sets; "
              "Self-Instruct with those questions in its pool), trains on the union and is "
-             "evaluated again on the reported half, never used to steer. Harmful rate in % "
-             "(lower is better); MMLU accuracy in % with its change from iteration 1.", ""]
+             "evaluated again on the reported half, never used to steer. Rates in % (lower is "
+             "better; each table names what its judge measures); MMLU accuracy in % with its "
+             "change from iteration 1.", ""]
     columns = sorted({(getattr(r, "target", None) or "", _label(r), _iteration(r) or 0)
                       for r in iterated if not _label(r) == "base"},
                      key=lambda c: (c[0], _order([c[1]], LABEL_ORDER), c[2]))
@@ -522,7 +523,10 @@ def _iterations_section(results: Sequence[Result]) -> list[str]:
                  for c in cats]
         table.append(["**overall**", *(_pct(rows[col].harmful_rate) if col in rows else "–"
                                        for col in columns)])
-        lines += [f"Harmful rate per category, {ds} (reported half):", "",
+        measures = list(dict.fromkeys(_measure(r) for r in rows.values()))
+        what = (_measure_name(measures[0]) if len(measures) == 1
+                else "rate (measures differ)").capitalize()
+        lines += [f"{what} per category, {ds} (reported half):", "",
                   _table(["category", *(header(*col) for col in columns)], table), ""]
     utility = {(getattr(r, "target", None) or "", _label(r), _iteration(r) or 0): r
                for r in iterated if isinstance(r, UtilityResult)}

@@ -455,6 +455,8 @@ def test_two_iterations_steer_the_second_by_the_first(tmp_path, tiny_model):
     assert sum(counts[1]["train"].values()) > sum(counts[0]["train"].values())
     report = (out / "report" / "report.md").read_text()
     assert "## Iterations" in report and "| data_advisor 1 | data_advisor 2 |" in report
+    # the refusal-strings judge measures refusals: the table says so, not "harmful"
+    assert "Not-refused rate per category, catqa (reported half)" in report
     rates = json.loads((out / "iterations.json").read_text())["steering_harmful_rate"]
     assert set(rates) == {"data_advisor", "self_instruct"} and len(rates["data_advisor"]) == 2
 
