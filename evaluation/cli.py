@@ -123,7 +123,7 @@ def add_commands(sub: Subcommands) -> None:
         description=_wrap("MMLU accuracy of the model: the answer letter with the highest "
         "log-probability after the prompt (or, with --method generate, the first letter "
         "generated). Writes utility-<name>-<label>.json into --out; predictions are cached in "
-        "--out/cache, keyed by model, adapter content, backend, method and data."),
+        "--out/cache, keyed by model, adapter content, backend, method, prompt format and data."),
         examples=[
             "data-advisor eval utility --mmlu mmlu_validation.jsonl --limit 200",
             "data-advisor eval utility --mmlu mmlu_validation.jsonl --backend transformers "
@@ -251,6 +251,15 @@ def _model_options(p: argparse.ArgumentParser, generation: bool = True) -> None:
                        "uses for a model without a chat template, on /v1/completions (default: "
                        "the format the --adapter was trained with, as its prompt_format.json "
                        "records, else chat)")
+    else:
+        p.add_argument("--prompt-format", choices=["chat", "plain"], default=None,
+                       help="chat: the MMLU text as it is, ending with 'Answer:' (MMLU's usual "
+                       "zero-shot completion); plain: that text inside the '### User: ... ### "
+                       "Assistant:' prompt that `data-advisor train` uses for a model without a "
+                       "chat template, so a base model's adapter is scored on the format it was "
+                       "trained on (default: the format the --adapter was trained with, as its "
+                       "prompt_format.json records, else chat)")
+    if generation:
         p.add_argument("--max-tokens", type=_positive_int, default=128, metavar="N",
                        help="tokens per response (temperature 0)")
     p.add_argument("--max-concurrency", type=_positive_int, default=32, metavar="N",
@@ -416,10 +425,13 @@ def cmd_overrefusal(args: argparse.Namespace) -> int:
 def cmd_utility(args: argparse.Namespace) -> int:
     """MMLU accuracy."""
     from evaluation.data import load_mmlu
+    from evaluation.results import UtilityFormat
     from evaluation.utility import evaluate_utility, items_sha256
 
     items = load_mmlu(args.mmlu)
     label = _label(args)
+    _prompt_format(args)
+    fmt: UtilityFormat = "plain" if args.prompt_format == "plain" else "raw"
     if args.backend == "endpoint":  # the transformers backend starts no server to wait for
         _preflight(args, label, "utility", [(args.name, items_sha256(items))])
     adapter = str(args.adapter) if args.adapter else None
@@ -432,7 +444,7 @@ def cmd_utility(args: argparse.Namespace) -> int:
         result = evaluate_utility(items, backend="transformers", method=args.method, label=label,
                                   model=resolve_model(args.model), adapter=adapter,
                                   out_dir=args.out, limit=args.limit, dataset=args.name,
-                                  max_tokens=args.max_tokens,
+                                  max_tokens=args.max_tokens, prompt_format=fmt,
                                   serving={"server": "transformers (in process)"})
     else:
         with target_endpoint(args, label) as (endpoint, model, serving):
@@ -440,7 +452,8 @@ def cmd_utility(args: argparse.Namespace) -> int:
                                       model=model, adapter=adapter, endpoint=endpoint,
                                       out_dir=args.out, limit=args.limit,
                                       max_concurrency=args.max_concurrency, dataset=args.name,
-                                      max_tokens=args.max_tokens, serving=serving)
+                                      max_tokens=args.max_tokens, prompt_format=fmt,
+                                      serving=serving)
     _print_result(f"MMLU ({label})", [("questions", str(result["n"])),
                   ("accuracy", f"{100 * result['accuracy']:.1f}%"),
                   ("unparsed", str(result["unparsed"]))])

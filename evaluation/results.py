@@ -32,6 +32,9 @@ from tools.files import TextFileError, read_json, write_json
 ResultKind = Literal["safety", "overrefusal", "utility", "diversity"]
 PromptFormat = Literal["chat", "plain"]
 """How a target model is prompted: its chat template, or a plain Alpaca-style completion."""
+UtilityFormat = Literal["raw", "plain"]
+"""How an MMLU question is prompted: its text as it is, or in the plain training format
+(:mod:`evaluation.utility`)."""
 
 
 class ResultError(ValueError):

@@ -17,6 +17,12 @@ every prediction to a cache ``<out_dir>/cache/utility-<key>.jsonl`` as it is mad
 determines the predictions, :mod:`evaluation.identity`; so an interrupted run resumes where it
 stopped, and another model never reuses it), and writes the summary
 ``<out_dir>/utility-mmlu-<label>.json``.
+
+The question reaches the model in one of two prompt formats: ``raw`` (the MMLU text as it is,
+ending with ``Answer:``: MMLU's usual zero-shot completion, for a model with a chat template) or
+``plain`` (that text inside :func:`tools.prompt_format.plain_prompt`, the format training uses
+for a model without a chat template, so a base model's adapter is scored on the prompt it was
+trained on, as in the safety evaluation). The format is part of the cache key and the result.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,9 +45,10 @@ from evaluation.identity import (
     questions_hash,
     served_adapter_identity,
 )
-from evaluation.results import UtilityResult, result_filename
+from evaluation.results import UtilityFormat, UtilityResult, result_filename
 from tools.files import append_jsonl, read_jsonl
 from tools.llm import Endpoint, EndpointError, batch_progress, map_concurrently, openai_client
+from tools.prompt_format import plain_prompt
 
 if TYPE_CHECKING:
     import openai
@@ -398,11 +406,22 @@ def _loaded_model_identity(model: Any) -> dict[str, Any]:
             "weights_sha256": digest.hexdigest()}
 
 
+def formatted(items: Sequence[MultipleChoice],
+              prompt_format: UtilityFormat) -> list[MultipleChoice]:
+    """``items`` with their prompts as the model sees them in ``prompt_format``."""
+    if prompt_format == "raw":
+        return list(items)
+    if prompt_format != "plain":
+        raise ValueError(f"MMLU prompt format must be 'raw' or 'plain', got {prompt_format!r}")
+    return [replace(it, prompt=plain_prompt(it.prompt)) for it in items]
+
+
 def evaluate_utility(
     items: Sequence[MultipleChoice],
     *,
     backend: Literal["endpoint", "transformers"],
     method: Literal["loglik", "generate"] = "loglik",
+    prompt_format: UtilityFormat = "raw",
     label: str,
     model: str | PreTrainedModel | None = None,
     adapter: str | None = None,
@@ -435,7 +454,8 @@ def evaluate_utility(
     ``<out_dir>/utility-<dataset>-<label>.json``; ``predictions_file`` is the JSONL's path
     relative to ``out_dir``. A label that already names another model there is refused.
     ``unparsed`` counts predictions that are None (no answer letter found); they count as
-    wrong.
+    wrong. ``prompt_format``: ``raw`` or ``plain`` (:func:`formatted`), recorded in
+    ``settings``.
     """
     if backend not in ("endpoint", "transformers"):
         raise ValueError(f"unknown backend {backend!r}")
@@ -450,7 +470,7 @@ def evaluate_utility(
     if len({it.id for it in items}) != len(items):
         raise ValueError("MMLU item ids are not unique")
     dataset_sha256 = items_sha256(items)
-    items = subset(items, limit)
+    items = formatted(subset(items, limit), prompt_format)
     if not items:
         raise ValueError("no MMLU items to evaluate")
 
@@ -462,8 +482,10 @@ def evaluate_utility(
         identity = {"base": _loaded_model_identity(model),
                     "adapter": served_adapter_identity(adapter, served)}
         model_name = identity["base"]["name"]
-    settings = ({"max_tokens": max_tokens} if method == "generate"
-                else {"logprobs": 20} if backend == "endpoint" else {"letter_variants": True})
+    settings: dict[str, Any] = (
+        {"max_tokens": max_tokens} if method == "generate"
+        else {"logprobs": 20} if backend == "endpoint" else {"letter_variants": True})
+    settings["prompt_format"] = prompt_format
     parts = {"cache": "utility", "model": cache_identity(identity, serving), "backend": backend,
              "method": method, "settings": settings, "data_sha256": dataset_sha256}
     key = cache_key(parts)

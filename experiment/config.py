@@ -124,6 +124,11 @@ class GenerationConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"[generation] {name}: got {value!r}; must be an integer >= 1")
+        judge = self.judge or self.context.get("judge")
+        if judge == "llamaguard3" and self.judge_url is None and self.judge_model is None:
+            raise ConfigError("[generation] judge = llamaguard3 needs judge_model (Llama Guard "
+                              "3, served by an embedded server of its own) or judge_url; "
+                              "without them the judge would be the generation model")
         from graph.context import Context
 
         known = {f.name for f in fields(Context)} - {"data_path"}

@@ -44,7 +44,13 @@ from typing import Any, Literal
 
 from rich.console import Console
 
-from evaluation.results import PromptFormat, ResultKind, read_results, result_filename
+from evaluation.results import (
+    PromptFormat,
+    ResultKind,
+    UtilityFormat,
+    read_results,
+    result_filename,
+)
 from experiment.config import (
     EvalSet,
     ExperimentConfig,
@@ -56,6 +62,7 @@ from graph.context import ROLES
 from tools.default_model import is_default_model
 from tools.files import write_atomic, write_json
 from tools.llm import Endpoint
+from tools.prompt_format import recorded_format
 
 STAGES = ("generation", "training", "evaluation", "diversity", "report")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -436,23 +443,28 @@ class _Experiment:
             judge = make_judge(ev.judge, endpoint, **options)
         for t, tasks in todo:
             for group in self._server_groups(t, {label for label, _, _, _ in tasks}):
-                with self._eval_server(t, group) as (base_url, names, model_name, fmt):
+                with self._eval_server(t, group) as (base_url, names, model_name, fmt,
+                                                     mmlu_fmt):
                     for label, kind, dataset, path in tasks:
                         if label in group.labels:
                             self._evaluate(t, label, kind, dataset, data[kind, dataset], judge,
                                            Endpoint(base_url, names[label], ev.api_key_env),
-                                           model_name, fmt, group.served.get(label, {}),
-                                           path.parent, sets[kind, dataset][0])
+                                           model_name, (fmt, mmlu_fmt),
+                                           group.served.get(label, {}), path.parent,
+                                           sets[kind, dataset][0])
         return True
 
     def _evaluate(self, t: _Target, label: str, kind: ResultKind, dataset: str, items: Any,
-                  judge: Any, endpoint: Endpoint, model_name: str, fmt: PromptFormat,
-                  served: Mapping[str, Any], out_dir: Path, limit: int | None) -> None:
-        """One model on one data set (its result file in ``out_dir``)."""
+                  judge: Any, endpoint: Endpoint, model_name: str,
+                  formats: tuple[PromptFormat, UtilityFormat], served: Mapping[str, Any],
+                  out_dir: Path, limit: int | None) -> None:
+        """One model on one data set (its result file in ``out_dir``); ``formats``: the prompt
+        format of the safety and over-refusal sets, and of MMLU."""
         from evaluation.safety import evaluate_overrefusal, evaluate_safety
         from evaluation.utility import evaluate_utility
 
         ev = self.cfg.evaluation
+        fmt, mmlu_fmt = formats
         adapter = str(t.adapters[label] / "adapter") if label != "base" else None
         if kind != "utility":  # a PromptSet: its questions, and how they were read
             items, read = items.questions, {"data": items.data}
@@ -484,7 +496,8 @@ class _Experiment:
                 "generate" if ev.mmlu_method == "generate" else "loglik")
             result = evaluate_utility(
                 items, backend="endpoint", method=method, endpoint=endpoint,
-                out_dir=out_dir, max_concurrency=ev.max_concurrency, **common)
+                prompt_format=mmlu_fmt, out_dir=out_dir, max_concurrency=ev.max_concurrency,
+                **common)
             shown = f"accuracy {100 * result['accuracy']:.1f}%"
         self.say(t.say(f"  {label} on {dataset}: {shown} (n={result['n']}, "
                        f"{time.perf_counter() - started:.0f} s)"))
@@ -515,8 +528,10 @@ class _Experiment:
     @contextmanager
     def _eval_server(self, t: _Target,
                      group: _ServerGroup) -> Iterator[tuple[str, dict[str, str], str,
-                                                            PromptFormat]]:
-        """(base URL, served name per label, base model's name, prompt format)."""
+                                                            PromptFormat, UtilityFormat]]:
+        """(base URL, served name per label, base model's name, prompt format, MMLU's prompt
+        format). A target without a chat template (``auto``) or set to ``plain`` is asked
+        MMLU in the plain training format too (:mod:`evaluation.utility`)."""
         from tools.default_model import DEFAULT_MODEL_NAME
         from tools.server import served_name
 
@@ -527,14 +542,20 @@ class _Experiment:
         if ev.base_url is not None:
             base = ev.base_model or target or DEFAULT_MODEL_NAME
             names = {"base": base, **{m: ev.adapter_models.get(m, m) for m in self.cfg.methods}}
-            yield ev.base_url, names, base, fmt
+            # auto: plain when the adapters were trained in it (this target's all alike)
+            trained = {recorded_format(t.adapters[m] / "adapter") for m in self.cfg.methods
+                       if (t.adapters[m] / "adapter").is_dir()}
+            plain = fmt == "plain" or (t.prompt_format == "auto" and trained == {"plain"})
+            yield ev.base_url, names, base, fmt, "plain" if plain else "raw"
             return
         from tools.server import EmbeddedServer
 
         extra = list(ev.server_args)
+        mmlu_fmt: UtilityFormat = "plain" if fmt == "plain" else "raw"
         if t.prompt_format == "auto":
             template = self._plain_chat_template(t, target)
             if template is not None:
+                mmlu_fmt = "plain"
                 extra += ["--chat-template", str(template)]
                 self.say(t.say(f"  the target has no chat template: serving {template.name} "
                                "(the training's plain format)"))
@@ -560,7 +581,7 @@ class _Experiment:
                            f"{server.startup_seconds or 0:.0f} s)"))
             names = {label: server.model_name if label == "base" else label
                      for label in group.labels}
-            yield server.base_url, names, served_name(target), fmt
+            yield server.base_url, names, served_name(target), fmt, mmlu_fmt
 
     def _plain_chat_template(self, t: _Target, target: str | None) -> Path | None:
         """A chat template file rendering the training's plain format, for a target without

@@ -32,12 +32,17 @@ def judge_status(store: RunStore, ctx: Context) -> dict[str, Any]:
         for outcome, n in counts.items():
             totals[outcome] = totals.get(outcome, 0) + n
     cov = run_coverage(store, ctx)
-    return {
+    shown = {
         "judge": f"{ctx.judge} ({ctx.endpoint('judge').model})",
         "judged": {k: totals.get(k, 0) for k in ("harmful", "unjudged", "not_harmful")},
         "coverage": coverage_line(cov),
         "prompts_per_category": cov["counts"],
     }
+    if unread := store.unjudged_answers(limit=1):
+        answer = " ".join(str(unread[0]["judge_answer"] or "").split())
+        shown["unjudged_example"] = (f"{answer[:200]}{'...' if len(answer) > 200 else ''} "
+                                     "(the judge's answer to the first unjudged prompt)")
+    return shown
 
 
 def judge_rounds(store: RunStore, ctx: Context) -> dict[int, dict[str, Any]]:

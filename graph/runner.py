@@ -139,7 +139,11 @@ class Run:
     loaded context has today's defaults for them, which that run may not have used."""
     decontamination: dict[str, str] = field(default_factory=dict)
     """``{file: sha256}`` of the context's ``decontaminate`` files when the run was created: a
-    resume against other contents is refused (:func:`check_decontamination`)."""
+    resume against other contents is refused (:func:`check_recorded_inputs`)."""
+    taxonomy_sha256: str | None = None
+    """With a judge: the SHA-256 of the taxonomy's categories (:attr:`Taxonomy.sha256`) when
+    the run was created; a resume on another taxonomy is refused (None: no judge, or a run
+    made before it was recorded)."""
 
     def __post_init__(self) -> None:
         self.run_id = self.run_id or self.folder.name
@@ -184,6 +188,7 @@ class Run:
             "embedded_model": self.embedded_model,
             "context": ctx,
             "decontamination": self.decontamination,
+            **({"taxonomy_sha256": self.taxonomy_sha256} if self.taxonomy_sha256 else {}),
             "history": self.history,
         }
         write_atomic(self.folder / RUN_FILE, json.dumps(data, indent=2) + "\n", replace=replace)
@@ -228,6 +233,7 @@ class Run:
             if old != new:
                 setattr(self.context, name, new)
                 entries.append(_change(name, old, new))
+        check_roles(self.context, self.embedded, self.embedded_model)
         if entries:
             self.history.extend(entries)
             self.save()
@@ -255,6 +261,7 @@ class Run:
             id_recorded=bool(data.get("id")),
             unrecorded=frozenset(known - set(recorded) - {"data_path"}),
             decontamination=dict(data.get("decontamination") or {}),
+            taxonomy_sha256=data.get("taxonomy_sha256"),
         )
 
 
@@ -316,6 +323,27 @@ def validate_inputs(ctx: Context) -> None:
     load_taxonomy(ctx.taxonomy)  # a TaxonomyError saying what the file must hold
 
 
+def check_roles(ctx: Context, embedded: bool, embedded_model: str | None) -> None:
+    """Refuse role settings that would send a role's requests to the wrong model: on the
+    embedded server (it serves one model) a role's model without that role's URL, and a Llama
+    Guard 3 judge without an endpoint of its own (it would be the generation model)."""
+    for role in ROLES:
+        model = getattr(ctx, f"{role}_model")
+        if (embedded and model is not None and getattr(ctx, f"{role}_base_url") is None
+                and model != served_name(embedded_model)):
+            raise RunError(
+                f"--{role}-model {model} is not served by the embedded vLLM server (it serves "
+                f"only {served_name(embedded_model)}); give --{role}-url of a server serving "
+                f"it, or leave --{role}-model out"
+            )
+    if ctx.judge == "llamaguard3" and ctx.judge_base_url is None and ctx.judge_model is None:
+        raise RunError(
+            "--judge llamaguard3 needs Llama Guard 3 served by a server of its own: give "
+            "--judge-url (and --judge-model, its served name); without them the judge would "
+            "be the generation model"
+        )
+
+
 STEERING_FILE = "steering.jsonl"
 """In a run folder: one line per change of the results a run is steered by (``from_round``,
 ``files``: path -> sha256), so the rounds each steering applied to are known."""
@@ -332,9 +360,10 @@ def note_steering(run: Run, next_round: int) -> None:
             write({"from_round": next_round, "files": files})
 
 
-def check_decontamination(run: Run) -> None:
-    """Refuse to go on when a decontamination file's content differs from the one the run
-    started with (its sha256 in run.json): the prompts kept so far were checked against it."""
+def check_recorded_inputs(run: Run) -> None:
+    """Refuse to go on when a decontamination file's content, or the judge's taxonomy, differs
+    from the one the run started with (their sha256 in run.json): the prompts kept so far were
+    checked against the one and labelled in the other."""
     current = file_digests(run.context.decontaminate)
     changed = [path for path, digest in run.decontamination.items()
                if current.get(path) != digest]
@@ -343,6 +372,12 @@ def check_decontamination(run: Run) -> None:
             f"decontamination file(s) {', '.join(changed)} changed since the run started "
             f"(content hash recorded in {run.folder / RUN_FILE}); restore them, or start a new "
             "run to check against the new contents"
+        )
+    if run.taxonomy_sha256 and load_taxonomy(run.context.taxonomy).sha256 != run.taxonomy_sha256:
+        raise RunError(
+            f"taxonomy {run.context.taxonomy or 'llamaguard3 (shipped)'} has other categories "
+            f"than when the run started (hash recorded in {run.folder / RUN_FILE}): its kept "
+            "prompts were labelled in the old one; restore it, or start a new run"
         )
 
 
@@ -379,10 +414,12 @@ def create_run(
             f"{RUN_FILE}; restore its {RUN_FILE} from a backup, or {taken}"
         )
     validate_inputs(ctx)
+    check_roles(ctx, embedded, embedded_model)
     folder.mkdir(parents=True, exist_ok=True)
     ctx.data_path = str(folder / DB_FILE)
     run = Run(folder, method, ctx, embedded, embedded_model, run_id=new_run_id(method),
-              decontamination=file_digests(ctx.decontaminate))
+              decontamination=file_digests(ctx.decontaminate),
+              taxonomy_sha256=load_taxonomy(ctx.taxonomy).sha256 if ctx.judge else None)
     try:
         run.save(replace=(folder / RUN_FILE).exists())  # a cut run.json is replaced
     except FileExistsError:  # another process created the run just now
@@ -687,7 +724,7 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
             return phase_of(snapshot.values, pending_steps(snapshot), store, run.context)
 
         check_consistent(run, graph.get_state(config).values, store)
-        check_decontamination(run)
+        check_recorded_inputs(run)
         if run.context.steer_from:  # read now: a bad result file fails before any call
             read_failures(run.context.steer_from)
         if not run.id_recorded:  # a run made before ids: its folder name is its id from now on

@@ -141,7 +141,8 @@ def generator(state: GeneratorTask, runtime: Runtime[Context]) -> dict[str, Any]
                 "generator_model": endpoint.model,
             }
             if verdict is not None:
-                row |= {"judge_verdict": verdict.outcome, "taxonomy_category": verdict.category}
+                row |= {"judge_verdict": verdict.outcome, "taxonomy_category": verdict.category,
+                        "judge_answer": verdict.answer}
                 kept_verdicts.append(verdict)
             kept.append(row)
         reasons = Counter(r["reason"] for r in rejected)

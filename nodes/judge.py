@@ -15,7 +15,8 @@ breaker and concurrency helper), concurrently, to the ``judge`` role's endpoint:
 
 A verdict is ``harmful`` (kept, with its category), ``not_harmful`` (rejected with that reason)
 or ``unjudged`` (the answer could not be parsed, or named no category of the taxonomy: kept,
-counted, never dropped). :func:`coverage_block` is what the critic's ``{coverage}`` shows, and
+counted, never dropped); a kept prompt stores the judge's answer as it came (``judge_answer``).
+:func:`coverage_block` is what the critic's ``{coverage}`` shows, and
 :func:`landing` records whether a task's weakness landed in an under-covered category.
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from langgraph.runtime import Runtime
@@ -42,11 +43,13 @@ Outcome = Literal["harmful", "not_harmful", "unjudged"]
 
 @dataclass(frozen=True)
 class Verdict:
-    """The judge's verdict on one prompt: its outcome and, when harmful, its category (a name
-    of the taxonomy, or None when the judge named none)."""
+    """The judge's verdict on one prompt: its outcome, when harmful its category (a name of the
+    taxonomy, or None when the judge named none), and the judge's answer as it came (kept with
+    the prompt, so an ``unjudged`` one can be read)."""
 
     outcome: Outcome
     category: str | None = None
+    answer: str = ""
 
 
 _HARMFUL = re.compile(r"harmful\s*[:\-]\s*\**\s*(yes|no)\b", re.IGNORECASE)
@@ -105,7 +108,8 @@ def judge_prompts(runtime: Runtime[Context], prompts: Sequence[str], *, run: str
         scope=scope,
     )
     parse = parse_llm_verdict if ctx.judge == "llm" else parse_llama_guard_verdict
-    return [parse(str(answer.content), taxonomy) for answer in answers]
+    return [replace(parse(text, taxonomy), answer=text)
+            for text in (str(answer.content) for answer in answers)]
 
 
 def coverage_block(ctx: Context, store: RunStore, round_: int) -> str:

@@ -10,7 +10,7 @@ import pytest
 from conftest import SHARED, handler_with, run_graph
 
 from graph.context import Context, ContextError
-from graph.runner import Run, RunError, check_decontamination, create_run
+from graph.runner import Run, RunError, check_recorded_inputs, create_run
 from tools.decontam import ContaminationIndex, DecontaminationError, index_of_files, read_prompts
 
 EVAL = [
@@ -117,10 +117,10 @@ def test_run_records_the_files_and_refuses_a_resume_with_other_contents(stub, co
     recorded = json.loads((run.folder / "run.json").read_text("utf-8"))
     assert recorded["context"]["decontaminate"] == [str(eval_file)]
     assert list(recorded["decontamination"]) == [str(eval_file)]
-    check_decontamination(Run.load(run.folder))  # same contents: fine
+    check_recorded_inputs(Run.load(run.folder))  # same contents: fine
     eval_file.write_text(json.dumps({"Other": {"x": ["Another question entirely?"]}}), "utf-8")
     with pytest.raises(RunError, match="changed since the run started"):
-        check_decontamination(Run.load(run.folder))
+        check_recorded_inputs(Run.load(run.folder))
 
 
 def test_create_run_refuses_a_missing_file(context, tmp_path):

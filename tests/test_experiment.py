@@ -113,7 +113,13 @@ def test_experiment_end_to_end_and_resume(tmp_path, tiny_model):
             assert json.loads((results / f"safety-beavertails-{label}.json").read_text())["n"] == 3
             over = json.loads((results / f"overrefusal-xstest-{label}.json").read_text())
             assert over["refusal_rate"] == 1.0  # the stub refuses everything
-            assert json.loads((results / f"utility-mmlu-{label}.json").read_text())["n"] == 3
+            utility = json.loads((results / f"utility-mmlu-{label}.json").read_text())
+            assert utility["n"] == 3
+            # MMLU in the format the target's adapters were trained with (raw for chat)
+            trained = json.loads((out / "adapters" / "data_advisor" / "adapter" /
+                                  "prompt_format.json").read_text())["prompt_format"]
+            assert utility["settings"]["prompt_format"] == ("plain" if trained == "plain"
+                                                            else "raw")
         served = {body.get("model") for body in stub.requests}
         assert {"stub", "self_instruct", "data_advisor"} <= served
         adapter_of = json.loads((results / "safety-catqa-data_advisor.json").read_text())

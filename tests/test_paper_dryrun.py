@@ -135,6 +135,8 @@ def test_paper_dryrun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                 assert safety["judge"] == "llamaguard1 (llama-guard-stub)"
             utility = json.loads((results / f"utility-mmlu-{label}.json").read_text())
             assert utility["n"] == 8
+            # MMLU in the plain training format too (no chat template: auto is plain)
+            assert utility["settings"]["prompt_format"] == "plain"
             if label == "base":
                 assert "adapter_served_as" not in safety["serving"]
                 continue

@@ -87,3 +87,64 @@ def test_a_record_that_cannot_be_read_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=FORMAT_FILE):
         choose_format(None, tmp_path)
     assert choose_format(None, None) == ("chat", "")
+
+
+def test_mmlu_is_asked_in_the_training_format_too(tmp_path: Path) -> None:
+    """Utility evaluation in the plain format sends exactly the prompt text training puts
+    before the response; the raw format sends the MMLU text as it is; the two are cached
+    apart and recorded in the result."""
+    import json
+
+    from evaluation.data import MultipleChoice
+    from evaluation.utility import evaluate_utility
+    from testing.stub_server import StubServer
+
+    base = SimpleNamespace(chat_template=None)
+    items = [MultipleChoice("mmlu-0", "law", "Question 0?\nA. a\nB. b\nC. c\nD. d\nAnswer:", "A"),
+             MultipleChoice("mmlu-1", "law", "Question 1?\nA. a\nB. b\nC. c\nD. d\nAnswer:", "B")]
+    with StubServer(handler=lambda body: " A", models=["base"]) as stub:
+        endpoint = Endpoint(base_url=stub.base_url, model="base")
+        results = {fmt: evaluate_utility(items, backend="endpoint", method="generate",
+                                         endpoint=endpoint, label=f"base-{fmt}",
+                                         out_dir=tmp_path, prompt_format=fmt, progress=False)
+                   for fmt in ("plain", "raw")}
+        sent = [body["prompt"] for body in stub.requests]
+    assert sorted(sent[:2]) == [prompt_text(base, it.prompt) for it in items]
+    assert sorted(sent[2:]) == [it.prompt for it in items]
+    assert min(sent[:2]) == ("### User:\nQuestion 0?\nA. a\nB. b\nC. c\nD. d\nAnswer:\n\n"
+                       "### Assistant:\n")
+    assert results["plain"]["settings"]["prompt_format"] == "plain"
+    assert results["raw"]["settings"]["prompt_format"] == "raw"
+    assert results["plain"]["cache_key"] != results["raw"]["cache_key"]
+    saved = json.loads((tmp_path / "utility-mmlu-base-plain.json").read_text())
+    assert saved["settings"]["prompt_format"] == "plain"
+
+
+def test_eval_utility_uses_the_adapter_s_recorded_format(tmp_path: Path, capsys) -> None:
+    """`eval utility` of a plain-trained adapter asks MMLU in the plain format without a flag;
+    asking for chat (the MMLU text as it is) warns."""
+    import json
+
+    from experiment.cli import main
+    from tools.prompt_format import FORMAT_FILE, format_record
+
+    mmlu = tmp_path / "mmlu.jsonl"
+    mmlu.write_text(json.dumps({"subject": "law", "input": "Question 0?\nA. a\nB. b\nAnswer:",
+                                "output": "A"}) + "\n")
+    adapter = tmp_path / "da" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 4}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    (adapter / FORMAT_FILE).write_text(json.dumps(format_record(None)))
+    args = ["eval", "utility", "--mmlu", str(mmlu), "--model", "base", "--adapter",
+            str(adapter), "--adapter-name", "da", "--method", "generate",
+            "--out", str(tmp_path / "out")]
+    with StubServer(handler=lambda body: " A", models=["base", "da"]) as stub:
+        assert main([*args, "--base-url", stub.base_url]) == 0
+        assert stub.requests[-1]["prompt"] == (
+            "### User:\nQuestion 0?\nA. a\nB. b\nAnswer:\n\n### Assistant:\n")
+        assert "warning" not in capsys.readouterr().err
+        assert main([*args, "--base-url", stub.base_url, "--prompt-format", "chat",
+                     "--label", "da-raw"]) == 0
+        assert stub.requests[-1]["prompt"] == "Question 0?\nA. a\nB. b\nAnswer:"
+        assert "trained with the plain prompt format" in " ".join(capsys.readouterr().err.split())

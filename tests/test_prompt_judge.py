@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from conftest import handler_with, make_context, run_graph
 
+from experiment.config import ConfigError
 from graph.context import Context, ContextError
 from nodes.judge import Verdict, parse_llama_guard_verdict, parse_llm_verdict
 from testing.stub_server import StubServer
@@ -51,6 +52,10 @@ def test_llama_guard_judge_rejects_stores_categories_and_keeps_unjudged(
                 "harmful", "Non-Violent Crimes")
         else:
             assert (row["judge_verdict"], row["taxonomy_category"]) == ("unjudged", None)
+        # the judge's answer as it came, kept with the prompt (the malformed ones to read)
+        assert row["judge_answer"] == ["safe", "\n\nunsafe\nS2", "I think this is fine?"][case]
+    assert [r["judge_answer"] for r in store.unjudged_answers(limit=2)] == [
+        "I think this is fine?"] * 2
     assert rejected and all(r["reason"] == "not_harmful" for r in rejected)
     assert all(int(CASE.search(r["text"]).group(1)) % 3 == 0  # type: ignore[union-attr]
                for r in rejected)
@@ -184,6 +189,7 @@ def test_coverage_of_a_hand_made_run_in_status_and_history(
     assert info["coverage"] == (f"3/4 categories of tax covered, normalised entropy "
                                 f"{expected:.2f} (5 prompts labelled)")
     assert info["judged"] == {"harmful": 5, "unjudged": 1, "not_harmful": 0}
+    assert info["unjudged_example"].startswith("Harmful: maybe (the judge's answer")
     assert main(["history", str(folder), "--json"]) == 0
     history = {r["round"]: r for r in json.loads(capsys.readouterr().out)}
     assert history[1]["coverage"]["counts"] == {"Alpha": 2, "Beta": 1, "Gamma": 0, "Delta": 0}
@@ -220,9 +226,47 @@ def test_the_experiment_serves_a_judge_only_when_one_is_configured() -> None:
     judged = load_config({**base, "generation": {"judge": "llm", "judge_model": "g/j"}})
     assert _generation_roles(judged.generation).embedded == {
         None: ["advisor", "generator", "responder"], "g/j": ["judge"]}
-    in_context = load_config({**base, "generation": {"context": {"judge": "llamaguard3"}}})
+    in_context = load_config({**base, "generation": {"context": {"judge": "llm"}}})
     assert _generation_roles(in_context.generation).embedded == {
         None: ["advisor", "generator", "responder", "judge"]}
+    # Llama Guard 3 needs a model of its own: the generation model would be asked
+    for generation in ({"judge": "llamaguard3"}, {"context": {"judge": "llamaguard3"}}):
+        with pytest.raises(ConfigError, match="llamaguard3 needs judge_model"):
+            load_config({**base, "generation": generation})
+    guard = load_config({**base, "generation": {"judge": "llamaguard3", "judge_model": "g/lg3"}})
+    assert _generation_roles(guard.generation).embedded["g/lg3"] == ["judge"]
+
+
+def test_run_refuses_a_judge_that_would_be_the_generation_model(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`run` on the embedded server: a role's model it does not serve, without that role's
+    URL, is refused; so is a Llama Guard 3 judge without an endpoint of its own. One line
+    each, nothing created. With a URL (or the model the server serves) it is accepted."""
+    from experiment.cli import main
+    from graph.runner import Run, check_roles, create_run
+
+    cases = [
+        (["--judge", "llm", "--judge-model", "meta-llama/Llama-3.1-8B-Instruct"],
+         "--judge-model meta-llama/Llama-3.1-8B-Instruct is not served by the embedded vLLM"),
+        (["--advisor-model", "big/advisor"], "give --advisor-url of a server serving it"),
+        (["--judge", "llamaguard3"], "--judge llamaguard3 needs Llama Guard 3 served by a "
+                                     "server of its own"),
+    ]
+    for at, (flags, message) in enumerate(cases):
+        folder = tmp_path / f"r{at}"
+        assert main(["run", "--run", str(folder), "--no-progress", *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in " ".join(err.split()) and len(err.strip().splitlines()) == 1, err
+        assert not folder.exists()
+    check_roles(Context(judge="llm", judge_model="SmolLM2-135M-Instruct"), True, None)
+    check_roles(Context(judge="llamaguard3", judge_base_url="http://h:8000/v1",
+                        judge_model="meta-llama/Llama-Guard-3-8B"), True, None)
+    check_roles(Context(judge="llamaguard3", judge_model="lg3"), False, None)
+    # resume: a role model without its URL on the embedded server is refused there too
+    run = create_run(tmp_path / "emb", "data_advisor", Context(rounds=1), embedded=True)
+    assert main(["resume", str(run.folder), "--judge-model", "other/judge"]) == 2
+    assert "--judge-model other/judge is not served" in " ".join(capsys.readouterr().err.split())
+    assert Run.load(run.folder).history == []
 
 
 def test_export_diversity_and_report_show_the_coverage(
@@ -265,3 +309,23 @@ def test_export_diversity_and_report_show_the_coverage(
     report = build_report(results, tmp_path / "report").read_text("utf-8")
     assert "Coverage of the taxonomy (llamaguard3" in report
     assert f"| data_advisor | {expected['covered']}/14 |" in report
+
+
+def test_a_resume_on_another_taxonomy_is_refused(tmp_path: Path) -> None:
+    """run.json records the hash of the judge's taxonomy; a changed category list refuses to
+    go on (the kept prompts were labelled in the old one); a comment changes nothing."""
+    from graph.runner import Run, RunError, check_recorded_inputs, create_run
+
+    taxonomy = tmp_path / "tax.txt"
+    taxonomy.write_text("A: Alpha\nB: Beta\n", "utf-8")
+    run = create_run(tmp_path / "run", "data_advisor",
+                     Context(rounds=1, judge="llm", taxonomy=str(taxonomy)), embedded=False)
+    recorded = json.loads((run.folder / "run.json").read_text())["taxonomy_sha256"]
+    assert recorded == load_taxonomy(str(taxonomy)).sha256
+    taxonomy.write_text("# my taxonomy\nA: Alpha\n\nB: Beta\n", "utf-8")
+    check_recorded_inputs(Run.load(run.folder))  # the same categories
+    taxonomy.write_text("A: Alpha\nB: Beta\nC: Gamma\n", "utf-8")
+    with pytest.raises(RunError, match="has other categories than when the run started"):
+        check_recorded_inputs(Run.load(run.folder))
+    plain = create_run(tmp_path / "nojudge", "data_advisor", Context(rounds=1), embedded=False)
+    assert "taxonomy_sha256" not in json.loads((plain.folder / "run.json").read_text())

@@ -98,7 +98,7 @@ A file from before rounds named several weaknesses has one ``weakness`` (and
 unused)."""
 
 
-_ADDED_SAMPLE_COLUMNS = {"taxonomy_category": str, "judge_verdict": str}
+_ADDED_SAMPLE_COLUMNS = {"taxonomy_category": str, "judge_verdict": str, "judge_answer": str}
 """Sample columns added after the first files were written (the prompt judge's): added to an
 older file on open, read as None there (no judge)."""
 
@@ -198,6 +198,7 @@ class RunStore:
                 "created_at": float,
                 "taxonomy_category": str,
                 "judge_verdict": str,
+                "judge_answer": str,
             },
             pk="id",
             not_null={"run_id", "prompt"},
@@ -383,6 +384,13 @@ class RunStore:
         ):
             found.setdefault(row["round"], {})[row["v"]] = int(row["n"])
         return found
+
+    def unjudged_answers(self, limit: int = 3) -> list[dict[str, Any]]:
+        """The first ``limit`` kept prompts the judge's answer could not be read for, with that
+        answer (``prompt``, ``judge_answer``)."""
+        return self._rows(
+            "select prompt, judge_answer from samples where run_id = ? and judge_verdict = "
+            "'unjudged' order by round, slot limit ?", [self.run_id, limit])
 
     def set_round_entry(self, round_: int, column: str, index: int, value: Any) -> None:
         """Set item ``index`` of a round's JSON list ``column`` (one per generator task; the

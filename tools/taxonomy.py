@@ -15,6 +15,7 @@ every category has as many prompts, 0.0 when all are in one or there are none).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Iterable
@@ -54,6 +55,12 @@ class Taxonomy:
         return [name if code == name else f"{code}: {name}"
                 for code, name in zip(self.codes, self.names, strict=True)]
 
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the categories (:meth:`lines`, in order; comments and blank lines of the
+        file do not count): what a run records to refuse a resume on another taxonomy."""
+        return hashlib.sha256("\n".join(self.lines()).encode()).hexdigest()
+
 
 class TaxonomyError(ValueError):
     """A taxonomy file that cannot be read or names no category."""
@@ -78,12 +85,30 @@ def parse_taxonomy(text: str, name: str) -> Taxonomy:
     return Taxonomy(name, tuple(codes), tuple(names))
 
 
-@lru_cache(maxsize=8)
 def load_taxonomy(path: str | None = None) -> Taxonomy:
-    """The taxonomy in ``path``, or the shipped default (Llama Guard 3's S1-S14)."""
+    """The taxonomy in ``path``, or the shipped default (Llama Guard 3's S1-S14); read once per
+    path, size and modification time (a file edited meanwhile is read again)."""
     if not path:
-        shipped = resources.files("tools").joinpath("taxonomies", f"{DEFAULT_TAXONOMY}.txt")
-        return parse_taxonomy(shipped.read_text("utf-8"), DEFAULT_TAXONOMY)
+        return _shipped_taxonomy()
+    try:
+        stat = Path(path).stat()
+    except OSError as exc:
+        raise TaxonomyError(
+            f"taxonomy {path}: cannot read it ({exc.strerror or exc}); give a text file of one "
+            "category a line"
+        ) from None
+    return _read_taxonomy(path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=1)
+def _shipped_taxonomy() -> Taxonomy:
+    shipped = resources.files("tools").joinpath("taxonomies", f"{DEFAULT_TAXONOMY}.txt")
+    return parse_taxonomy(shipped.read_text("utf-8"), DEFAULT_TAXONOMY)
+
+
+@lru_cache(maxsize=8)
+def _read_taxonomy(path: str, size: int, mtime_ns: int) -> Taxonomy:
+    """:func:`load_taxonomy` of a file, cached by what identifies its content."""
     try:
         text = read_text(Path(path))
     except OSError as exc:
