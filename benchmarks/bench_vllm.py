@@ -8,15 +8,16 @@ log in a temporary folder) and measures, side by side in one process:
    vLLM's extra body), output tokens from ``usage`` over the wall time; measured before and
    after the run, and averaged (other load on the machine moves it);
 3. Data Advisor runs (``graph.runner.create_run`` + ``execute``) against that server, one per
-   ``--shapes`` entry ``WxK`` (W weaknesses a round, K prompts each; default
-   ``1x10,3x10,1x32``, each ``--rounds`` rounds), one after the other on the same server: kept
+   ``--shapes`` entry ``WxK`` (W weaknesses a round, K prompts each; a trailing ``o``, as in
+   ``3x10o``, answers in the background: ``Context.overlap_responses``; default
+   ``1x10,3x10,3x10o,1x32``, each ``--rounds`` rounds), one after the other on the same server: kept
    prompts per minute, run tokens/s (the sum of the round records' output ``tokens`` over the
    run's wall time) and the latter over the raw 32-concurrent tokens/s (aim: >= 0.7 at
    W x K >= 30), with the server's own prompt and generation token counters over each run.
    Per node, the share of the run's time and its tokens/s show where the server is under-used
    (single sequential calls, batches smaller than 32).
 
-    python benchmarks/bench_vllm.py --rounds 4 --shapes 1x10,3x10,1x32
+    python benchmarks/bench_vllm.py --rounds 4 --shapes 1x10,3x10,3x10o,1x32
 
 ``--sweep 1,4,8,16,32,64`` measures only the server instead: output tokens/s against requests
 in flight (each level sends that many chat completions at once, ``max_tokens`` 128,
@@ -58,6 +59,8 @@ class RunResult:
     w: int
     k: int
     rounds: int
+    overlap: bool = False
+    """Answered in the background (``Context.overlap_responses``)."""
     wall_s: float = 0.0
     tokens: int = 0
     kept: int = 0
@@ -66,6 +69,11 @@ class RunResult:
     node_tokens: dict[str, int] = field(default_factory=dict)
     server_tokens: dict[str, float] = field(default_factory=dict)
     """Prompt and generated tokens the server counted during the run (its /metrics)."""
+
+    @property
+    def shape(self) -> str:
+        """``WxK``, with ``o`` when answered in the background."""
+        return f"{self.w}x{self.k}" + ("o" if self.overlap else "")
 
     @property
     def tps(self) -> float:
@@ -166,7 +174,12 @@ def _started(model: str | None, log: Path | None
             yield server, client, Path(tmp)
 
 
-def measure(shapes: Sequence[tuple[int, int]] = ((1, 10), (3, 10), (1, 32)), rounds: int = 4,
+Shape = tuple[int, int, bool]
+"""W, K and whether the answers overlap the next rounds."""
+DEFAULT_SHAPES: list[Shape] = [(1, 10, False), (3, 10, False), (3, 10, True), (1, 32, False)]
+
+
+def measure(shapes: Sequence[Shape] = DEFAULT_SHAPES, rounds: int = 4,
             concurrency: int = 32, max_tokens: int = 128, model: str | None = None,
             log: Path | None = None) -> VllmResult:
     """Start the server, measure raw throughput, run Data Advisor at each (W, K) against it,
@@ -183,9 +196,10 @@ def measure(shapes: Sequence[tuple[int, int]] = ((1, 10), (3, 10), (1, 32)), rou
         print(f"  single {single:.1f} tok/s, {concurrency} concurrent "
               f"{result.raw_tps[-1]:.1f} tok/s", flush=True)
         prompts: list[str] = []
-        for w, k in shapes:
-            print(f"  Data Advisor, W={w}, K={k}, {rounds} rounds ...", flush=True)
-            result.runs.append(_run(server, tmp, w, k, rounds, concurrency, prompts))
+        for w, k, overlap in shapes:
+            print(f"  Data Advisor, W={w}, K={k}{', overlap' if overlap else ''}, {rounds} "
+                  "rounds ...", flush=True)
+            result.runs.append(_run(server, tmp, (w, k, overlap), rounds, concurrency, prompts))
         result.raw_tps.append(throughput(client, name, concurrency, max_tokens))
         result.responder_tps = responder_throughput(
             client, name, prompts[: 2 * concurrency], concurrency, Context().responder_max_tokens)
@@ -193,17 +207,21 @@ def measure(shapes: Sequence[tuple[int, int]] = ((1, 10), (3, 10), (1, 32)), rou
     return result
 
 
-def _run(server: EmbeddedServer, tmp: Path, w: int, k: int, rounds: int,
+def _run(server: EmbeddedServer, tmp: Path, shape: Shape, rounds: int,
          concurrency: int, prompts: list[str]) -> RunResult:
     """One Data Advisor run at W x K against the server (its kept prompts added to
     ``prompts``)."""
+    w, k, overlap = shape
     ctx = Context(base_url=server.base_url, model=server.model_name, rounds=rounds,
-                  prompts_per_round=k, weaknesses_per_round=w, max_concurrency=concurrency)
-    run = create_run(tmp / f"da-{w}x{k}", "data_advisor", ctx, embedded=False)
+                  prompts_per_round=k, weaknesses_per_round=w, max_concurrency=concurrency,
+                  overlap_responses=overlap)
+    run = create_run(tmp / f"da-{w}x{k}{'o' if overlap else ''}", "data_advisor", ctx,
+                     embedded=False)
     before = server_counters(server.base_url)
     started = time.perf_counter()
     execute(run, resume=False, show_progress=False)
-    result = RunResult(w=w, k=k, rounds=rounds, wall_s=time.perf_counter() - started)
+    result = RunResult(w=w, k=k, rounds=rounds, overlap=overlap,
+                       wall_s=time.perf_counter() - started)
     after = server_counters(server.base_url)
     result.server_tokens = {name: after[name] - before.get(name, 0.0) for name in after}
     with RunStore(run.db_path, run.run_id) as store:
@@ -244,7 +262,7 @@ def sweep(levels: Sequence[int], max_tokens: int = 128, model: str | None = None
 
 def report(r: VllmResult) -> str:
     """Human-readable lines for a result."""
-    rows = [[f"{run.w}x{run.k}", run.w * run.k, run.wall_s, run.kept, run.kept_per_minute,
+    rows = [[run.shape, run.w * run.k, run.wall_s, run.kept, run.kept_per_minute,
              run.tps, r.ratio(run), run.tps / r.responder_tps if r.responder_tps else 0.0,
              run.server_tokens.get("prompt_tokens", 0.0),
              run.server_tokens.get("generation_tokens", 0.0)] for run in r.runs]
@@ -270,21 +288,25 @@ def report(r: VllmResult) -> str:
                   run.node_tokens.get(node, 0),
                   run.node_tokens.get(node, 0) / run.node_seconds[node]
                   if run.node_seconds[node] else 0.0] for node in run.node_seconds]
-        lines += [f"  per node at {run.w}x{run.k} (round records; a round's generator tasks "
-                  "counted by the longest; summarizer and responder side by side):",
+        lines += [f"  per node at {run.shape} (round records; a round's generator tasks "
+                  "counted by the longest; summarizer and responder side by side; with o the "
+                  "responder's time runs from its hand-off to its last answer, beside the next "
+                  "rounds):",
                   *("    " + line for line in table(nodes, ["node", "seconds", "share",
                                                             "tokens", "tok/s"]).splitlines())]
     return "\n".join(lines)
 
 
-def parse_shapes(text: str) -> list[tuple[int, int]]:
-    """``"1x10,3x10"`` -> ``[(1, 10), (3, 10)]`` (W x K)."""
+def parse_shapes(text: str) -> list[Shape]:
+    """``"1x10,3x10o"`` -> ``[(1, 10, False), (3, 10, True)]`` (W x K, o: overlap)."""
     shapes = []
     for item in text.split(","):
         w, _, k = item.strip().lower().partition("x")
+        overlap = k.endswith("o")
+        k = k.removesuffix("o")
         if not (w.isdigit() and k.isdigit() and int(w) > 0 and int(k) > 0):
-            raise argparse.ArgumentTypeError(f"{item!r}: write WxK, e.g. 3x10")
-        shapes.append((int(w), int(k)))
+            raise argparse.ArgumentTypeError(f"{item!r}: write WxK or WxKo, e.g. 3x10o")
+        shapes.append((int(w), int(k), overlap))
     return shapes
 
 
@@ -292,8 +314,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=4, help="rounds of each run")
-    parser.add_argument("--shapes", type=parse_shapes, default=[(1, 10), (3, 10), (1, 32)],
-                        help="runs to compare, W x K each (default 1x10,3x10,1x32)")
+    parser.add_argument("--shapes", type=parse_shapes, default=DEFAULT_SHAPES,
+                        help="runs to compare, W x K each, o: answers in the background "
+                        "(default 1x10,3x10,3x10o,1x32)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--model", help="HF id or local path (default: the embedded SmolLM2)")
     parser.add_argument("--log", type=Path, help="vLLM log file (default: a temporary one)")

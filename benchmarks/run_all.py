@@ -103,13 +103,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                  f"{judged.generated_per_s:.1f} generated/s", "< 2"])
 
     if not args.skip_vllm:
-        shapes = [(1, args.k), (3, args.k), (1, 32)]
+        shapes = [(1, args.k, False), (3, args.k, False), (3, args.k, True), (1, 32, False)]
         print(f"\n== (c) embedded vLLM: {args.vllm_rounds} rounds at each W x K "
-              f"({', '.join(f'{w}x{k}' for w, k in shapes)}) ==")
+              f"({', '.join(f'{w}x{k}' + ('o' if o else '') for w, k, o in shapes)}; o: "
+              "answers in the background) ==")
         vllm = bench_vllm.measure(shapes, args.vllm_rounds)
         print(bench_vllm.report(vllm))
         for run in vllm.runs:
-            rows.append([f"(c) vLLM W={run.w} K={run.k}", "run tok/s / raw 32-concurrent tok/s",
+            rows.append([f"(c) vLLM {run.shape}", "run tok/s / raw 32-concurrent tok/s",
                          vllm.ratio(run), f"{run.tps:.0f} vs {vllm.raw_mean:.0f} tok/s, "
                          f"{run.kept_per_minute:.1f} kept/min",
                          ">= 0.7" if run.w * run.k >= 30 else "-"])

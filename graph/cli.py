@@ -93,6 +93,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="switch the deterministic check of the summary update off (default: on)",
     )
     p.add_argument(
+        "--overlap-responses", action="store_true", default=None,
+        help="answer each round's prompts in the background while the next rounds run "
+        "(same data; keeps the server busy during the critic's and summarizer's calls) "
+        "(default: off, each round answered before the next, as in the paper; or "
+        "$DATA_ADVISOR_OVERLAP_RESPONSES)",
+    )
+    p.add_argument(
         "--prompts", type=Path,
         help="folder of <node>.txt templates overriding the shipped ones by name "
         "(default: graph/templates/ only)",
@@ -245,6 +252,7 @@ def _context(args: argparse.Namespace) -> Context:
         "examples_per_request": args.examples,
         "seed": args.seed,
         "rule_check": False if args.no_rule_check else None,
+        "overlap_responses": args.overlap_responses,
         "prompts_dir": str(args.prompts) if args.prompts else None,
         "seed_prompts_file": str(args.seed_prompts) if args.seed_prompts else None,
         "seed_categories_file": str(args.seed_categories) if args.seed_categories else None,

@@ -105,6 +105,12 @@ class Context:
     target_size: int | None = None
     """Stop once this many prompts are kept (in addition to the round bound)."""
     seed: int = 0
+    overlap_responses: bool = False
+    """Answer a round's prompts in the background while the next rounds run (the responder
+    hands them off and returns; the run's last responder waits for every answer): the server
+    gets the responder's requests during the critic's and summarizer's single calls. The data
+    is the same; a round's record is complete before all its answers are in. False: the
+    paper's loop, each round answered before the next starts."""
     rule_check: bool = True
     critic_attempts: int = 3
     max_summary_lines: int = 40

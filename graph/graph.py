@@ -43,7 +43,7 @@ from langgraph.runtime import Runtime, get_runtime
 from langgraph.types import Send
 
 from graph.context import Context
-from graph.state import GeneratorTask, State, opened, task_entry
+from graph.state import GeneratorTask, State, opened, run_finished, task_entry
 from nodes.common import run_store
 from nodes.generator import generator
 from nodes.load_seeds import load_seeds, load_seeds_self_instruct
@@ -90,15 +90,6 @@ def round_nodes(method: Method, ctx: Context) -> tuple[str, ...]:
         elif node != "rule_check" or ctx.rule_check:
             names.append(node)
     return tuple(names)
-
-
-def run_finished(state: State, ctx: Context) -> bool:
-    """The stopping rule: true once the round bound or the target size is reached (checked
-    between rounds). Whether a run is finished also depends on its last round being complete:
-    ``graph.runner.phase_of``."""
-    return state.round >= ctx.rounds or (
-        ctx.target_size is not None and state.kept >= ctx.target_size
-    )
 
 
 def opens_round(node: Node, method: Method) -> Node:

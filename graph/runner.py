@@ -20,7 +20,7 @@ Where a run stands
 ------------------
 :func:`phase_of` is the one answer, used by ``execute``, ``status`` and the experiment
 (:func:`run_phase` reads it from a run folder): ``not started`` (no checkpoint),
-``finished`` (the checkpoint has no pending step, the stopping rule ``graph.graph.run_finished``
+``finished`` (the checkpoint has no pending step, the stopping rule ``graph.state.run_finished``
 holds and its last round is complete in the store), else ``in progress``, with the round and
 what a resume runs next. A round is complete when every node its record names has recorded
 its timing: opening a round writes the nodes it needs (``graph.graph.round_nodes``; records
@@ -81,10 +81,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from graph.context import ROLES, STUDIO_FILE, Context, ContextError
-from graph.graph import Method, checkpoint_serializer, compile_graph, run_finished
+from graph.graph import Method, checkpoint_serializer, compile_graph
 from graph.seeds import read_seeds
-from graph.state import State, is_legacy, round_unfinished, state_of
+from graph.state import State, is_legacy, round_unfinished, run_finished, state_of
 from graph.templates import load_templates
+from nodes.responder import forget_backlog
 from tools.decontam import file_digests, read_prompts
 from tools.files import append_jsonl, read_jsonl, write_atomic
 from tools.server import EmbeddedServer, served_name, stop_signals_interrupt
@@ -725,6 +726,7 @@ def _execute(run: Run, resume: bool, show_progress: bool, console: Console) -> S
 
         check_consistent(run, graph.get_state(config).values, store)
         check_recorded_inputs(run)
+        forget_backlog(run.run_id)  # an interrupted execution's hand-offs: answered at the end
         if run.context.steer_from:  # read now: a bad result file fails before any call
             read_failures(run.context.steer_from)
         if not run.id_recorded:  # a run made before ids: its folder name is its id from now on

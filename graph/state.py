@@ -191,3 +191,12 @@ def round_unfinished(store: RunStore, state: State, ctx: Context) -> bool:
     if record is None:
         return state.round > 0
     return record_unfinished(record, ctx)
+
+
+def run_finished(state: State, ctx: Context) -> bool:
+    """The stopping rule: true once the round bound or the target size is reached (checked
+    between rounds, and by the last round's responder). Whether a run is finished also
+    depends on its last round being complete: ``graph.runner.phase_of``."""
+    return state.round >= ctx.rounds or (
+        ctx.target_size is not None and state.kept >= ctx.target_size
+    )

@@ -419,6 +419,16 @@ class RunStore:
                 [(text, responder_model, sample_id) for sample_id, text in responses.items()],
             )
 
+    def unanswered(self, before_round: int | None = None) -> list[str]:
+        """Ids of the run's kept prompts without a response (of the rounds before
+        ``before_round``; all without it), by round and slot."""
+        bound = "" if before_round is None else " and round < ?"
+        rows = self._rows(
+            f"select id from samples where run_id = ? and response is null{bound} "
+            "order by round, slot",
+            [self.run_id, *([] if before_round is None else [before_round])])
+        return [r["id"] for r in rows]
+
     def samples(self, with_response: bool = False) -> Iterator[dict[str, Any]]:
         """All sample rows of the run, by round and slot."""
         where = " and response is not null and response != ''" if with_response else ""
@@ -439,6 +449,14 @@ class RunStore:
             ),
             "rejected": one("select count(*) n from rejections where run_id = ?"),
         }
+
+    def responses_per_round(self) -> dict[int, int]:
+        """Answered prompts stored for each round of the run."""
+        rows = self._rows(
+            "select round, count(*) n from samples where run_id = ? and response is not null "
+            "and response != '' group by round", [self.run_id],
+        )
+        return {r["round"]: r["n"] for r in rows}
 
     def kept_per_round(self) -> dict[int, int]:
         """Kept prompts stored for each round of the run."""
