@@ -12,7 +12,7 @@ The config (every key optional unless said otherwise; see ``configs/cpu-small.to
     decontaminate = [...]         # evaluation files no generated or training prompt may overlap
                                   # (default: the [evaluation] sets; [] for none)
     [generation]   methods, target_size, rounds, prompts_per_round (K), weaknesses_per_round
-                   (W), examples_per_request,
+                   (W), overlap_responses, examples_per_request,
                    base_url, model, advisor_url/_model, generator_url/_model,
                    responder_url/_model, judge (a prompt judge: llamaguard3 or llm; default
                    none), judge_url/_model, taxonomy, api_key_env, max_concurrency,
@@ -83,6 +83,9 @@ class GenerationConfig:
     """K: prompts asked for per weakness (per batch for Self-Instruct)."""
     weaknesses_per_round: int = 1
     """W: weaknesses per round, generated side by side (both methods get W x K a round)."""
+    overlap_responses: bool = False
+    """Answer each round's prompts in the background while the next rounds run (the same
+    data; ``graph.context.Context.overlap_responses``)."""
     examples_per_request: int = 3
     base_url: str | None = None
     """OpenAI-compatible server for every role; without it, one embedded vLLM server."""

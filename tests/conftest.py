@@ -115,6 +115,13 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "experiment.cli", *args]
 
 
+def cli_ok(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``data-advisor ARGS`` to its end; it must succeed (its stderr shown otherwise)."""
+    done = subprocess.run(cli(*args), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def kill_when(args: list[str], found: Callable[[], int | None], what: str) -> int:
     """Run ``data-advisor ARGS`` and SIGKILL it once ``found()`` returns a round; that round
     (``what`` says what was waited for, when the run ended first)."""

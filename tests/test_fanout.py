@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 from collections import Counter
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli, kill_when, make_context, run_graph
+from conftest import cli_ok, kill_when, make_context, run_graph
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -298,9 +297,7 @@ def test_a_kill_mid_fan_out_and_of_its_resume_loses_and_duplicates_nothing(tmp_p
     with StubServer(latency=0.1) as stub:
         args[1] = stub.base_url
         whole = tmp_path / "whole"
-        done = subprocess.run(cli("run", *args, "--run", str(whole)), capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
+        cli_ok("run", *args, "--run", str(whole))
         folder = tmp_path / "killed"
         db = folder / "run.sqlite"
         first = _kill_mid_fan_out(["run", *args, "--run", str(folder)], db, after=0)
@@ -308,9 +305,7 @@ def test_a_kill_mid_fan_out_and_of_its_resume_loses_and_duplicates_nothing(tmp_p
             tasks_done = Counter(s["slot"] // 3 for s in store.samples() if s["round"] == first)
         assert 0 < len(tasks_done) < 3  # some tasks' rows written, not all
         second = _kill_mid_fan_out(["resume", str(folder), "--no-progress"], db, after=first)
-        done = subprocess.run(cli("resume", str(folder), "--no-progress"),
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
+        cli_ok("resume", str(folder), "--no-progress")
     assert first < second
     assert _end_state(folder) == _end_state(whole)
     assert [r[0] for r in _end_state(folder)["rounds"]] == [1, 2, 3, 4]

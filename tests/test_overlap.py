@@ -5,12 +5,11 @@ background batch that fails for good stops the run."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli, handler_with, kill_when, make_context, run_graph
+from conftest import cli_ok, handler_with, kill_when, make_context, run_graph
 
 from graph.runner import Run
 from testing.stub_server import StubHTTPError, StubServer, recognise_node, reset_request_counter
@@ -114,17 +113,13 @@ def test_a_kill_while_answers_are_in_the_background_loses_nothing(tmp_path: Path
     with StubServer(latency=0.05) as stub:
         args[1] = stub.base_url
         whole = tmp_path / "whole"
-        done = subprocess.run(cli("run", *args, "--run", str(whole)), capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
+        cli_ok("run", *args, "--run", str(whole))
         folder = tmp_path / "killed"
         killed_in = kill_when(["run", *args, "--run", str(folder)],
                               lambda: _handed_off_unanswered(folder / "run.sqlite"),
                               "a round was handed off unanswered")
         assert killed_in >= 2
-        done = subprocess.run(cli("resume", str(folder), "--no-progress"),
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
+        cli_ok("resume", str(folder), "--no-progress")
     assert end(folder) == end(whole)
 
 
@@ -151,3 +146,37 @@ def test_a_background_batch_that_fails_for_good_stops_the_run(tmp_path: Path) ->
         samples = list(store.samples())
         assert [r["round"] for r in store.rounds()] == [1, 2, 3, 4]
     assert samples and all(s["response"] for s in samples)
+
+
+def test_the_cli_the_config_and_studio_take_it(tmp_path: Path) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from experiment.cli import main
+    from experiment.config import load_config
+    from graph.context import StudioContext
+    from graph.graph import compile_graph
+    from graph.studio import in_run_folder
+    from tools.store import close_shared
+
+    base = {"training": {"instructions": "x.json"}, "evaluation": {"catqa": "c.json"}}
+    assert not load_config(base).generation.overlap_responses
+    assert load_config({**base, "generation": {"overlap_responses": True}}).generation \
+        .overlap_responses
+    with StubServer() as stub:
+        assert main(["run", "--base-url", stub.base_url, "--model", "stub", "--rounds", "2",
+                     "-k", "2", "--overlap-responses", "--run", str(tmp_path / "cli"),
+                     "--no-progress"]) == 0
+        run = Run.load(tmp_path / "cli")
+        assert run.context.overlap_responses
+        with RunStore(run.db_path, run.run_id) as store:
+            assert store.counts()["responses"] == store.counts()["prompts"] == 4
+        studio = StudioContext(base_url=stub.base_url, model="stub", rounds=2,
+                               prompts_per_round=2, overlap_responses=True,
+                               runs_dir=str(tmp_path / "runs"))
+        graph = compile_graph("self_instruct", InMemorySaver(), context_schema=StudioContext,
+                              start=in_run_folder("self_instruct"))
+        try:
+            final = graph.invoke({}, {"configurable": {"thread_id": "s1"}}, context=studio)
+        finally:
+            close_shared()
+    assert final["responses"] == final["kept"] == 4

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli, kill_when
+from conftest import cli_ok, kill_when
 
 from experiment.cli import main
 from experiment.stages import _run_status
@@ -276,9 +275,7 @@ def test_a_resume_killed_too_is_resumed_the_same_way(tmp_path):
         assert _run_status(folder) == "partial"
         second = _kill_in_a_round(["resume", str(folder), "--no-progress"], db, after=first)
         assert _run_status(folder) == "partial"
-        done = subprocess.run(cli("resume", str(folder), "--no-progress"),
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
+        cli_ok("resume", str(folder), "--no-progress", timeout=120)
     assert first < second
     with RunStore(db, _run_id(folder)) as store:
         rounds, samples = store.rounds(), list(store.samples())
