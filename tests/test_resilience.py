@@ -17,7 +17,7 @@ from conftest import run_graph
 from experiment.cli import main
 from graph.context import Context
 from graph.runner import Run, create_run, execute
-from testing.stub_server import StubServer
+from testing.stub_server import StubServer, recognise_node
 from tools.llm import EndpointError
 from tools.store import RunStore
 
@@ -280,3 +280,43 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     with RunStore(run / "run.sqlite", Run.load(run).run_id) as store:
         assert [r["round"] for r in store.rounds()] == [1, 2, 3, 4]
         assert len(list(store.samples(with_response=True))) == 12
+
+
+def test_a_kill_mid_fan_out_stops_its_tasks_and_a_second_one_waits_quietly(tmp_path):
+    """`kill` while W generator tasks send their requests: the tasks start no more requests
+    (they end after the ones in flight, not after their batches); a second `kill` during that
+    wait says the stop is under way instead of cutting it short (which left the tasks writing
+    to a closed store and LangGraph scheduling on a shut-down executor: tracebacks after
+    "stopped"). Then a resume finishes the run with every prompt answered once."""
+    run = tmp_path / "term"
+    with StubServer(latency=1.5) as stub:
+        proc = subprocess.Popen(
+            _cli("run", "--base-url", stub.base_url, "--model", "stub", "--rounds", "3",
+                 "-k", "6", "-w", "3", "--max-concurrency", "6", "--run", str(run),
+                 "--no-progress"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(
+                recognise_node(b["messages"][-1]["content"]) == "generator"
+                for b in list(stub.requests)):
+            time.sleep(0.02)
+        time.sleep(0.3)  # the first wave of the tasks' requests is in flight
+        asked = len(stub.requests)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        sent_after = len(stub.requests) - asked
+        assert proc.returncode == 130, stderr
+        assert "Traceback" not in stderr and "Exception" not in stderr, stderr
+        assert "stopping: waiting for the requests in flight" in stderr
+        assert "stopped" in stderr and f"data-advisor resume {run}" in stderr
+        assert sent_after == 0, f"{sent_after} requests started after the stop"
+        done = subprocess.run(_cli("resume", str(run), "--no-progress"), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    with RunStore(run / "run.sqlite", Run.load(run).run_id) as store:
+        samples = list(store.samples())
+        assert [r["round"] for r in store.rounds()] == [1, 2, 3]
+    assert len(samples) == len({s["prompt"] for s in samples}) and all(
+        s["response"] for s in samples)

@@ -80,6 +80,30 @@ class Endpoint:
     """Seconds one request may take in all, its retries and backoff included."""
 
 
+class RequestsStopped(RuntimeError):
+    """The process is stopping (Ctrl-C, ``kill``): no request is started or retried."""
+
+
+_STOPPING = threading.Event()
+
+
+def stop_requests() -> None:
+    """Start and retry no more requests in this process (a stop signal came): every batch
+    fails with :class:`RequestsStopped` at its next request, so the nodes still running end
+    after the requests in flight instead of after their whole batches."""
+    _STOPPING.set()
+
+
+def allow_requests() -> None:
+    """Undo :func:`stop_requests` (a new execution starts in this process)."""
+    _STOPPING.clear()
+
+
+def requests_stopped() -> bool:
+    """True after :func:`stop_requests`."""
+    return _STOPPING.is_set()
+
+
 class EndpointError(RuntimeError):
     """An LLM call failed; says which role, URL and model, how often and how long it tried."""
 
@@ -334,6 +358,8 @@ class _Batch:
         deadline = first + self.endpoint.node_timeout
         tries = 0
         while True:
+            if _STOPPING.is_set():
+                raise RequestsStopped(f"{self.role}: the process is stopping")
             if stopped := self.breaker.tripped_since(self.started):  # by another node's calls
                 error = self.breaker.last_error or RuntimeError(stopped)
                 raise self._fail(CircuitOpenError(self.role, self.endpoint, error, stopped))
@@ -555,8 +581,10 @@ class _Feed(Generic[T, R]):
                 return
             index, item = entry
             try:
+                if _STOPPING.is_set():  # a stop signal: that item fails, nothing follows it
+                    raise RequestsStopped("the process is stopping")
                 future = self.pool.submit(self.context.copy().run, self.fn, item)
-            except RuntimeError as exc:  # the interpreter is exiting: that item fails
+            except RuntimeError as exc:  # stopping, or the interpreter exiting: the item fails
                 future = Future()
                 future.set_exception(exc)
             self.running[future] = index

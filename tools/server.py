@@ -41,6 +41,7 @@ import httpx
 from rich.console import Console
 
 from tools.default_model import DEFAULT_MODEL_NAME, is_default_model, resolve_model
+from tools.llm import allow_requests, requests_stopped, stop_requests
 
 HOST = "127.0.0.1"
 LOG_TAIL_LINES = 40
@@ -57,24 +58,34 @@ class ServerError(RuntimeError):
 
 @contextmanager
 def stop_signals_interrupt() -> Iterator[None]:
-    """Inside this block, SIGTERM and SIGHUP raise :class:`KeyboardInterrupt` (as Ctrl-C does).
+    """Inside this block, SIGTERM and SIGHUP raise :class:`KeyboardInterrupt` (as Ctrl-C does),
+    and the first of them (Ctrl-C too) also stops new requests (``tools.llm.stop_requests``),
+    so the nodes running in other threads end after the requests in flight.
 
     Their default action ends the process at once, skipping ``finally`` blocks and ``atexit``
-    (a ``kill`` would leave the vLLM child running, adopted by init). Handlers that someone
-    else installed are left alone, and the previous ones come back on leaving. Outside the
-    main thread (where Python cannot set handlers) this does nothing.
+    (a ``kill`` would leave the vLLM child running, adopted by init). A second signal while
+    that stop is under way is not raised again (it would cut the wait for those nodes short
+    and leave them writing to closed files): a line says the stop is under way. Handlers that
+    someone else installed are left alone, and the previous ones come back on leaving.
+    Outside the main thread (where Python cannot set handlers) this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous: dict[signal.Signals, Any] = {}
+    allow_requests()
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        if requests_stopped():
+            print("stopping: waiting for the requests in flight (kill -9 stops at once; the "
+                  "data written so far is kept either way)", file=sys.stderr, flush=True)
+            return
+        stop_requests()
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    for sig in STOP_SIGNALS:
+    for sig in (signal.SIGINT, *STOP_SIGNALS):
         current = signal.getsignal(sig)
-        if current in (signal.SIG_DFL, None):
+        if current in (signal.SIG_DFL, None, signal.default_int_handler):
             previous[sig] = current
             signal.signal(sig, interrupt)
     try:
@@ -82,6 +93,7 @@ def stop_signals_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        allow_requests()  # what ran inside has ended: later work in this process may ask
 
 
 @contextmanager
