@@ -40,7 +40,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console
 
@@ -63,6 +63,9 @@ from tools.default_model import is_default_model
 from tools.files import write_atomic, write_json
 from tools.llm import Endpoint
 from tools.prompt_format import recorded_format
+
+if TYPE_CHECKING:
+    from evaluation.data import PromptSet
 
 STAGES = ("generation", "training", "evaluation", "diversity", "report")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -183,6 +186,15 @@ class _Experiment:
         self.logs = out / "logs"
         self.iteration = 1
         self.targets = self.targets_of(1)
+        self._read_sets: dict[tuple[str, str], PromptSet] = {}
+
+    def _read(self, s: EvalSet) -> PromptSet:
+        """An evaluation set's questions (:class:`evaluation.data.PromptSet`), read once per
+        experiment: its halves and the decontamination file share the one read."""
+        key = (s.kind, s.name)
+        if key not in self._read_sets:
+            self._read_sets[key] = s.load()
+        return self._read_sets[key]
 
     def targets_of(self, iteration: int) -> list[_Target]:
         """The targets with their folders in ``iteration`` (``iter-<i>`` subfolders of the
@@ -240,9 +252,8 @@ class _Experiment:
             return list(self.cfg.decontaminate)
         from evaluation.data import load_mmlu
 
-
         ev = self.cfg.evaluation
-        prompts = [q.prompt for s in ev.sets() for q in s.load().questions]
+        prompts = [q.prompt for s in ev.sets() for q in self._read(s).questions]
         if ev.mmlu:
             prompts += [q.prompt for q in load_mmlu(ev.mmlu)]
         path = self.out / "decontamination.jsonl"
@@ -380,7 +391,7 @@ class _Experiment:
         (MMLU included), and with several iterations each safety set as two halves, the
         reported one under the set's name and the steering one as ``<name>-steer``
         (:func:`evaluation.data.halves`, split by the experiment's seed)."""
-        from evaluation.data import PromptSet, halves, load_mmlu
+        from evaluation.data import halves, load_mmlu
 
         ev, seed = self.cfg.evaluation, self.cfg.seed
         sets: dict[tuple[str, str], tuple[int | None, Callable[[], Any]]] = {}
@@ -388,11 +399,14 @@ class _Experiment:
             if self.cfg.iterations > 1 and s.kind == "safety":
                 for index, name in enumerate((f"{s.name}-steer", s.name)):
                     def half(s: EvalSet = s, index: int = index) -> PromptSet:
-                        return halves(s.load(), seed)[index]
+                        return halves(self._read(s), seed)[index]
 
                     sets["safety", name] = (s.limit, half)
             else:
-                sets[s.kind, s.name] = (s.limit, s.load)
+                def whole(s: EvalSet = s) -> PromptSet:
+                    return self._read(s)
+
+                sets[s.kind, s.name] = (s.limit, whole)
         if ev.mmlu:
             mmlu = ev.mmlu
             sets["utility", "mmlu"] = (ev.mmlu_limit, lambda: load_mmlu(mmlu))

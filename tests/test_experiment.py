@@ -499,3 +499,32 @@ def test_iterations_stop_when_the_steering_half_stops_improving(tmp_path, tiny_m
     for method in ("data_advisor", "self_instruct"):
         first, second = rates["steering_harmful_rate"][method]
         assert first == second and first > 0
+
+
+def test_each_evaluation_set_is_read_once(tmp_path, monkeypatch):
+    """With iterations, a safety set's steering half, its reported half and the
+    decontamination file share one read of the file."""
+    import evaluation.data as data_module
+    from experiment.stages import _Experiment
+
+    data = _data(tmp_path / "data")
+    reads: list[str] = []
+    real = data_module.prompt_set
+
+    def counted(source: Any, **options: Any) -> Any:
+        reads.append(str(source))
+        return real(source, **options)
+
+    monkeypatch.setattr(data_module, "prompt_set", counted)
+    cfg = load_config({"iterations": 2, "size_per_iteration": 4, "seed": 2,  # halves not empty
+                       "training": {"instructions": str(data["instructions"])},
+                       "evaluation": {"catqa": str(data["catqa"]),
+                                      "beavertails": str(data["beavertails"])}})
+    (tmp_path / "exp").mkdir()
+    experiment = _Experiment(cfg, tmp_path / "exp", progress=False)
+    loaded = {key: loader() for key, (_, loader) in experiment._sets().items()}
+    assert sorted(name for _, name in loaded) == [
+        "beavertails", "beavertails-steer", "catqa", "catqa-steer"]
+    assert experiment.decontamination == [str(tmp_path / "exp" / "decontamination.jsonl")]
+    experiment._sets()["safety", "catqa"][1]()  # again, as the next iteration asks
+    assert sorted(reads) == sorted({str(data["catqa"]), str(data["beavertails"])}), reads
