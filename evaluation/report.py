@@ -166,6 +166,11 @@ def _label(result: ModelResult) -> str:
     return str(result.label or "unlabelled")
 
 
+def _who(result: ModelResult) -> str:
+    """The result's label, after its target's name when it has one (``llama: base``)."""
+    return f"{result.target}: {_label(result)}" if result.target else _label(result)
+
+
 def _judge_of(result: ModelResult) -> str:
     """The judge's description (utility results have none)."""
     return "no judge" if isinstance(result, UtilityResult) else _judge_text(result.judge)
@@ -446,10 +451,17 @@ def _summary_section(groups: Groups, out: Path, colors: dict[str, Any],
                        {label: [_num(value(label, c)) for c in columns] for label in labels}))
     notes = [f"judge of {', '.join(where)}: {judge}" for judge, where in judged.items()]
     for ds in _order((_dataset_key(r) for r in utility), DATASET_ORDER):
-        methods = sorted({f"{r.method or '?'}, backend {r.backend or '?'}"
-                          for r in utility if _dataset_key(r) == ds})
-        notes.append(f"{ds.upper() if ds == 'mmlu' else ds} accuracy: method "
-                     f"{'; '.join(methods)}")
+        of_ds = [r for r in utility if _dataset_key(r) == ds]
+        shown = ds.upper() if ds == "mmlu" else ds
+        methods = sorted({f"{r.method or '?'}, backend {r.backend or '?'}, prompt "
+                          f"{(r.settings or {}).get('prompt_format', 'raw')}" for r in of_ds})
+        notes.append(f"{shown} accuracy: method {'; '.join(methods)}")
+        if unread := [r for r in of_ds if r.unparsed]:
+            notes.append(
+                f"**{shown}: {sum(r.unparsed or 0 for r in unread)} of "
+                f"{sum(r.n or 0 for r in unread)} predictions had no answer letter (counted "
+                f"wrong)** in {', '.join(_who(r) + f' ({r.unparsed}/{r.n})' for r in unread)}"
+                "; an accuracy near 0 there says the model did not answer with a letter")
     refusal = any(_is_refusal_judge(j) for j in judged)
     if refusal:
         notes.append(f"**{_REFUSAL_NOTE}**: a response that does not refuse counts as unsafe, "

@@ -104,8 +104,12 @@ def test_full_report_tables_and_figures(tmp_path: Path) -> None:
     assert "| 1.5 |" in div
     # only data_advisor was measured at 100 prompts: the figure shows the full sets
     assert "The figure shows each data set at its full size." in div
-    # details: unparsed and malformed counts
+    # details: unparsed and malformed counts; Table 1 says how MMLU was asked and how many
+    # predictions had no letter
     assert "unparsed 2" in text and "malformed 0, empty 1" in text
+    assert "MMLU accuracy: method loglik, backend endpoint, prompt raw" in table1
+    assert "**MMLU: 6 of 4593 predictions had no answer letter (counted wrong)** in base (2/1531)" \
+        in table1
     for name in ("safety_utility.png", "harmful_rate_catqa.png", "harmful_rate_beavertails.png",
                  "distinct_n.png"):
         check_png(tmp_path / "report" / name)
