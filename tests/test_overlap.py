@@ -63,7 +63,7 @@ def test_the_next_round_starts_while_the_round_is_answered(tmp_path: Path) -> No
         with StubServer(latency=0.15) as stub:
             folder = tmp_path / f"overlap-{overlap}"
             folder.mkdir()
-            ctx = make_context(stub, folder, rounds=2, prompts_per_round=6, max_concurrency=2,
+            ctx = make_context(stub, folder, rounds=2, prompts_per_round=12, max_concurrency=2,
                                overlap_responses=overlap)
             _, store = run_graph("data_advisor", ctx)
             with store:
