@@ -419,14 +419,11 @@ class RunStore:
                 [(text, responder_model, sample_id) for sample_id, text in responses.items()],
             )
 
-    def unanswered(self, before_round: int | None = None) -> list[str]:
-        """Ids of the run's kept prompts without a response (of the rounds before
-        ``before_round``; all without it), by round and slot."""
-        bound = "" if before_round is None else " and round < ?"
+    def unanswered(self) -> list[str]:
+        """Ids of the run's kept prompts without a response, by round and slot."""
         rows = self._rows(
-            f"select id from samples where run_id = ? and response is null{bound} "
-            "order by round, slot",
-            [self.run_id, *([] if before_round is None else [before_round])])
+            "select id from samples where run_id = ? and response is null order by round, slot",
+            [self.run_id])
         return [r["id"] for r in rows]
 
     def samples(self, with_response: bool = False) -> Iterator[dict[str, Any]]:

@@ -92,16 +92,17 @@ def load_taxonomy(path: str | None = None) -> Taxonomy:
         return _shipped_taxonomy()
     try:
         stat = Path(path).stat()
+        return _read_taxonomy(path, stat.st_size, stat.st_mtime_ns)
     except OSError as exc:
         raise TaxonomyError(
             f"taxonomy {path}: cannot read it ({exc.strerror or exc}); give a text file of one "
             "category a line"
         ) from None
-    return _read_taxonomy(path, stat.st_size, stat.st_mtime_ns)
 
 
 @lru_cache(maxsize=1)
 def _shipped_taxonomy() -> Taxonomy:
+    """Llama Guard 3's S1-S14, shipped in ``tools/taxonomies/``."""
     shipped = resources.files("tools").joinpath("taxonomies", f"{DEFAULT_TAXONOMY}.txt")
     return parse_taxonomy(shipped.read_text("utf-8"), DEFAULT_TAXONOMY)
 
@@ -109,14 +110,7 @@ def _shipped_taxonomy() -> Taxonomy:
 @lru_cache(maxsize=8)
 def _read_taxonomy(path: str, size: int, mtime_ns: int) -> Taxonomy:
     """:func:`load_taxonomy` of a file, cached by what identifies its content."""
-    try:
-        text = read_text(Path(path))
-    except OSError as exc:
-        raise TaxonomyError(
-            f"taxonomy {path}: cannot read it ({exc.strerror or exc}); give a text file of one "
-            "category a line"
-        ) from None
-    return parse_taxonomy(text, Path(path).stem)
+    return parse_taxonomy(read_text(Path(path)), Path(path).stem)
 
 
 def normalised_entropy(counts: Iterable[int], categories: int) -> float:
