@@ -46,6 +46,7 @@ _KINDS: dict[str, Kind] = {
     "self_instruct_generator": "generator",
     "summarizer": "summarizer",
     "summarizer_batch": "summarizer",
+    "summarizer_delta": "summarizer",
     "responder": "responder",
     "prompt_judge": "judge",
 }

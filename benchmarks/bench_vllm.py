@@ -9,8 +9,10 @@ log in a temporary folder) and measures, side by side in one process:
    after the run, and averaged (other load on the machine moves it);
 3. Data Advisor runs (``graph.runner.create_run`` + ``execute``) against that server, one per
    ``--shapes`` entry ``WxK`` (W weaknesses a round, K prompts each; a trailing ``o``, as in
-   ``3x10o``, answers in the background: ``Context.overlap_responses``; default
-   ``1x10,3x10,3x10o,1x32``, each ``--rounds`` rounds), one after the other on the same server: kept
+   ``3x10o``, answers in the background: ``Context.overlap_responses``; a ``d``, as in
+   ``3x10od``, has the summarizer write only the changed lines: ``Context.summary_update =
+   "delta"``; default ``1x10,3x10,3x10o,1x32``, each ``--rounds`` rounds), one after the other
+   on the same server: kept
    prompts per minute, run tokens/s (the sum of the round records' output ``tokens`` over the
    run's wall time) and the latter over the raw 32-concurrent tokens/s (aim: >= 0.7 at
    W x K >= 30), with the server's own prompt and generation token counters over each run.
@@ -18,6 +20,7 @@ log in a temporary folder) and measures, side by side in one process:
    (single sequential calls, batches smaller than 32).
 
     python benchmarks/bench_vllm.py --rounds 4 --shapes 1x10,3x10,3x10o,1x32
+    python benchmarks/bench_vllm.py --rounds 4 --shapes 1x10,3x10o,3x10od,1x32od
 
 ``--sweep 1,4,8,16,32,64`` measures only the server instead: output tokens/s against requests
 in flight (each level sends that many chat completions at once, ``max_tokens`` 128,
@@ -37,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import openai
@@ -61,6 +65,8 @@ class RunResult:
     rounds: int
     overlap: bool = False
     """Answered in the background (``Context.overlap_responses``)."""
+    delta: bool = False
+    """The summarizer writes the changed lines only (``Context.summary_update``)."""
     wall_s: float = 0.0
     tokens: int = 0
     kept: int = 0
@@ -72,8 +78,8 @@ class RunResult:
 
     @property
     def shape(self) -> str:
-        """``WxK``, with ``o`` when answered in the background."""
-        return f"{self.w}x{self.k}" + ("o" if self.overlap else "")
+        """``WxK``, with ``o`` when answered in the background, ``d`` with delta summaries."""
+        return Shape(self.w, self.k, self.overlap, self.delta).label
 
     @property
     def tps(self) -> float:
@@ -174,9 +180,22 @@ def _started(model: str | None, log: Path | None
             yield server, client, Path(tmp)
 
 
-Shape = tuple[int, int, bool]
-"""W, K and whether the answers overlap the next rounds."""
-DEFAULT_SHAPES: list[Shape] = [(1, 10, False), (3, 10, False), (3, 10, True), (1, 32, False)]
+class Shape(NamedTuple):
+    """One run's settings: W, K, whether the answers overlap the next rounds, whether the
+    summarizer writes only the changed lines."""
+
+    w: int
+    k: int
+    overlap: bool = False
+    delta: bool = False
+
+    @property
+    def label(self) -> str:
+        """``WxK`` with ``o`` (overlap) and ``d`` (delta) as set."""
+        return f"{self.w}x{self.k}" + "o" * self.overlap + "d" * self.delta
+
+
+DEFAULT_SHAPES: list[Shape] = [Shape(1, 10), Shape(3, 10), Shape(3, 10, True), Shape(1, 32)]
 
 
 def measure(shapes: Sequence[Shape] = DEFAULT_SHAPES, rounds: int = 4,
@@ -196,10 +215,11 @@ def measure(shapes: Sequence[Shape] = DEFAULT_SHAPES, rounds: int = 4,
         print(f"  single {single:.1f} tok/s, {concurrency} concurrent "
               f"{result.raw_tps[-1]:.1f} tok/s", flush=True)
         prompts: list[str] = []
-        for w, k, overlap in shapes:
-            print(f"  Data Advisor, W={w}, K={k}{', overlap' if overlap else ''}, {rounds} "
-                  "rounds ...", flush=True)
-            result.runs.append(_run(server, tmp, (w, k, overlap), rounds, concurrency, prompts))
+        for shape in shapes:
+            print(f"  Data Advisor, W={shape.w}, K={shape.k}"
+                  f"{', overlap' if shape.overlap else ''}{', delta' if shape.delta else ''}, "
+                  f"{rounds} rounds ...", flush=True)
+            result.runs.append(_run(server, tmp, shape, rounds, concurrency, prompts))
         result.raw_tps.append(throughput(client, name, concurrency, max_tokens))
         result.responder_tps = responder_throughput(
             client, name, prompts[: 2 * concurrency], concurrency, Context().responder_max_tokens)
@@ -211,16 +231,15 @@ def _run(server: EmbeddedServer, tmp: Path, shape: Shape, rounds: int,
          concurrency: int, prompts: list[str]) -> RunResult:
     """One Data Advisor run at W x K against the server (its kept prompts added to
     ``prompts``)."""
-    w, k, overlap = shape
+    w, k, overlap, delta = shape
     ctx = Context(base_url=server.base_url, model=server.model_name, rounds=rounds,
                   prompts_per_round=k, weaknesses_per_round=w, max_concurrency=concurrency,
-                  overlap_responses=overlap)
-    run = create_run(tmp / f"da-{w}x{k}{'o' if overlap else ''}", "data_advisor", ctx,
-                     embedded=False)
+                  overlap_responses=overlap, summary_update="delta" if delta else "rewrite")
+    run = create_run(tmp / f"da-{shape.label}", "data_advisor", ctx, embedded=False)
     before = server_counters(server.base_url)
     started = time.perf_counter()
     execute(run, resume=False, show_progress=False)
-    result = RunResult(w=w, k=k, rounds=rounds, overlap=overlap,
+    result = RunResult(w=w, k=k, rounds=rounds, overlap=overlap, delta=delta,
                        wall_s=time.perf_counter() - started)
     after = server_counters(server.base_url)
     result.server_tokens = {name: after[name] - before.get(name, 0.0) for name in after}
@@ -298,15 +317,18 @@ def report(r: VllmResult) -> str:
 
 
 def parse_shapes(text: str) -> list[Shape]:
-    """``"1x10,3x10o"`` -> ``[(1, 10, False), (3, 10, True)]`` (W x K, o: overlap)."""
+    """``"1x10,3x10od"`` -> ``[Shape(1, 10), Shape(3, 10, True, True)]`` (W x K, o: overlap,
+    d: delta summaries)."""
     shapes = []
     for item in text.split(","):
-        w, _, k = item.strip().lower().partition("x")
-        overlap = k.endswith("o")
-        k = k.removesuffix("o")
-        if not (w.isdigit() and k.isdigit() and int(w) > 0 and int(k) > 0):
-            raise argparse.ArgumentTypeError(f"{item!r}: write WxK or WxKo, e.g. 3x10o")
-        shapes.append((int(w), int(k), overlap))
+        w, _, rest = item.strip().lower().partition("x")
+        k = rest.rstrip("od")
+        flags = rest[len(k):]
+        if not (w.isdigit() and k.isdigit() and int(w) > 0 and int(k) > 0) \
+                or len(set(flags)) != len(flags):
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: write WxK, then o (overlap) and/or d (delta), e.g. 3x10od")
+        shapes.append(Shape(int(w), int(k), "o" in flags, "d" in flags))
     return shapes
 
 
@@ -315,8 +337,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=4, help="rounds of each run")
     parser.add_argument("--shapes", type=parse_shapes, default=DEFAULT_SHAPES,
-                        help="runs to compare, W x K each, o: answers in the background "
-                        "(default 1x10,3x10,3x10o,1x32)")
+                        help="runs to compare, W x K each, o: answers in the background, d: "
+                        "delta summaries (default 1x10,3x10,3x10o,1x32)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--model", help="HF id or local path (default: the embedded SmolLM2)")
     parser.add_argument("--log", type=Path, help="vLLM log file (default: a temporary one)")

@@ -12,7 +12,7 @@ The config (every key optional unless said otherwise; see ``configs/cpu-small.to
     decontaminate = [...]         # evaluation files no generated or training prompt may overlap
                                   # (default: the [evaluation] sets; [] for none)
     [generation]   methods, target_size, rounds, prompts_per_round (K), weaknesses_per_round
-                   (W), overlap_responses, examples_per_request,
+                   (W), overlap_responses, summary_update, examples_per_request,
                    base_url, model, advisor_url/_model, generator_url/_model,
                    responder_url/_model, judge (a prompt judge: llamaguard3 or llm; default
                    none), judge_url/_model, taxonomy, api_key_env, max_concurrency,
@@ -86,6 +86,9 @@ class GenerationConfig:
     overlap_responses: bool = False
     """Answer each round's prompts in the background while the next rounds run (the same
     data; ``graph.context.Context.overlap_responses``)."""
+    summary_update: str = "rewrite"
+    """``rewrite`` (the paper's summarizer) or ``delta`` (only the changed lines, merged by
+    the rule check; ``graph.context.Context.summary_update``)."""
     examples_per_request: int = 3
     base_url: str | None = None
     """OpenAI-compatible server for every role; without it, one embedded vLLM server."""
@@ -132,12 +135,32 @@ class GenerationConfig:
             raise ConfigError("[generation] judge = llamaguard3 needs judge_model (Llama Guard "
                               "3, served by an embedded server of its own) or judge_url; "
                               "without them the judge would be the generation model")
-        from graph.context import Context
+        from graph.context import SUMMARY_UPDATES, Context
 
+        if self.summary_update not in SUMMARY_UPDATES:
+            raise ConfigError(f"[generation] summary_update: got {self.summary_update!r}; "
+                              f"must be one of {', '.join(SUMMARY_UPDATES)}")
+        if self.summary_update == "delta" and self.context.get("rule_check") is False:
+            raise ConfigError("[generation] summary_update = delta needs the rule check (it "
+                              "merges the changed lines into the summary): drop rule_check = "
+                              "false from [generation.context], or use rewrite")
         known = {f.name for f in fields(Context)} - {"data_path"}
         unknown = sorted(set(self.context) - known)
         if unknown:
             raise ConfigError(f"[generation.context]: unknown Context field(s) {unknown}")
+        named = sorted(set(self.context) & OWN_KEYS)
+        if named:  # the section's own key would win over it without a word
+            raise ConfigError(f"[generation.context]: {', '.join(named)} belong(s) in "
+                              "[generation] itself (or, for seed, at the top of the config)")
+
+
+OWN_KEYS = frozenset({
+    "rounds", "target_size", "prompts_per_round", "weaknesses_per_round", "overlap_responses",
+    "summary_update", "examples_per_request", "seed", "api_key_env", "max_concurrency",
+    "seed_prompts_file", "seed_categories_file", "decontaminate",
+})
+"""Context fields the experiment sets from ``[generation]``'s own keys (or the config's top):
+refused in ``[generation.context]``, where they would be overridden."""
 
 
 @dataclass

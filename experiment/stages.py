@@ -312,6 +312,7 @@ class _Experiment:
                 "prompts_per_round": gen.prompts_per_round,
                 "weaknesses_per_round": gen.weaknesses_per_round,
                 "overlap_responses": gen.overlap_responses,
+                "summary_update": gen.summary_update,
                 "examples_per_request": gen.examples_per_request,
                 "seed": self.cfg.seed,
                 "api_key_env": gen.api_key_env,

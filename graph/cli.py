@@ -22,6 +22,7 @@ from rich.text import Text
 from graph.context import (
     JUDGE_KINDS,
     ROLES,
+    SUMMARY_UPDATES,
     Context,
     env_var,
     field_default,
@@ -98,6 +99,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "(same data; keeps the server busy during the critic's and summarizer's calls) "
         "(default: off, each round answered before the next, as in the paper; or "
         "$DATA_ADVISOR_OVERLAP_RESPONSES)",
+    )
+    p.add_argument(
+        "--summary-update", choices=SUMMARY_UPDATES,
+        help="how the summarizer updates the summary: 'rewrite' writes it whole (the paper), "
+        "'delta' writes only the changed lines, merged by the rule check (a short call a "
+        "round; needs the rule check) (default: rewrite, or $DATA_ADVISOR_SUMMARY_UPDATE)",
     )
     p.add_argument(
         "--prompts", type=Path,
@@ -253,6 +260,7 @@ def _context(args: argparse.Namespace) -> Context:
         "seed": args.seed,
         "rule_check": False if args.no_rule_check else None,
         "overlap_responses": args.overlap_responses,
+        "summary_update": args.summary_update,
         "prompts_dir": str(args.prompts) if args.prompts else None,
         "seed_prompts_file": str(args.seed_prompts) if args.seed_prompts else None,
         "seed_categories_file": str(args.seed_categories) if args.seed_categories else None,

@@ -42,6 +42,8 @@ any chat model with the ``prompt_judge`` template (``nodes.judge``)."""
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 SUMMARY_OVERFLOW = ("merge", "drop_oldest")
+SUMMARY_UPDATES = ("rewrite", "delta")
+"""How the summarizer answers (:attr:`Context.summary_update`)."""
 """What the rule check does past ``max_summary_lines`` (see ``nodes.rule_check``)."""
 
 DEFAULT_PRINCIPLES = (
@@ -112,6 +114,13 @@ class Context:
     is the same; a round's record is complete before all its answers are in. False: the
     paper's loop, each round answered before the next starts."""
     rule_check: bool = True
+    summary_update: str = "rewrite"
+    """How the summarizer updates the summary: ``rewrite`` (the paper's: it writes the whole
+    updated summary) or ``delta`` (it writes only the lines that change: each new category, or
+    the line of the old group a new category joins; the rule check merges them into the
+    summary, so it needs ``rule_check``). The same summary either way when the model follows
+    the template; ``delta`` makes the advisor's one sequential call a round short instead of
+    the size of the summary (``docs/generation-scale.md``)."""
     critic_attempts: int = 3
     max_summary_lines: int = 40
     summary_overflow: str = "merge"
@@ -206,6 +215,11 @@ class Context:
                 problems.append(f"{f.name}: must be {must} (the value given is not shown)")
             else:
                 problems.append(f"{f.name}: got {getattr(self, f.name)!r}; must be {must}")
+        if not problems and self.summary_update == "delta" and not self.rule_check:
+            problems.append(
+                "summary_update: got 'delta' with the rule check off; the rule check is what "
+                "merges a delta into the summary: turn it on, or use summary_update 'rewrite'"
+            )
         if problems:
             raise ContextError("; ".join(problems))
 
@@ -358,6 +372,9 @@ _RULES: dict[str, Rule] = {
     "max_summary_lines": _at_least(1),
     "summary_overflow": (
         lambda value: value in SUMMARY_OVERFLOW, "one of " + ", ".join(SUMMARY_OVERFLOW)
+    ),
+    "summary_update": (
+        lambda value: value in SUMMARY_UPDATES, "one of " + ", ".join(SUMMARY_UPDATES)
     ),
     "max_line_children": _at_least(1),
     "critic_hints": _at_least(0),

@@ -53,11 +53,12 @@ COLUMNS = (
 )
 TEMPLATES_OF_METHOD = {
     "data_advisor": ("weakness_critic", "weakness_critic_batch", "generator", "summarizer",
-                     "summarizer_batch", "responder", "prompt_judge"),
+                     "summarizer_batch", "summarizer_delta", "responder", "prompt_judge"),
     "self_instruct": ("self_instruct_generator", "responder", "prompt_judge"),
 }
 """The templates each method's nodes use (``graph/templates/``; the ``_batch`` ones when a
-round has several weaknesses; ``prompt_judge`` recorded only when the run's judge is ``llm``)."""
+round has several weaknesses; ``summarizer_delta`` with ``summary_update = "delta"``;
+``prompt_judge`` recorded only when the run's judge is ``llm``)."""
 SIZE_CATEGORIES = ("n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M",
                    "100M<n<1B", "1B<n<10B", "10B<n<100B", "100B<n<1T")
 """The Hub's size buckets, by powers of ten from 10^3 on (``n>1T`` above)."""

@@ -99,8 +99,9 @@ class State:
     weaknesses_novel: list[bool] = field(default_factory=list)
     """For each weakness, whether the critic found it new (else a fallback)."""
     proposed_summary: list[str] = field(default_factory=list)
-    """The summarizer's update, before the rule check; emptied once the rule check has used
-    it (the round record keeps it as ``summary_proposed``)."""
+    """The summarizer's update, before the rule check (the whole summary, or its changed
+    lines with ``Context.summary_update = "delta"``); emptied once the rule check has used it
+    (the round record keeps it as ``summary_proposed``)."""
     batches: Annotated[list[Batch], merge_batches] = field(default_factory=list)
     """The round's kept prompts, one batch per generator task (at most K each, replaced every
     round, so that a Studio user sees what each round produced): :func:`merge_batches`."""

@@ -41,6 +41,7 @@ SPECS: dict[str, TemplateSpec] = {
     "self_instruct_generator": TemplateSpec(frozenset({"examples"})),
     "summarizer": TemplateSpec(frozenset({"summary", "weakness"}), frozenset({"prompts"})),
     "summarizer_batch": TemplateSpec(frozenset({"summary", "categories"}), frozenset({"count"})),
+    "summarizer_delta": TemplateSpec(frozenset({"summary", "categories"}), frozenset({"count"})),
     "responder": TemplateSpec(frozenset()),
     "prompt_judge": TemplateSpec(frozenset({"prompt", "categories"})),
 }
@@ -48,6 +49,8 @@ SPECS: dict[str, TemplateSpec] = {
 ``_batch`` templates are the critic's and the summarizer's when a round has several weaknesses
 (``Context.weaknesses_per_round`` > 1, or the critic asked for the ones still missing):
 ``{count}`` categories at once; with one, the paper's ``weakness_critic`` and ``summarizer``.
+``summarizer_delta`` is the summarizer's at any W with ``Context.summary_update = "delta"``: it
+asks for the changed lines only.
 The critic's ``{failures}`` is empty unless the run steers from a trained model's failures
 (``Context.steer_from``): then a paragraph starting with two newlines.
 The critic's optional ``{coverage}`` is the measured prompts per taxonomy category when a judge

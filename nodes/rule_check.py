@@ -4,12 +4,13 @@ The summary has two kinds of lines: a category (``Animal cruelty``) and a *group
 categories under a parent (``Fraud: pensioner; online; phone``: the pensioner, online and phone
 fraud categories, each child written without the parent's words). See :func:`split_line`.
 
-Rules: no line of the previous summary is lost; each of the round's new categories (one, or W
-of them) is present (unless it was already covered), on a line of its own that does not restate
-an old one, or as a new child of the old group it belongs to; no category is longer than
-``max_line_words`` words; no duplicate lines; no line that is neither an old one nor a new
-category. At most ``max_summary_lines``
-lines: when the bound is exceeded the summary is compacted, by default by merging related lines
+Rules (the proposal is the whole summary, or with ``Context.summary_update = "delta"`` the
+changed lines only, the others kept as they were): no line of the previous summary is lost;
+each of the round's new categories (one, or W of them) is present (unless it was already
+covered), on a line of its own that does not restate an old one, or as a new child of the old
+group it belongs to; no category is longer than ``max_line_words`` words; no duplicate lines;
+no line that is neither an old one nor a new category. At most ``max_summary_lines`` lines:
+when the bound is exceeded the summary is compacted, by default by merging related lines
 under a parent (``summary_overflow = "merge"``, the paper's "merge similar issues"): the oldest
 line that shares a word with another joins it in a group named by the shared words (a line
 sharing no word joins the ``Other`` group). A group lists at most ``max_line_children``
@@ -138,10 +139,14 @@ def check_summary(
     max_lines: int,
     max_children: int = 50,
     overflow: str = "merge",
+    delta: bool = False,
 ) -> Checked:
     """Check the proposed summary against the previous one and the round's new categories
     (one, or a round's W). Every new category not covered already must be present, each on
-    its own line or as a new kind of an old group, no two on one line."""
+    its own line or as a new kind of an old group, no two on one line.
+
+    ``delta``: the proposal is the changed lines only (``Context.summary_update``): an old line
+    it does not repeat is kept as it is, not restored as lost; the rest is checked alike."""
     corrections: list[str] = []
     news = [new_categories] if isinstance(new_categories, str) else list(new_categories)
     old_names = summary_names(previous)
@@ -202,7 +207,7 @@ def check_summary(
                  if i not in absorbed or i in merged]
         placed |= with_new
     for line in previous:
-        if normalize(line) not in seen:
+        if normalize(line) not in seen and not delta:
             corrections.append(f"restored lost line: {line!r}")
     for category in pending:
         verdicts[category] = "accepted" if category in placed else "added"
@@ -402,6 +407,7 @@ def rule_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         max_lines=ctx.max_summary_lines,
         max_children=ctx.max_line_children,
         overflow=ctx.summary_overflow,
+        delta=ctx.summary_update == "delta",
     )
     run_store(runtime).update_round(
         state.round,

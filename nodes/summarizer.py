@@ -2,7 +2,8 @@
 
 A new instance is one of the round's weaknesses (its category) with a few of its kept prompts;
 a round has W of them, all given in one call (W = 1: the paper's ``summarizer`` template,
-several: ``summarizer_batch``). The
+several: ``summarizer_batch``; with ``Context.summary_update = "delta"``, ``summarizer_delta``
+at any W, which asks for the changed lines only, merged by the rule check). The
 summary is structured: one category per line (at most ``max_line_words`` words) or a group of
 related categories under a parent, ``Parent: kind; kind`` (see ``nodes.rule_check``). The
 update is proposed to the rule check; with the rule check off, it is taken as it is, its last
@@ -39,7 +40,14 @@ def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         (weakness, store.get_samples(batch.get("prompt_ids", [])[:EXAMPLES_IN_SUMMARY_PROMPT]))
         for weakness, batch in zip(state.weaknesses, _by_index(state), strict=True)
     ]
-    if len(instances) == 1:  # the paper's instance: one category and its prompts
+    if ctx.summary_update == "delta":  # the changed lines only: the rule check merges them
+        message = render(
+            templates(runtime)["summarizer_delta"],
+            summary=bullets(state.summary),
+            count=str(len(instances)),
+            categories=_categories(instances),
+        )
+    elif len(instances) == 1:  # the paper's instance: one category and its prompts
         [(weakness, samples)] = instances
         message = render(
             templates(runtime)["summarizer"],
@@ -52,8 +60,7 @@ def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             templates(runtime)["summarizer_batch"],
             summary=bullets(state.summary),
             count=str(len(instances)),
-            categories="\n".join(new_category(w, [s["prompt"] for s in samples])
-                                 for w, samples in instances),
+            categories=_categories(instances),
         )
     answer = ask_advisor(runtime, message, ctx.summarizer_max_tokens)
     proposed = parse_summary(str(answer.content))[: 2 * ctx.max_summary_lines]
@@ -73,6 +80,10 @@ def _by_index(state: State) -> list[dict[str, Any]]:
     kept no prompt)."""
     found = {batch["index"]: batch for batch in state.batches if "index" in batch}
     return [found.get(i, {}) for i in range(len(state.weaknesses))]
+
+
+def _categories(instances: list[tuple[str, list[dict[str, Any]]]]) -> str:
+    return "\n".join(new_category(w, [s["prompt"] for s in samples]) for w, samples in instances)
 
 
 def new_category(weakness: str, prompts: list[str]) -> str:

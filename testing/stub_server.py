@@ -47,6 +47,7 @@ it (:func:`recognise_node`) by these endings, the last line of each node's templ
 * ``"Updated summary:"`` (``summarizer``, ``summarizer_batch``): the lines under
   ``"Current summary:"`` (list markers removed) followed by each new category from
   ``category "X"``, one per line;
+* ``"New lines:"`` (``summarizer_delta``): only the new categories, one per line;
 * ``"Assessment:"`` (``prompt_judge``, the ``llm`` prompt judge): ``Harmful: no`` for about one
   prompt in five, else ``Harmful: yes`` and a Llama Guard 3 code, a CRC of the prompt after
   ``User request:`` (:func:`judge_verdict`);
@@ -83,6 +84,7 @@ Handler = Callable[[dict[str, Any]], str]
 CATEGORY_MARKER = "Category:"
 REQUEST_MARKER = "Request:"
 SUMMARY_MARKER = "Updated summary:"
+DELTA_MARKER = "New lines:"
 
 CATEGORIES_MARKER = "Categories:"
 JUDGE_MARKER = "Assessment:"
@@ -94,6 +96,7 @@ NODE_MARKERS: dict[str, str] = {
     "self_instruct_generator": REQUEST_MARKER,
     "summarizer": SUMMARY_MARKER,
     "summarizer_batch": SUMMARY_MARKER,
+    "summarizer_delta": DELTA_MARKER,
     "prompt_judge": JUDGE_MARKER,
 }
 """The ending by which the stub recognises each template's node; the two generators are told
@@ -461,6 +464,14 @@ def updated_summary(prompt: str) -> str:
     return "\n".join(lines)
 
 
+def new_summary_lines(prompt: str) -> str:
+    """The new categories (each ``category "X"``) not among the current summary's lines, one
+    per line: what ``summarizer_delta`` asks for."""
+    old = {line.lower() for line in _block_after(prompt, "Current summary:")}
+    lines = updated_summary(prompt).splitlines()
+    return "\n".join(line for line in lines if line.lower() not in old)
+
+
 def safe_response(prompt: str) -> str:
     """A deterministic refusal that points to safe help (about 25 words)."""
     digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
@@ -500,6 +511,7 @@ _ANSWERS: dict[str, Callable[[str], str]] = {
     "self_instruct_generator": harmful_request,
     "summarizer": updated_summary,
     "summarizer_batch": updated_summary,
+    "summarizer_delta": new_summary_lines,
     "responder": safe_response,
     "prompt_judge": judge_verdict,
 }

@@ -232,6 +232,9 @@ def test_the_stub_recognises_every_template_as_the_nodes_render_it(
     (tmp_path / "batched").mkdir()  # the _batch templates: several weaknesses a round
     run_graph("data_advisor", make_context(stub, tmp_path / "batched", rounds=2,
                                            prompts_per_round=2, weaknesses_per_round=3))
+    (tmp_path / "delta").mkdir()  # the summarizer's delta template
+    run_graph("data_advisor", make_context(stub, tmp_path / "delta", rounds=2,
+                                           prompts_per_round=2, summary_update="delta"))
     (tmp_path / "judged").mkdir()  # the llm prompt judge's
     run_graph("data_advisor", make_context(stub, tmp_path / "judged", rounds=1,
                                            prompts_per_round=2, judge="llm"))
