@@ -88,6 +88,10 @@ class Context:
     generator_max_tokens: int = 64
     critic_max_tokens: int = 24
     summarizer_max_tokens: int = 320
+    summarizer_delta_tokens: int = 24
+    """With ``summary_update = "delta"``: output tokens per new category (a line of a few
+    words, or ``Group: kind``); the answer is bounded by W times this (at most
+    ``summarizer_max_tokens``)."""
     responder_max_tokens: int = 256
     judge_temperature: float = 0.0
     judge_max_tokens: int = 20
@@ -120,7 +124,8 @@ class Context:
     the line of the old group a new category joins; the rule check merges them into the
     summary, so it needs ``rule_check``). The same summary either way when the model follows
     the template; ``delta`` makes the advisor's one sequential call a round short instead of
-    the size of the summary (``docs/generation-scale.md``)."""
+    the size of the summary, bounded by ``summarizer_delta_tokens`` a category
+    (``docs/generation-scale.md``)."""
     critic_attempts: int = 3
     max_summary_lines: int = 40
     summary_overflow: str = "merge"
@@ -361,6 +366,7 @@ _RULES: dict[str, Rule] = {
     "top_p": ((lambda value: 0 < value <= 1), "> 0 and <= 1"),
     **{f"{node}_max_tokens": _at_least(1)
        for node in ("generator", "critic", "summarizer", "responder", "judge")},
+    "summarizer_delta_tokens": _at_least(1),
     "judge": (lambda value: value in JUDGE_KINDS, "one of " + ", ".join(JUDGE_KINDS)),
     "taxonomy": _non_empty(),
     "prompts_per_round": _at_least(1),

@@ -146,13 +146,16 @@ def check_summary(
     its own line or as a new kind of an old group, no two on one line.
 
     ``delta``: the proposal is the changed lines only (``Context.summary_update``): an old line
-    it does not repeat is kept as it is, not restored as lost; the rest is checked alike."""
+    it does not repeat is kept as it is, not restored as lost, and ``Group: kind`` (an old
+    group's label and new kinds) stands for the group's line with them added; the rest is
+    checked alike."""
     corrections: list[str] = []
     news = [new_categories] if isinstance(new_categories, str) else list(new_categories)
     old_names = summary_names(previous)
     pending = list(dict.fromkeys(c for c in news if not overlaps(c, old_names)))
     verdicts = {c: "already covered" for c in news if c not in pending}
-    lines = _clean_lines(proposed, max_words, corrections)
+    lines = _clean_lines(_expanded(proposed, previous) if delta else proposed, max_words,
+                         corrections)
     old = {normalize(line) for line in previous}
     old_groups = {normalize(g.label): i for i, g in enumerate(map(split_line, previous))
                   if g.is_group}
@@ -217,6 +220,24 @@ def check_summary(
     if len(final) > max_lines:
         final = _compact(final, max_lines, max_children, overflow, corrections)
     return Checked(final, corrections, verdicts)
+
+
+def _expanded(delta: list[str], previous: list[str]) -> list[str]:
+    """A delta's ``Group: kind`` lines (an old group's label, then kinds) as the group's whole
+    line with the kinds added; any other line as it is."""
+    groups = {normalize(g.label): g for g in map(split_line, previous) if g.is_group}
+    lines = []
+    for line in delta:
+        label, sep, rest = line.partition(":")
+        group = groups.get(normalize(label)) if sep else None
+        kinds = [k.strip() for k in rest.split(";") if k.strip()]
+        if group is None or not kinds or split_line(line).more:
+            lines.append(line)
+            continue
+        known = {normalize(c) for c in group.children}
+        added = [k for k in kinds if normalize(k) not in known]
+        lines.append(Line(group.label, [*group.children, *added], group.more).render())
+    return lines
 
 
 def _distinct_new(found: list[str | None]) -> list[str] | None:

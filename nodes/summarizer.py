@@ -40,7 +40,9 @@ def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         (weakness, store.get_samples(batch.get("prompt_ids", [])[:EXAMPLES_IN_SUMMARY_PROMPT]))
         for weakness, batch in zip(state.weaknesses, _by_index(state), strict=True)
     ]
+    max_tokens = ctx.summarizer_max_tokens
     if ctx.summary_update == "delta":  # the changed lines only: the rule check merges them
+        max_tokens = min(max_tokens, ctx.summarizer_delta_tokens * len(instances))
         message = render(
             templates(runtime)["summarizer_delta"],
             summary=bullets(state.summary),
@@ -62,7 +64,7 @@ def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             count=str(len(instances)),
             categories=_categories(instances),
         )
-    answer = ask_advisor(runtime, message, ctx.summarizer_max_tokens)
+    answer = ask_advisor(runtime, message, max_tokens)
     proposed = parse_summary(str(answer.content))[: 2 * ctx.max_summary_lines]
     update: dict[str, Any] = {"proposed_summary": proposed}
     fields: dict[str, Any] = {"summary_proposed": proposed}

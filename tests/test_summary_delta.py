@@ -35,6 +35,8 @@ def test_a_delta_extends_an_old_group_and_may_merge_old_lines() -> None:
                           ["Pensioner fraud"], **DELTA)
     assert grown.summary == ["Animal cruelty", "Fraud: online; phone; pensioner", "Tax evasion"]
     assert grown.corrections == [] and grown.verdicts == {"Pensioner fraud": "accepted"}
+    short = check_summary(previous, ["Fraud: pensioner"], ["Pensioner fraud"], **DELTA)
+    assert short == grown  # "Group: kind" stands for the group's line with the kind added
     previous = ["Animal cruelty", "Tax fraud"]
     merged = check_summary(previous, ["Fraud: tax; insurance"], ["Insurance fraud"], **DELTA)
     assert merged.summary == ["Animal cruelty", "Fraud: tax; insurance"]
@@ -69,16 +71,18 @@ def test_the_same_summaries_and_rows_as_the_rewrite(tmp_path: Path, w: int) -> N
                                 for s in store.samples()],
                                [(r["summary_after"], r["rule_check"]) for r in store.rounds()],
                                [r["summary_proposed"] for r in store.rounds()])
-            kinds = [recognise_node(b["messages"][-1]["content"]) for b in stub.requests]
-            out[update + " kinds"] = {k for k in kinds if k.startswith("summarizer")}
+            asked = {(recognise_node(b["messages"][-1]["content"]), b["max_completion_tokens"])
+                     for b in stub.requests}
+            out[update + " kinds"] = {a for a in asked if a[0].startswith("summarizer")}
     assert out["delta"][:2] == out["rewrite"][:2]
     rows, rounds, proposed = out["delta"]
     assert len(rows) == 4 * w * 3
     assert all(verdict == "accepted" for _, verdict in rounds)
     assert [len(p) for p in proposed] == [w] * 4  # the new lines, not the whole summary
     assert [len(p) for p in out["rewrite"][2]] == [len(s) for s, _ in rounds]
-    assert out["delta kinds"] == {"summarizer_delta"}
-    assert out["rewrite kinds"] == {"summarizer" if w == 1 else "summarizer_batch"}
+    # a delta's answer is bounded by summarizer_delta_tokens a category
+    assert out["delta kinds"] == {("summarizer_delta", 24 * w)}
+    assert out["rewrite kinds"] == {("summarizer" if w == 1 else "summarizer_batch", 320)}
 
 
 def test_delta_needs_the_rule_check_and_the_cli_and_config_take_it(tmp_path: Path) -> None:
