@@ -15,7 +15,9 @@ log in a temporary folder) and measures, side by side in one process:
    on the same server: kept
    prompts per minute, run tokens/s (the sum of the round records' output ``tokens`` over the
    run's wall time) and the latter over the raw 32-concurrent tokens/s (aim: >= 0.7 at
-   W x K >= 30), with the server's own prompt and generation token counters over each run.
+   W x K >= 30), with the server's own prompt and generation token counters over each run and
+   its requests running, sampled every half second (mean, and the share of the run with at
+   most one request running: the advisor's single calls alone).
    Per node, the share of the run's time and its tokens/s show where the server is under-used
    (single sequential calls, batches smaller than 32).
 
@@ -33,6 +35,7 @@ import argparse
 import os
 import statistics
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -75,6 +78,19 @@ class RunResult:
     node_tokens: dict[str, int] = field(default_factory=dict)
     server_tokens: dict[str, float] = field(default_factory=dict)
     """Prompt and generated tokens the server counted during the run (its /metrics)."""
+    running: list[float] = field(default_factory=list)
+    """The server's requests running (``vllm:num_requests_running``), sampled every
+    :data:`SAMPLE_S` seconds during the run."""
+
+    def share_running(self, at_most: int) -> float:
+        """Share of the samples with at most ``at_most`` requests running."""
+        return sum(n <= at_most for n in self.running) / len(self.running) if self.running \
+            else float("nan")
+
+    @property
+    def mean_running(self) -> float:
+        """Mean requests running over the run."""
+        return statistics.fmean(self.running) if self.running else float("nan")
 
     @property
     def shape(self) -> str:
@@ -124,6 +140,32 @@ def _request(client: openai.OpenAI, model: str, i: int, max_tokens: int) -> int:
         extra_body={"ignore_eos": True},
     )
     return answer.usage.completion_tokens if answer.usage else 0
+
+
+SAMPLE_S = 0.5
+"""Seconds between two readings of the server's requests running."""
+
+
+@contextmanager
+def sampled_running(base_url: str, into: list[float]) -> Iterator[None]:
+    """Read ``vllm:num_requests_running`` every :data:`SAMPLE_S` seconds into ``into`` while
+    the block runs (a thread of its own)."""
+    done = threading.Event()
+
+    def sample() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not done.wait(SAMPLE_S):
+                text = client.get(base_url.removesuffix("/v1") + "/metrics").text
+                into.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                                if line.startswith("vllm:num_requests_running")))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def server_counters(base_url: str) -> dict[str, float]:
@@ -237,10 +279,12 @@ def _run(server: EmbeddedServer, tmp: Path, shape: Shape, rounds: int,
                   overlap_responses=overlap, summary_update="delta" if delta else "rewrite")
     run = create_run(tmp / f"da-{shape.label}", "data_advisor", ctx, embedded=False)
     before = server_counters(server.base_url)
+    running: list[float] = []
     started = time.perf_counter()
-    execute(run, resume=False, show_progress=False)
+    with sampled_running(server.base_url, running):
+        execute(run, resume=False, show_progress=False)
     result = RunResult(w=w, k=k, rounds=rounds, overlap=overlap, delta=delta,
-                       wall_s=time.perf_counter() - started)
+                       wall_s=time.perf_counter() - started, running=running)
     after = server_counters(server.base_url)
     result.server_tokens = {name: after[name] - before.get(name, 0.0) for name in after}
     with RunStore(run.db_path, run.run_id) as store:
@@ -284,7 +328,8 @@ def report(r: VllmResult) -> str:
     rows = [[run.shape, run.w * run.k, run.wall_s, run.kept, run.kept_per_minute,
              run.tps, r.ratio(run), run.tps / r.responder_tps if r.responder_tps else 0.0,
              run.server_tokens.get("prompt_tokens", 0.0),
-             run.server_tokens.get("generation_tokens", 0.0)] for run in r.runs]
+             run.server_tokens.get("generation_tokens", 0.0), run.mean_running,
+             run.share_running(1), run.share_running(0)] for run in r.runs]
     lines = [
         f"vLLM {r.model}: started in {r.startup_s:.0f} s; load average {r.loadavg[0]:.1f} -> "
         f"{r.loadavg[1]:.1f}",
@@ -300,7 +345,10 @@ def report(r: VllmResult) -> str:
         "same over the responder's own requests):",
         *("    " + line for line in table(rows, [
             "W x K", "a round", "seconds", "kept", "kept/min", "run tok/s", "ratio",
-            "over responder", "server prompt tok", "server gen tok"]).splitlines()),
+            "over responder", "server prompt tok", "server gen tok", "mean running",
+            "share <= 1 running", "share idle"]).splitlines()),
+        f"  (running: the server's requests running, read from /metrics every {SAMPLE_S} s; "
+        "share <= 1: when at most the advisor's single call ran)",
     ]
     for run in r.runs:
         nodes = [[node, run.node_seconds[node], run.node_seconds[node] / run.wall_s,
