@@ -99,9 +99,14 @@ class State:
     weaknesses_novel: list[bool] = field(default_factory=list)
     """For each weakness, whether the critic found it new (else a fallback)."""
     proposed_summary: list[str] = field(default_factory=list)
-    """The summarizer's update, before the rule check (the whole summary, or its changed
-    lines with ``Context.summary_update = "delta"``); emptied once the rule check has used it
-    (the round record keeps it as ``summary_proposed``)."""
+    """The summarizer's update, before the rule check, as what it changes: the lines it adds or
+    rewrites, in its order (a rewrite's unchanged old lines are not repeated: the state would
+    carry a second copy of the summary; :attr:`summary_dropped` has the old lines it left out).
+    Emptied once the rule check has used it (the round record keeps the whole proposal as
+    ``summary_proposed``)."""
+    summary_dropped: list[str] = field(default_factory=list)
+    """The old lines the summarizer's rewrite left out (the rule check restores them); empty
+    for a delta update (``Context.summary_update``), which repeats no old line."""
     batches: Annotated[list[Batch], merge_batches] = field(default_factory=list)
     """The round's kept prompts, one batch per generator task (at most K each, replaced every
     round, so that a Studio user sees what each round produced): :func:`merge_batches`."""

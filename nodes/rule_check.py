@@ -222,6 +222,26 @@ def check_summary(
     return Checked(final, corrections, verdicts)
 
 
+def changes(previous: list[str], proposed: list[str]) -> tuple[list[str], list[str]]:
+    """A rewritten summary as what it changes: its lines that are not old ones (in order) and
+    the old lines it left out (:attr:`graph.state.State.proposed_summary`)."""
+    old = {normalize(line) for line in previous}
+    kept = {normalize(line) for line in proposed}
+    return ([line for line in proposed if normalize(line) not in old],
+            [line for line in previous if normalize(line) not in kept])
+
+
+def rewritten(previous: list[str], added: list[str], dropped: list[str]) -> list[str]:
+    """The rewrite :func:`changes` took apart (the old lines kept, then the others); the same
+    check result as the rewrite as it was written. A proposal that repeats an old line is a
+    whole one (a checkpoint written before proposals were kept as changes): as it is."""
+    old = {normalize(line) for line in previous}
+    if any(normalize(line) in old for line in added):
+        return added
+    gone = {normalize(line) for line in dropped}
+    return [line for line in previous if normalize(line) not in gone] + added
+
+
 def _expanded(delta: list[str], previous: list[str]) -> list[str]:
     """A delta's ``Group: kind`` lines (an old group's label, then kinds) as the group's whole
     line with the kinds added; any other line as it is."""
@@ -420,15 +440,17 @@ def _merge(a: Line, b: Line, label: str, max_children: int) -> Line:
 def rule_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Check and correct the proposed summary, with the round's W new categories."""
     ctx, watch = runtime.context, Stopwatch()
+    delta = ctx.summary_update == "delta"
     summary, corrections, verdicts = check_summary(
         state.summary,
-        state.proposed_summary,
+        state.proposed_summary if delta
+        else rewritten(state.summary, state.proposed_summary, state.summary_dropped),
         state.weaknesses,
         max_words=ctx.max_line_words,
         max_lines=ctx.max_summary_lines,
         max_children=ctx.max_line_children,
         overflow=ctx.summary_overflow,
-        delta=ctx.summary_update == "delta",
+        delta=delta,
     )
     run_store(runtime).update_round(
         state.round,
@@ -440,4 +462,4 @@ def rule_check(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     )
     # the proposal is consumed (the round record keeps it): every later checkpoint of the run
     # would carry a second copy of the summary
-    return {"summary": summary, "proposed_summary": []}
+    return {"summary": summary, "proposed_summary": [], "summary_dropped": []}

@@ -22,6 +22,7 @@ from graph.state import State
 from graph.templates import render
 from nodes.common import Stopwatch, ask_advisor, bullets, run_store, templates
 from nodes.filters import clean_line
+from nodes.rule_check import changes
 from tools.llm import output_tokens
 
 EXAMPLES_IN_SUMMARY_PROMPT = 3
@@ -66,10 +67,13 @@ def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         )
     answer = ask_advisor(runtime, message, max_tokens)
     proposed = parse_summary(str(answer.content))[: 2 * ctx.max_summary_lines]
-    update: dict[str, Any] = {"proposed_summary": proposed}
+    added, dropped = (proposed, []) if ctx.summary_update == "delta" \
+        else changes(state.summary, proposed)
+    update: dict[str, Any] = {"proposed_summary": added, "summary_dropped": dropped}
     fields: dict[str, Any] = {"summary_proposed": proposed}
     if not ctx.rule_check:  # taken as it is: no rule check will consume the proposal
-        update = {"summary": proposed[-ctx.max_summary_lines :], "proposed_summary": []}
+        update = {"summary": proposed[-ctx.max_summary_lines :], "proposed_summary": [],
+                  "summary_dropped": []}
         fields |= {"summary_after": update["summary"], "rule_check": "skipped"}
     store.update_round(
         state.round, **fields, timing=("summarizer", watch.seconds, output_tokens([answer]))

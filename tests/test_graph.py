@@ -156,6 +156,11 @@ def test_summarizer_and_responder_run_side_by_side(stub, context, tmp_path):
         assert state.proposed_summary == [] and all(r["summary_proposed"] for r in store.rounds())
         later = [h for h in history if h.next == ("weakness_critic",) and h.values.get("summary")]
         assert later and not any(h.values.get("proposed_summary") for h in later)
+        if rule_check:  # before the rule check the proposal is what it changes: no old line
+            checked = [h.values for h in history if h.next == ("rule_check",)]
+            assert len(checked) == 2 and all(
+                v["proposed_summary"] and not set(v["proposed_summary"]) & set(v["summary"])
+                and v["summary_dropped"] == [] for v in checked)
 
 
 def test_self_instruct_baseline(stub, context):

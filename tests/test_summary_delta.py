@@ -10,7 +10,7 @@ import pytest
 from conftest import make_context, run_graph
 
 from graph.context import Context, ContextError
-from nodes.rule_check import check_summary
+from nodes.rule_check import changes, check_summary, rewritten
 from testing.stub_server import StubServer, recognise_node, reset_request_counter
 from tools.store import RunStore
 
@@ -49,6 +49,26 @@ def test_a_delta_line_that_is_not_new_is_removed_and_a_missing_category_added() 
     assert checked.summary == ["Animal cruelty", "Tax evasion"]
     assert checked.verdicts == {"Tax evasion": "added"}
     assert any("not a new category" in c for c in checked.corrections)
+
+
+@pytest.mark.parametrize("proposed", [
+    ["Animal cruelty", "Fraud: online; phone", "Tax evasion"],  # accepted
+    ["Fraud: online; phone", "Tax evasion"],  # a line lost
+    ["Animal cruelty", "Fraud: online; phone; tax"],  # an old group extended
+    ["Fraud: online; phone", "Cruelty: animal; tax evasion", "Cooking"],  # a merge, a stray
+    ["Tax evasion", "Animal cruelty", "Tax evasion", "Fraud: online; phone"],  # a duplicate
+])
+def test_a_rewrite_kept_as_its_changes_checks_as_the_rewrite(proposed: list[str]) -> None:
+    """The state carries a rewrite as its new lines and the old lines it dropped
+    (``rule_check.changes``): rebuilt, it checks to the same summary and corrections."""
+    previous = ["Animal cruelty", "Fraud: online; phone"]
+    added, dropped = changes(previous, proposed)
+    assert not set(added) & set(previous)
+    as_written = check_summary(previous, proposed, ["Tax evasion"], **LIMITS)
+    assert check_summary(previous, rewritten(previous, added, dropped), ["Tax evasion"],
+                         **LIMITS) == as_written
+    # a whole proposal in a checkpoint written before the change: taken as it is
+    assert rewritten(previous, proposed, []) == proposed
 
 
 @pytest.mark.parametrize("w", [1, 3])
