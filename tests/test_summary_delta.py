@@ -106,9 +106,15 @@ def test_the_same_summaries_and_rows_as_the_rewrite(tmp_path: Path, w: int) -> N
 
 
 def test_delta_needs_the_rule_check_and_the_cli_and_config_take_it(tmp_path: Path) -> None:
+    from langgraph.checkpoint.memory import InMemorySaver
+
     from experiment.cli import main
     from experiment.config import ConfigError, load_config
+    from graph.context import StudioContext
+    from graph.graph import compile_graph
     from graph.runner import Run
+    from graph.studio import in_run_folder
+    from tools.store import close_shared
 
     with pytest.raises(ContextError, match="summary_update: got 'delta' with the rule check"):
         Context(summary_update="delta", rule_check=False)
@@ -128,7 +134,21 @@ def test_delta_needs_the_rule_check_and_the_cli_and_config_take_it(tmp_path: Pat
         assert main(["run", "--base-url", stub.base_url, "--model", "stub", "--rounds", "2",
                      "-k", "2", "--summary-update", "delta", "--run", str(tmp_path / "cli"),
                      "--no-progress"]) == 0
-    run = Run.load(tmp_path / "cli")
-    assert run.context.summary_update == "delta"
-    with RunStore(run.db_path, run.run_id) as store:
-        assert [len(r["summary_proposed"]) for r in store.rounds()] == [1, 1]
+        run = Run.load(tmp_path / "cli")
+        assert run.context.summary_update == "delta"
+        with RunStore(run.db_path, run.run_id) as store:
+            assert [len(r["summary_proposed"]) for r in store.rounds()] == [1, 1]
+        studio = StudioContext(base_url=stub.base_url, model="stub", rounds=2,
+                               prompts_per_round=2, weaknesses_per_round=2,
+                               summary_update="delta", runs_dir=str(tmp_path / "runs"))
+        graph = compile_graph("data_advisor", InMemorySaver(), context_schema=StudioContext,
+                              start=in_run_folder("data_advisor"))
+        try:
+            final = graph.invoke({}, {"configurable": {"thread_id": "s1"}}, context=studio)
+        finally:
+            close_shared()
+    with RunStore(str(tmp_path / "runs" / "s1" / "run.sqlite"), "s1") as store:
+        rounds = store.rounds()
+    assert [len(r["summary_proposed"]) for r in rounds] == [2, 2]
+    assert all(r["rule_check"] == "accepted" for r in rounds)
+    assert final["kept"] == 8 and len(final["summary"]) == len(rounds[0]["summary_before"]) + 4
