@@ -42,9 +42,9 @@ any chat model with the ``prompt_judge`` template (``nodes.judge``)."""
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 SUMMARY_OVERFLOW = ("merge", "drop_oldest")
+"""What the rule check does past ``max_summary_lines`` (see ``nodes.rule_check``)."""
 SUMMARY_UPDATES = ("rewrite", "delta")
 """How the summarizer answers (:attr:`Context.summary_update`)."""
-"""What the rule check does past ``max_summary_lines`` (see ``nodes.rule_check``)."""
 
 DEFAULT_PRINCIPLES = (
     "diversity of the requests and coverage of as many distinct harm categories as possible"
@@ -120,8 +120,8 @@ class Context:
     rule_check: bool = True
     summary_update: str = "rewrite"
     """How the summarizer updates the summary: ``rewrite`` (the paper's: it writes the whole
-    updated summary) or ``delta`` (it writes only the lines that change: each new category, or
-    the line of the old group a new category joins; the rule check merges them into the
+    updated summary) or ``delta`` (it writes only what the summary gains: each new category,
+    or ``Group: kind`` for one that joins an old group; the rule check merges them into the
     summary, so it needs ``rule_check``). The same summary either way when the model follows
     the template; ``delta`` makes the advisor's one sequential call a round short instead of
     the size of the summary, bounded by ``summarizer_delta_tokens`` a category

@@ -232,8 +232,9 @@ def changes(previous: list[str], proposed: list[str]) -> tuple[list[str], list[s
 
 
 def rewritten(previous: list[str], added: list[str], dropped: list[str]) -> list[str]:
-    """The rewrite :func:`changes` took apart (the old lines kept, then the others); the same
-    check result as the rewrite as it was written. A proposal that repeats an old line is a
+    """The rewrite :func:`changes` took apart (the old lines kept, then the others): it checks
+    to the same summary and corrections as the rewrite as it was written, but for an old line
+    written twice (no "removed duplicate line" then). A proposal that repeats an old line is a
     whole one (a checkpoint written before proposals were kept as changes): as it is."""
     old = {normalize(line) for line in previous}
     if any(normalize(line) in old for line in added):
