@@ -156,8 +156,7 @@ def sampled_running(base_url: str, into: list[float]) -> Iterator[None]:
         with httpx.Client(timeout=10) as client:
             while not done.wait(SAMPLE_S):
                 text = client.get(base_url.removesuffix("/v1") + "/metrics").text
-                into.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                                if line.startswith("vllm:num_requests_running")))
+                into.append(metric(text, "vllm:num_requests_running"))
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -171,12 +170,14 @@ def sampled_running(base_url: str, into: list[float]) -> Iterator[None]:
 def server_counters(base_url: str) -> dict[str, float]:
     """vLLM's Prometheus counters of prompt and generated tokens (``/metrics``)."""
     text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=30).text
-    totals: dict[str, float] = defaultdict(float)
-    for line in text.splitlines():
-        for name in ("prompt_tokens", "generation_tokens"):
-            if line.startswith(f"vllm:{name}_total"):
-                totals[name] += float(line.rsplit(" ", 1)[1])
-    return dict(totals)
+    return {name: metric(text, f"vllm:{name}_total")
+            for name in ("prompt_tokens", "generation_tokens")}
+
+
+def metric(text: str, name: str) -> float:
+    """A Prometheus metric's value in ``/metrics`` text, summed over its label sets."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "))
 
 
 def responder_throughput(client: openai.OpenAI, model: str, prompts: Sequence[str],
