@@ -7,7 +7,11 @@ GPU that supports it) and prints
 
 - tokens/s over the whole ``trainer.train()`` call (non-padding tokens / train runtime),
 - steady-state tokens/s (steps after the first, from per-step wall times),
-- peak resident memory of the process (``resource.getrusage`` ``ru_maxrss``).
+- peak resident memory of the process (``resource.getrusage`` ``ru_maxrss``), and on a GPU
+  whether bf16 was used and the most GPU memory allocated.
+
+``--model`` takes any local model folder, e.g. a random 7B one saved with
+:func:`testing.tiny_models.save_tiny` (``**SEVEN_B[arch]``) to time the paper's size on a GPU.
 
     python benchmarks/bench_training.py --steps 4 --batch 4
 """
@@ -15,6 +19,7 @@ GPU that supports it) and prints
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import sys
 import tempfile
@@ -26,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere, without an install
     sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from tools.default_model import ensure_default_model  # noqa: E402
@@ -96,6 +102,7 @@ def main() -> None:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with tempfile.TemporaryDirectory() as out:
         result = train_lora(model, mix.train, [], out, config, resume=False, callbacks=[timer])
+        bf16 = json.loads(result.config_path.read_text())["bf16"]
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
     (t0, n0), (t1, n1) = timer.marks[1], timer.marks[-1]
@@ -110,6 +117,9 @@ def main() -> None:
     print(f"tokens/s, whole train() call: {result.tokens_seen / result.train_runtime_s:.1f}")
     print(f"tokens/s, steady state (steps 2..): {steady:.1f}")
     print(f"peak RSS: {peak_kib / 1024:.0f} MiB (before training: {rss_before / 1024:.0f} MiB)")
+    if torch.cuda.is_available():
+        print(f"GPU: {torch.cuda.get_device_name()}, bf16 {bf16}, peak allocated "
+              f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
 if __name__ == "__main__":
