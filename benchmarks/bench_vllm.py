@@ -59,17 +59,27 @@ TOPICS = ("a lighthouse", "a city garden", "the history of bridges", "a mountain
           "how rain forms", "a chess tournament", "an old library", "a train journey")
 
 
-@dataclass
-class RunResult:
-    """One Data Advisor run of the benchmark: W weaknesses a round, K prompts each."""
+class Shape(NamedTuple):
+    """One run's settings: W, K, whether the answers overlap the next rounds, whether the
+    summarizer writes only the changed lines."""
 
     w: int
     k: int
-    rounds: int
     overlap: bool = False
-    """Answered in the background (``Context.overlap_responses``)."""
     delta: bool = False
-    """The summarizer writes the changed lines only (``Context.summary_update``)."""
+
+    @property
+    def label(self) -> str:
+        """``WxK`` with ``o`` (overlap) and ``d`` (delta) as set."""
+        return f"{self.w}x{self.k}" + "o" * self.overlap + "d" * self.delta
+
+
+@dataclass
+class RunResult:
+    """One Data Advisor run of the benchmark at one :class:`Shape` (W, K, overlap, delta)."""
+
+    shape: Shape
+    rounds: int
     wall_s: float = 0.0
     tokens: int = 0
     kept: int = 0
@@ -91,11 +101,6 @@ class RunResult:
     def mean_running(self) -> float:
         """Mean requests running over the run."""
         return statistics.fmean(self.running) if self.running else float("nan")
-
-    @property
-    def shape(self) -> str:
-        """``WxK``, with ``o`` when answered in the background, ``d`` with delta summaries."""
-        return Shape(self.w, self.k, self.overlap, self.delta).label
 
     @property
     def tps(self) -> float:
@@ -223,21 +228,6 @@ def _started(model: str | None, log: Path | None
             yield server, client, Path(tmp)
 
 
-class Shape(NamedTuple):
-    """One run's settings: W, K, whether the answers overlap the next rounds, whether the
-    summarizer writes only the changed lines."""
-
-    w: int
-    k: int
-    overlap: bool = False
-    delta: bool = False
-
-    @property
-    def label(self) -> str:
-        """``WxK`` with ``o`` (overlap) and ``d`` (delta) as set."""
-        return f"{self.w}x{self.k}" + "o" * self.overlap + "d" * self.delta
-
-
 DEFAULT_SHAPES: list[Shape] = [Shape(1, 10), Shape(3, 10), Shape(3, 10, True), Shape(1, 32)]
 
 
@@ -284,8 +274,8 @@ def _run(server: EmbeddedServer, tmp: Path, shape: Shape, rounds: int,
     started = time.perf_counter()
     with sampled_running(server.base_url, running):
         execute(run, resume=False, show_progress=False)
-    result = RunResult(w=w, k=k, rounds=rounds, overlap=overlap, delta=delta,
-                       wall_s=time.perf_counter() - started, running=running)
+    result = RunResult(shape=shape, rounds=rounds, wall_s=time.perf_counter() - started,
+                       running=running)
     after = server_counters(server.base_url)
     result.server_tokens = {name: after[name] - before.get(name, 0.0) for name in after}
     with RunStore(run.db_path, run.run_id) as store:
@@ -326,7 +316,7 @@ def sweep(levels: Sequence[int], max_tokens: int = 128, model: str | None = None
 
 def report(r: VllmResult) -> str:
     """Human-readable lines for a result."""
-    rows = [[run.shape, run.w * run.k, run.wall_s, run.kept, run.kept_per_minute,
+    rows = [[run.shape.label, run.shape.w * run.shape.k, run.wall_s, run.kept, run.kept_per_minute,
              run.tps, r.ratio(run), run.tps / r.responder_tps if r.responder_tps else 0.0,
              run.server_tokens.get("prompt_tokens", 0.0),
              run.server_tokens.get("generation_tokens", 0.0), run.mean_running,
@@ -356,7 +346,7 @@ def report(r: VllmResult) -> str:
                   run.node_tokens.get(node, 0),
                   run.node_tokens.get(node, 0) / run.node_seconds[node]
                   if run.node_seconds[node] else 0.0] for node in run.node_seconds]
-        lines += [f"  per node at {run.shape} (round records; a round's generator tasks "
+        lines += [f"  per node at {run.shape.label} (round records; a round's generator tasks "
                   "counted by the longest; summarizer and responder side by side; with o the "
                   "responder's time runs from its hand-off to its last answer, beside the next "
                   "rounds):",

@@ -103,17 +103,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                  f"{judged.generated_per_s:.1f} generated/s", "< 2"])
 
     if not args.skip_vllm:
-        shapes = [(1, args.k, False), (3, args.k, False), (3, args.k, True), (1, 32, False)]
+        shapes = bench_vllm.parse_shapes(f"1x{args.k},3x{args.k},3x{args.k}o,1x32")
         print(f"\n== (c) embedded vLLM: {args.vllm_rounds} rounds at each W x K "
-              f"({', '.join(f'{w}x{k}' + ('o' if o else '') for w, k, o in shapes)}; o: "
-              "answers in the background) ==")
+              f"({', '.join(shape.label for shape in shapes)}; o: answers in the background) ==")
         vllm = bench_vllm.measure(shapes, args.vllm_rounds)
         print(bench_vllm.report(vllm))
         for run in vllm.runs:
-            rows.append([f"(c) vLLM {run.shape}", "run tok/s / raw 32-concurrent tok/s",
+            rows.append([f"(c) vLLM {run.shape.label}", "run tok/s / raw 32-concurrent tok/s",
                          vllm.ratio(run), f"{run.tps:.0f} vs {vllm.raw_mean:.0f} tok/s, "
                          f"{run.kept_per_minute:.1f} kept/min",
-                         ">= 0.7" if run.w * run.k >= 30 else "-"])
+                         ">= 0.7" if run.shape.w * run.shape.k >= 30 else "-"])
 
     print(f"\n== summary ({time.perf_counter() - started:.0f} s) ==")
     print(table(rows, ["benchmark", "measure", "ratio", "detail", "target"]))
