@@ -27,6 +27,12 @@ step reads 14.5 GB of weights (Mistral-7B): >= 3.4 ms, so <= ~300 tok/s at B = 1
 stays near that until the KV cache read (128 KiB per token for Mistral, 512 KiB for Llama-2) and
 the matrix work (2 x 7.2 GFLOP per token) add up: ~7-10 ms at B = 256 for Mistral, ~25-30K
 kernel tok/s; eager transformers is launch-bound at small B (~25-35 ms a step).
+Measured (one H200, 2026-12-04): at B = 1 6.3-6.8 ms of kernels a step (twice the weight-read
+floor) in a 22-29 ms eager step; Llama-2 at B = 256 21 ms (12K kernel tok/s), but Mistral 78 ms
+and Falcon 143 ms: with a mask transformers copies grouped keys and values out to every query
+head each step (``repeat_kv``; read in its code, not timed apart), which the prediction left
+out. Tables and what they say for
+W x K: ``docs/generation-scale.md``.
 
     python benchmarks/bench_gpu_decode.py                       # Mistral-7B shape, on CUDA
     python benchmarks/bench_gpu_decode.py --arch LlamaForCausalLM --batches 1,8,64,256
