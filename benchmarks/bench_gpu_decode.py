@@ -31,8 +31,7 @@ Measured (one H200, 2026-12-04): at B = 1 6.3-6.8 ms of kernels a step (twice th
 floor) in a 22-29 ms eager step; Llama-2 at B = 256 21 ms (12K kernel tok/s), but Mistral 78 ms
 and Falcon 143 ms: with a mask transformers copies grouped keys and values out to every query
 head each step (``repeat_kv``; read in its code, not timed apart), which the prediction left
-out. Tables and what they say for
-W x K: ``docs/generation-scale.md``.
+out. Tables and what they say for W x K: ``docs/generation-scale.md``.
 
     python benchmarks/bench_gpu_decode.py                       # Mistral-7B shape, on CUDA
     python benchmarks/bench_gpu_decode.py --arch LlamaForCausalLM --batches 1,8,64,256
