@@ -6,7 +6,8 @@ trains a few optimizer steps with :func:`training.lora.train_lora` (float32 on C
 GPU that supports it) and prints
 
 - tokens/s over the whole ``trainer.train()`` call (non-padding tokens / train runtime),
-- steady-state tokens/s (steps after the first, from per-step wall times),
+- steady-state tokens/s (the second half of the steps, from per-step wall times: on a GPU the
+  second step is still warming up),
 - peak resident memory of the process (``resource.getrusage`` ``ru_maxrss``), and on a GPU
   whether bf16 was used and the most GPU memory allocated.
 
@@ -105,8 +106,10 @@ def main() -> None:
         bf16 = json.loads(result.config_path.read_text())["bf16"]
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
-    (t0, n0), (t1, n1) = timer.marks[1], timer.marks[-1]
-    steady = (n1 - n0) / (t1 - t0) if len(timer.marks) > 2 else float("nan")
+    steps = len(timer.marks) - 1
+    first = max(1, steps // 2)  # marks[i]: after step i; steady from step first + 1 on
+    (t0, n0), (t1, n1) = timer.marks[first], timer.marks[-1]
+    steady = (n1 - n0) / (t1 - t0) if steps > 1 else float("nan")
     step_s = [b[0] - a[0] for a, b in zip(timer.marks, timer.marks[1:], strict=False)]
     print(f"model: {model}")
     print(f"LoRA r={config.rank} alpha={config.alpha} {config.target_modules}; "
@@ -115,7 +118,7 @@ def main() -> None:
     print(f"tokens trained: {result.tokens_seen} (non-padding)")
     print("step times (s): " + ", ".join(f"{s:.2f}" for s in step_s))
     print(f"tokens/s, whole train() call: {result.tokens_seen / result.train_runtime_s:.1f}")
-    print(f"tokens/s, steady state (steps 2..): {steady:.1f}")
+    print(f"tokens/s, steady state (steps {first + 1}..{steps}): {steady:.1f}")
     print(f"peak RSS: {peak_kib / 1024:.0f} MiB (before training: {rss_before / 1024:.0f} MiB)")
     if torch.cuda.is_available():
         print(f"GPU: {torch.cuda.get_device_name()}, bf16 {bf16}, peak allocated "
