@@ -67,14 +67,16 @@ def summarizer(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         )
     answer = ask_advisor(runtime, message, max_tokens)
     proposed = parse_summary(str(answer.content))[: 2 * ctx.max_summary_lines]
-    added, dropped = (proposed, []) if ctx.summary_update == "delta" \
-        else changes(state.summary, proposed)
-    update: dict[str, Any] = {"proposed_summary": added, "summary_dropped": dropped}
     fields: dict[str, Any] = {"summary_proposed": proposed}
+    update: dict[str, Any]
     if not ctx.rule_check:  # taken as it is: no rule check will consume the proposal
         update = {"summary": proposed[-ctx.max_summary_lines :], "proposed_summary": [],
                   "summary_dropped": []}
         fields |= {"summary_after": update["summary"], "rule_check": "skipped"}
+    else:
+        added, dropped = (proposed, []) if ctx.summary_update == "delta" \
+            else changes(state.summary, proposed)
+        update = {"proposed_summary": added, "summary_dropped": dropped}
     store.update_round(
         state.round, **fields, timing=("summarizer", watch.seconds, output_tokens([answer]))
     )

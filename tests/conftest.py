@@ -84,6 +84,26 @@ def handler_with(overrides: Callable[[dict[str, Any], str], str | None]) -> Call
     return handler
 
 
+def run_studio(ctx: Any, thread_id: str, method: str = "data_advisor") -> tuple[Any, Any]:
+    """Run one Studio thread in process (``graph/studio.py``'s start node; an in-memory saver
+    stands in for the LangGraph server's): the graph and the thread's config, to read its state.
+    """
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from graph.context import StudioContext
+    from graph.studio import in_run_folder
+    from tools.store import close_shared
+
+    graph = compile_graph(method, InMemorySaver(), context_schema=StudioContext,
+                          start=in_run_folder(method))
+    config: Any = {"configurable": {"thread_id": thread_id}}
+    try:
+        graph.invoke({}, config, context=ctx)
+    finally:
+        close_shared()
+    return graph, config
+
+
 def save_tiny_llama(path: Path, **overrides: Any) -> Path:
     """A tiny random Llama with the SmolLM2 tokenizer (local cache; nothing fetched)."""
     return save_tiny_model(path, "LlamaForCausalLM", **({

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_ok, kill_when, make_context, run_graph
-from langgraph.checkpoint.memory import InMemorySaver
+from conftest import cli_ok, kill_when, make_context, run_graph, run_studio
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from experiment.config import ConfigError, GenerationConfig
@@ -26,7 +25,6 @@ from graph.context import Context, ContextError, StudioContext
 from graph.graph import checkpoint_serializer, compile_graph
 from graph.runner import Run
 from graph.seeds import read_seeds
-from graph.studio import in_run_folder
 from nodes.filters import overlaps
 from nodes.rule_check import check_summary
 from testing.stub_server import (
@@ -37,7 +35,7 @@ from testing.stub_server import (
     recognise_node,
     reset_request_counter,
 )
-from tools.store import RunStore, close_shared
+from tools.store import RunStore
 
 GOLDEN = Path(__file__).parent / "data" / "w1_before_fanout.json"
 
@@ -363,13 +361,7 @@ def test_the_width_is_a_context_field_the_cli_config_and_studio_take(tmp_path, c
         studio = StudioContext(base_url=stub.base_url, model="stub", rounds=1,
                                prompts_per_round=2, weaknesses_per_round=2,
                                runs_dir=str(tmp_path / "runs"))
-        graph = compile_graph("data_advisor", InMemorySaver(), context_schema=StudioContext,
-                              start=in_run_folder("data_advisor"))
-        config: Any = {"configurable": {"thread_id": "s1"}}
-        try:
-            graph.invoke({}, config, context=studio)
-        finally:
-            close_shared()
+        graph, config = run_studio(studio, "s1")
         values = graph.get_state(config).values
     assert [b["weakness"] for b in values["batches"]] == values["weaknesses"]
     assert len(values["weaknesses"]) == 2 and len(values["round_responses"]) == 4

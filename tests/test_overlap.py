@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_ok, handler_with, kill_when, make_context, run_graph
+from conftest import cli_ok, handler_with, kill_when, make_context, run_graph, run_studio
 
 from graph.runner import Run
 from testing.stub_server import StubHTTPError, StubServer, recognise_node, reset_request_counter
@@ -149,14 +149,10 @@ def test_a_background_batch_that_fails_for_good_stops_the_run(tmp_path: Path) ->
 
 
 def test_the_cli_the_config_and_studio_take_it(tmp_path: Path) -> None:
-    from langgraph.checkpoint.memory import InMemorySaver
 
     from experiment.cli import main
     from experiment.config import load_config
     from graph.context import StudioContext
-    from graph.graph import compile_graph
-    from graph.studio import in_run_folder
-    from tools.store import close_shared
 
     base = {"training": {"instructions": "x.json"}, "evaluation": {"catqa": "c.json"}}
     assert not load_config(base).generation.overlap_responses
@@ -173,10 +169,6 @@ def test_the_cli_the_config_and_studio_take_it(tmp_path: Path) -> None:
         studio = StudioContext(base_url=stub.base_url, model="stub", rounds=2,
                                prompts_per_round=2, overlap_responses=True,
                                runs_dir=str(tmp_path / "runs"))
-        graph = compile_graph("self_instruct", InMemorySaver(), context_schema=StudioContext,
-                              start=in_run_folder("self_instruct"))
-        try:
-            final = graph.invoke({}, {"configurable": {"thread_id": "s1"}}, context=studio)
-        finally:
-            close_shared()
+        graph, config = run_studio(studio, "s1", "self_instruct")
+        final = graph.get_state(config).values
     assert final["responses"] == final["kept"] == 4

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_studio
 
 from evaluation.data import load_prompts
 from experiment.cli import main
@@ -441,21 +442,12 @@ def test_resume_of_a_studio_thread_is_refused(tmp_path, stub, capsys, studio_fol
 @pytest.fixture
 def studio_folder(tmp_path: Path, stub: StubServer) -> Path:
     """A Studio thread's run folder, as the Studio graph leaves it (no checkpoint file)."""
-    from langgraph.checkpoint.memory import InMemorySaver
 
     from graph.context import StudioContext
-    from graph.graph import compile_graph
-    from graph.studio import in_run_folder
-    from tools.store import close_shared
 
     ctx = StudioContext(base_url=stub.base_url, model="stub", rounds=2, prompts_per_round=3,
                         runs_dir=str(tmp_path / "runs"))
-    graph = compile_graph("data_advisor", InMemorySaver(), context_schema=StudioContext,
-                          start=in_run_folder("data_advisor"))  # the server's own saver
-    try:
-        graph.invoke({}, {"configurable": {"thread_id": "thread-a"}}, context=ctx)
-    finally:
-        close_shared()
+    run_studio(ctx, "thread-a")
     folder = tmp_path / "runs" / "thread-a"
     assert (folder / STUDIO_FILE).is_file()
     return folder

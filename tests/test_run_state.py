@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_ok, kill_when
+from conftest import cli_ok, kill_when, run_studio
 
 from experiment.cli import main
 from experiment.stages import _run_status
@@ -140,21 +140,12 @@ def test_a_stepped_back_round_whose_rerun_failed_is_in_progress(tmp_path, stub, 
 
 def test_status_of_a_studio_thread_is_as_before(tmp_path, stub, capsys):
     """A Studio thread's folder has no checkpoints here: status says so, from the store."""
-    from langgraph.checkpoint.memory import InMemorySaver
 
     from graph.context import StudioContext
-    from graph.graph import compile_graph
-    from graph.studio import in_run_folder
-    from tools.store import close_shared
 
     ctx = StudioContext(base_url=stub.base_url, model="stub", rounds=2, prompts_per_round=3,
                         runs_dir=str(tmp_path / "runs"))
-    graph = compile_graph("data_advisor", InMemorySaver(), context_schema=StudioContext,
-                          start=in_run_folder("data_advisor"))
-    try:
-        graph.invoke({}, {"configurable": {"thread_id": "thread-b"}}, context=ctx)
-    finally:
-        close_shared()
+    run_studio(ctx, "thread-b")
     status = _status(tmp_path / "runs" / "thread-b", capsys)
     assert status["state"] == "Studio thread (checkpoints kept by the LangGraph server)"
     assert (status["next"], status["rounds_done"], status["prompts"]) == ([], 2, 6)

@@ -11,16 +11,14 @@ import json
 from pathlib import Path
 
 import pytest
-from langgraph.checkpoint.memory import InMemorySaver
+from conftest import run_studio
 
 from experiment.cli import main
 from graph.context import STUDIO_FILE, StudioContext
-from graph.graph import compile_graph
 from graph.runner import DB_FILE, Run
 from graph.state import RESPONSE_PREVIEW
-from graph.studio import in_run_folder
 from nodes.responder import preview
-from tools.store import RunStore, close_shared
+from tools.store import RunStore
 
 
 def shown_prompts(values: dict) -> list[str]:
@@ -34,21 +32,10 @@ def _context(stub, runs: Path, **overrides) -> StudioContext:
     return StudioContext(**values)
 
 
-def _studio_run(ctx: StudioContext, thread_id: str, method: str = "data_advisor"):
-    graph = compile_graph(method, InMemorySaver(), context_schema=StudioContext,
-                          start=in_run_folder(method))
-    config = {"configurable": {"thread_id": thread_id}}
-    try:
-        graph.invoke({}, config, context=ctx)
-    finally:
-        close_shared()
-    return graph, config
-
-
 def test_each_thread_is_a_run_folder_the_commands_accept(stub, tmp_path, capsys):
     runs = tmp_path / "runs"
-    _studio_run(_context(stub, runs), "thread-a")
-    _studio_run(_context(stub, runs, rounds=1), "thread-b", "self_instruct")
+    run_studio(_context(stub, runs), "thread-a")
+    run_studio(_context(stub, runs, rounds=1), "thread-b", "self_instruct")
     folder = runs / "thread-a"
     assert {p.name for p in folder.iterdir()} >= {"run.json", DB_FILE, STUDIO_FILE}
     assert StudioContext(runs_dir=str(runs)).store_path("thread-a") == str(folder / DB_FILE)
@@ -72,7 +59,7 @@ def test_each_thread_is_a_run_folder_the_commands_accept(stub, tmp_path, capsys)
 
 
 def test_the_state_holds_each_rounds_prompts_and_responses(stub, tmp_path):
-    graph, config = _studio_run(_context(stub, tmp_path / "runs"), "t1")
+    graph, config = run_studio(_context(stub, tmp_path / "runs"), "t1")
     with RunStore(tmp_path / "runs" / "t1" / DB_FILE, "t1") as store:
         by_round = {r: [s for s in store.samples() if s["round"] == r] for r in (1, 2)}
     final = graph.get_state(config).values
@@ -106,7 +93,7 @@ def test_a_thread_id_that_is_not_a_folder_name_is_refused(stub, tmp_path):
 def test_an_empty_runs_dir_keeps_all_threads_in_data_path(stub, tmp_path):
     ctx = _context(stub, tmp_path / "runs", runs_dir="", data_path=str(tmp_path / "all.sqlite"),
                    rounds=1)
-    _studio_run(ctx, "t1")
+    run_studio(ctx, "t1")
     assert not (tmp_path / "runs").exists()
     with RunStore(tmp_path / "all.sqlite", "t1") as store:
         assert store.counts()["prompts"] == 3

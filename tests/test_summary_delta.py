@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_context, run_graph
+from conftest import make_context, run_graph, run_studio
 
 from graph.context import Context, ContextError
 from nodes.rule_check import changes, check_summary, rewritten
@@ -106,15 +106,11 @@ def test_the_same_summaries_and_rows_as_the_rewrite(tmp_path: Path, w: int) -> N
 
 
 def test_delta_needs_the_rule_check_and_the_cli_and_config_take_it(tmp_path: Path) -> None:
-    from langgraph.checkpoint.memory import InMemorySaver
 
     from experiment.cli import main
     from experiment.config import ConfigError, load_config
     from graph.context import StudioContext
-    from graph.graph import compile_graph
     from graph.runner import Run
-    from graph.studio import in_run_folder
-    from tools.store import close_shared
 
     with pytest.raises(ContextError, match="summary_update: got 'delta' with the rule check"):
         Context(summary_update="delta", rule_check=False)
@@ -141,12 +137,8 @@ def test_delta_needs_the_rule_check_and_the_cli_and_config_take_it(tmp_path: Pat
         studio = StudioContext(base_url=stub.base_url, model="stub", rounds=2,
                                prompts_per_round=2, weaknesses_per_round=2,
                                summary_update="delta", runs_dir=str(tmp_path / "runs"))
-        graph = compile_graph("data_advisor", InMemorySaver(), context_schema=StudioContext,
-                              start=in_run_folder("data_advisor"))
-        try:
-            final = graph.invoke({}, {"configurable": {"thread_id": "s1"}}, context=studio)
-        finally:
-            close_shared()
+        graph, config = run_studio(studio, "s1")
+        final = graph.get_state(config).values
     with RunStore(str(tmp_path / "runs" / "s1" / "run.sqlite"), "s1") as store:
         rounds = store.rounds()
     assert [len(r["summary_proposed"]) for r in rounds] == [2, 2]
